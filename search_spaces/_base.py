@@ -1,0 +1,192 @@
+"""The search-space contract: named choices over a chain of layers, a fixed stem and head."""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from xsearch.errors import UserError
+
+Arch = dict[str, str]
+SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One searchable layer: its label in an arch dict and its option names, in table order."""
+
+    label: str
+    options: tuple[str, ...]
+
+
+class ChainNetwork(nn.Module):
+    """A standalone network: ``head(layers(stem(x)))``. Skipped layers are ``nn.Identity``."""
+
+    def __init__(self, stem: nn.Module, layers: list[nn.Module], head: nn.Module) -> None:
+        super().__init__()
+        self.stem = stem
+        self.layers = nn.ModuleList(layers)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class SearchSpace(ABC):
+    """An ordered set of named choices with a fixed stem and head.
+
+    Subclasses say what a layer's candidates are (``build_candidate``) and build the fixed parts;
+    this base turns that into sampling, building, exact FLOPs/parameter tables and validation.
+    Call order: ``__init__`` fills ``self.choices`` and then calls ``self._build_tables()``.
+    """
+
+    name: str = ""
+
+    def __init__(self, num_classes: int, in_chans: int, image_size: int) -> None:
+        self.num_classes, self.in_chans, self.image_size = num_classes, in_chans, image_size
+        self.choices: list[Choice] = []
+        self.flops_table: dict[str, dict[str, int]] = {}
+        self.params_table: dict[str, dict[str, int]] = {}
+        self.fixed_flops = 0
+        self.fixed_params = 0
+
+    # --- what a subclass provides -------------------------------------------------------
+    @property
+    @abstractmethod
+    def space_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this space with ``get_space(name, **kwargs)``."""
+
+    @abstractmethod
+    def build_stem(self) -> nn.Module: ...
+
+    @abstractmethod
+    def build_head(self) -> nn.Module: ...
+
+    @abstractmethod
+    def build_candidate(self, index: int, option: str) -> nn.Module:
+        """The module for option ``option`` of layer ``index`` (``nn.Identity`` for a skip)."""
+
+    @abstractmethod
+    def fixed_macs(self) -> int:
+        """MACs of the stem and head for one image."""
+
+    @abstractmethod
+    def candidate_macs(self, index: int, module: nn.Module) -> int:
+        """MACs of one candidate module at layer ``index`` for one image."""
+
+    def to_timm(self, arch: Arch) -> list[list[str]] | None:
+        """timm ``arch_def`` block strings for ``arch``, or None where the blocks have no timm form."""
+        return None
+
+    # --- provided -----------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_chans, self.image_size, self.image_size)
+
+    @property
+    def labels(self) -> list[str]:
+        return [c.label for c in self.choices]
+
+    def _build_tables(self) -> None:
+        self.fixed_flops = self.fixed_macs()
+        self.fixed_params = count_params(self.build_stem()) + count_params(self.build_head())
+        for i, choice in enumerate(self.choices):
+            self.flops_table[choice.label] = {}
+            self.params_table[choice.label] = {}
+            for option in choice.options:
+                module = self.build_candidate(i, option)
+                self.flops_table[choice.label][option] = self.candidate_macs(i, module)
+                self.params_table[choice.label][option] = count_params(module)
+
+    def validate(self, arch: Any) -> Arch:
+        """Return ``arch`` if it names one valid option for every choice, else raise UserError."""
+        if not isinstance(arch, dict):
+            raise UserError(f"an architecture is a dict {{choice label: option}}, got {type(arch).__name__}")
+        missing = [c.label for c in self.choices if c.label not in arch]
+        extra = sorted(set(arch) - set(self.labels))
+        if missing or extra:
+            raise UserError(
+                f"architecture does not fit space {self.name!r}: missing choices {missing}, "
+                f"unknown choices {extra}; valid choices: {self.labels}"
+            )
+        for c in self.choices:
+            if arch[c.label] not in c.options:
+                raise UserError(
+                    f"option {arch[c.label]!r} is not valid for {c.label!r} in space {self.name!r}; "
+                    f"valid options: {list(c.options)}"
+                )
+        return {c.label: arch[c.label] for c in self.choices}
+
+    def sample(self, seed: int | None = None, max_flops: int | None = None) -> Arch:
+        """A uniformly random architecture (a JSON-ready dict), optionally under ``max_flops``."""
+        rng = random.Random(seed)
+        if max_flops is not None:
+            self.check_budget(max_flops)
+        for _ in range(10_000):
+            arch = {c.label: rng.choice(c.options) for c in self.choices}
+            if max_flops is None or self.flops(arch) <= max_flops:
+                return arch
+        # rejection failed: the budget is tight; walk down to the cheapest options instead
+        arch = {c.label: rng.choice(c.options) for c in self.choices}
+        for c in sorted(self.choices, key=lambda c: -self.flops_table[c.label][arch[c.label]]):
+            if self.flops(arch) <= max_flops:
+                break
+            arch[c.label] = min(c.options, key=lambda o: self.flops_table[c.label][o])
+        return arch
+
+    def flops(self, arch: Arch) -> int:
+        """Exact MACs of ``build(arch)`` for one image (convolutions and linear layers), from the table."""
+        arch = self.validate(arch)
+        return self.fixed_flops + sum(self.flops_table[k][v] for k, v in arch.items())
+
+    def params(self, arch: Arch) -> int:
+        """Exact number of parameters of ``build(arch)``, from the table."""
+        arch = self.validate(arch)
+        return self.fixed_params + sum(self.params_table[k][v] for k, v in arch.items())
+
+    def min_flops(self) -> int:
+        return self.fixed_flops + sum(min(self.flops_table[c.label].values()) for c in self.choices)
+
+    def max_flops(self) -> int:
+        return self.fixed_flops + sum(max(self.flops_table[c.label].values()) for c in self.choices)
+
+    def check_budget(self, max_flops: int | None) -> None:
+        """Raise UserError when no architecture of the space fits under ``max_flops``."""
+        if max_flops is not None and max_flops < self.min_flops():
+            raise UserError(
+                f"FLOPs budget {format_flops(max_flops)} is below the smallest network of space "
+                f"{self.name!r} ({format_flops(self.min_flops())} = {self.min_flops()} MACs); "
+                f"raise constraints.flops to at least that, or shrink the space (e.g. space.width_mult)."
+            )
+
+    def build(self, arch: Arch) -> ChainNetwork:
+        """A standalone ``nn.Module`` for ``arch``, freshly initialised."""
+        arch = self.validate(arch)
+        layers = [self.build_candidate(i, arch[c.label]) for i, c in enumerate(self.choices)]
+        return ChainNetwork(self.build_stem(), layers, self.build_head())
+
+    def supernet(self, **kwargs: Any):
+        """A weight-sharing supernet holding every candidate of every layer."""
+        from xsearch.supernets import Supernet  # supernets sit above spaces; import on demand
+
+        return Supernet(self, **kwargs)
+
+
+def format_flops(value: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return str(int(value))

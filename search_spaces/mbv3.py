@@ -1,0 +1,138 @@
+"""``mbv3``: a MobileNetV3-style space with a large candidate set per layer, sized for the input.
+
+Each searchable layer picks kernel 3/5/7 x expansion 3/6 x squeeze-excite off/on (12 inverted
+residual candidates), plus ``skip`` where the layer keeps its shape (stride 1, same width), which
+makes depth searchable. Stem: 3x3 conv (stride 1 for inputs up to 32 pixels, else 2) and a fixed
+depthwise-separable block; then stages of widths 24/40/80/112 (times ``width_mult``), each opening
+with a stride-2 layer; head: 1x1 conv, global pool, a hidden linear layer and the classifier,
+as in MobileNetV3.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ._base import SKIP, Arch, Choice, SearchSpace
+from ._registry import SPACES
+from .blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, conv_out_size, make_divisible
+
+STAGE_WIDTHS = (24, 40, 80, 112)
+STAGE_STRIDES = (2, 2, 2, 1)
+
+
+class _Head(nn.Module):
+    def __init__(self, in_channels: int, last_channels: int, hidden: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.conv = ConvBNAct(in_channels, last_channels, 1)
+        self.fc = nn.Linear(last_channels, hidden)
+        self.act = nn.Hardswish(inplace=True)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        x = self.conv(x).mean((2, 3))
+        return self.classifier(self.dropout(self.act(self.fc(x))))
+
+
+def option_name(kernel_size: int, expansion: int, se: bool) -> str:
+    return f"k{kernel_size}_e{expansion}" + ("_se" if se else "")
+
+
+def parse_option(option: str) -> tuple[int, int, bool]:
+    """'k5_e6_se' -> (5, 6, True)."""
+    parts = option.split("_")
+    return int(parts[0][1:]), int(parts[1][1:]), len(parts) > 2 and parts[2] == "se"
+
+
+def split_layers(num_layers: int, num_stages: int) -> list[int]:
+    """Spread ``num_layers`` over stages, later stages taking the remainder: 8 over 4 -> [2, 2, 2, 2]."""
+    base, extra = divmod(num_layers, num_stages)
+    return [base + (1 if i >= num_stages - extra else 0) for i in range(num_stages)]
+
+
+@SPACES.register("mbv3")
+class MobileNetV3Space(SearchSpace):
+    """MobileNetV3 inverted residuals with searchable kernel, expansion, SE and depth."""
+
+    name = "mbv3"
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28,
+                 width_mult: float = 1.0, num_layers: int = 8, dropout: float = 0.2) -> None:
+        super().__init__(num_classes, in_chans, image_size)
+        if num_layers < len(STAGE_WIDTHS):
+            raise ValueError(f"num_layers must be at least {len(STAGE_WIDTHS)} (one per stage), got {num_layers}")
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be positive, got {width_mult}")
+        self.width_mult, self.num_layers, self.dropout = width_mult, num_layers, dropout
+        self.stem_channels = make_divisible(16 * width_mult)
+        self.stem_stride = 1 if image_size <= 32 else 2
+        self.last_channels = make_divisible(384 * width_mult)
+        self.head_hidden = 512
+        # layer plan: (in_channels, out_channels, stride, input size)
+        self.plan: list[tuple[int, int, int, int]] = []
+        channels = self.stem_channels
+        size = conv_out_size(image_size, 3, self.stem_stride)
+        for width, stride, depth in zip(STAGE_WIDTHS, STAGE_STRIDES, split_layers(num_layers, len(STAGE_WIDTHS))):
+            out = make_divisible(width * width_mult)
+            for j in range(depth):
+                s = stride if j == 0 else 1
+                self.plan.append((channels, out, s, size))
+                channels, size = out, conv_out_size(size, 3, s)
+        self.final_channels, self.final_size = channels, size
+        ir_options = tuple(option_name(k, e, se) for k in (3, 5, 7) for e in (3, 6) for se in (False, True))
+        for i, (cin, cout, stride, _) in enumerate(self.plan):
+            options = ir_options + ((SKIP,) if stride == 1 and cin == cout else ())
+            self.choices.append(Choice(f"layer{i + 1}", options))
+        self._build_tables()
+
+    @property
+    def space_kwargs(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "in_chans": self.in_chans, "image_size": self.image_size,
+                "width_mult": self.width_mult, "num_layers": self.num_layers, "dropout": self.dropout}
+
+    def build_stem(self) -> nn.Module:
+        return nn.Sequential(
+            ConvBNAct(self.in_chans, self.stem_channels, 3, self.stem_stride),
+            DepthwiseSeparable(self.stem_channels, self.stem_channels, 3),
+        )
+
+    def build_head(self) -> nn.Module:
+        return _Head(self.final_channels, self.last_channels, self.head_hidden, self.num_classes, self.dropout)
+
+    def build_candidate(self, index: int, option: str) -> nn.Module:
+        if option == SKIP:
+            return nn.Identity()
+        cin, cout, stride, _ = self.plan[index]
+        k, e, se = parse_option(option)
+        return InvertedResidual(cin, cout, k, e, stride, se=se)
+
+    def fixed_macs(self) -> int:
+        stem = self.build_stem()
+        size = conv_out_size(self.image_size, 3, self.stem_stride)
+        head = self.final_size ** 2 * self.final_channels * self.last_channels
+        head += self.last_channels * self.head_hidden + self.head_hidden * self.num_classes
+        return stem[0].macs(self.image_size, self.image_size) + stem[1].macs(size, size) + head
+
+    def candidate_macs(self, index: int, module: nn.Module) -> int:
+        size = self.plan[index][3]
+        return module.macs(size, size) if isinstance(module, InvertedResidual) else 0
+
+    def to_timm(self, arch: Arch) -> list[list[str]]:
+        """timm ``arch_def`` (MobileNetV3 builder, hard-swish default act, SE gate hard-sigmoid)."""
+        arch = self.validate(arch)
+        stages: list[list[str]] = [[f"ds_r1_k3_s1_c{self.stem_channels}"]]
+        previous_out = None
+        for (cin, cout, stride, _), choice in zip(self.plan, self.choices):
+            if cout != previous_out:
+                stages.append([])
+                previous_out = cout
+            option = arch[choice.label]
+            if option == SKIP:
+                continue
+            k, e, se = parse_option(option)
+            stages[-1].append(f"ir_r1_k{k}_s{stride}_e{e}_c{cout}" + ("_se0.25" if se else ""))
+        stages = [s for s in stages if s]
+        stages.append([f"cn_r1_k1_s1_c{self.last_channels}"])
+        return stages

@@ -1,0 +1,308 @@
+"""Differentiable supernet search in stages: the machinery ``danas`` and ``dnas`` share.
+
+A search is a list of resumable steps: supernet warm-up epochs (single-path, weights only), an
+optional class-difficulty ranking, then stages. Each stage trains on a subset of the classes for
+some epochs, alternating a weight step (on one half of the search split) and an architecture-logit
+step (cross-entropy on the other half plus a FLOPs penalty), then derives the best architecture
+under the hard budget, records it, and optionally prunes the weakest candidates of every layer.
+``dnas`` is one stage on all classes with no pruning; ``danas`` grows easy-first class subsets while
+pruning. A checkpoint is written after every step, so a killed search loses at most one epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xsearch.data import ImageData, split_for_search
+from xsearch.search_spaces import format_flops
+from xsearch.training import (ClassSubset, cosine_with_warmup, evaluate, load_checkpoint, progress,
+                              recalibrate_batchnorm, resolve_device, rng_state, save_checkpoint,
+                              seed_everything, set_rng_state)
+
+from ._base import Constraints, SearchResult, Strategy, record_trial
+from ._derive import best_under_budget
+
+
+@dataclass
+class Stage:
+    """One search stage: how many (easiest) classes, how many epochs, and what fraction of candidates survives."""
+
+    num_classes: int
+    epochs: int
+    keep_fraction: float | None  # None: no pruning after this stage
+
+
+class DifferentiableSearch(Strategy):
+    """Bilevel differentiable search over a supernet, run as resumable stages (see module doc)."""
+
+    rank_classes = False
+
+    def __init__(self, epochs: int = 3, warmup_epochs: int = 1, train_samples: int | None = 10000,
+                 batch_size: int = 128, lr: float = 0.1, weight_decay: float = 4e-5, arch_lr: float = 0.01,
+                 arch_weight_decay: float = 1e-3, flops_weight: float = 0.2, path_mode: str = "weighted",
+                 seed: int = 0, device: str = "auto", show_progress: bool = True) -> None:
+        if path_mode not in ("weighted", "gated"):
+            raise ValueError(f"search.path_mode must be 'weighted' or 'gated', got {path_mode!r}")
+        self.epochs, self.warmup_epochs, self.train_samples = epochs, warmup_epochs, train_samples
+        self.batch_size, self.lr, self.weight_decay = batch_size, lr, weight_decay
+        self.arch_lr, self.arch_weight_decay, self.flops_weight = arch_lr, arch_weight_decay, flops_weight
+        self.path_mode, self.seed, self.show_progress = path_mode, seed, show_progress
+        self.device = resolve_device(device)
+
+    # --- what subclasses decide -------------------------------------------------------
+    def stages(self, num_classes: int) -> list[Stage]:
+        return [Stage(num_classes, self.epochs, None)]
+
+    # --- the search ---------------------------------------------------------------------
+    def search(self, space: Any, evaluator: Any, data: ImageData, constraints: Constraints,
+               study: Any = None, checkpoint: Path | None = None) -> SearchResult:
+        space.check_budget(constraints.flops)
+        seed_everything(self.seed)
+        w_idx, a_idx = split_for_search(data.train.targets, self.train_samples, self.seed)
+        stages = self.stages(data.num_classes)
+        supernet = space.supernet().to(self.device).to(memory_format=torch.channels_last)
+        w_opt = torch.optim.SGD(supernet.weight_parameters(), lr=self.lr * self.batch_size / 256, momentum=0.9,
+                                nesterov=True, weight_decay=self.weight_decay)
+        a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
+                                 weight_decay=self.arch_weight_decay)
+        per_epoch = len(w_idx) / self.batch_size
+        planned = self.warmup_epochs * per_epoch + sum(s.epochs * per_epoch * s.num_classes / data.num_classes
+                                                       for s in stages)
+        scheduler = cosine_with_warmup(w_opt, math.ceil(planned), warmup_steps=math.ceil(min(per_epoch, planned / 10)))
+        generator = torch.Generator().manual_seed(self.seed)
+        state: dict[str, Any] = {"step": 0, "class_order": list(range(data.num_classes)), "history": [],
+                                 "epochs": [], "seconds": 0.0}
+        saved = load_checkpoint(checkpoint) if checkpoint else None
+        if saved is not None:
+            supernet.load_state_dict(saved["supernet"])
+            w_opt.load_state_dict(saved["w_opt"])
+            a_opt.load_state_dict(saved["a_opt"])
+            scheduler.load_state_dict(saved["scheduler"])
+            generator.set_state(saved["generator"])
+            set_rng_state(saved["rng"])
+            state = saved["state"]
+
+        steps: list[tuple[Any, ...]] = [("warmup", e) for e in range(self.warmup_epochs)]
+        if self.rank_classes:
+            steps.append(("rank",))
+        for s, stage in enumerate(stages):
+            steps += [("train", s, e) for e in range(stage.epochs)]
+            steps.append(("end_stage", s))
+
+        ctx = _Context(self, space, supernet, data, w_idx, a_idx, w_opt, a_opt, scheduler, generator,
+                       constraints.flops, study)
+        while state["step"] < len(steps):
+            step = steps[state["step"]]
+            t0 = time.time()
+            if step[0] == "warmup":
+                state["epochs"].append(ctx.warmup_epoch(step[1]))
+            elif step[0] == "rank":
+                state["class_order"], state["class_ranking"] = ctx.rank_classes()
+            elif step[0] == "train":
+                stage = stages[step[1]]
+                classes = state["class_order"][: stage.num_classes]
+                state["epochs"].append(ctx.search_epoch(step[1], len(stages), step[2], stage, classes))
+            else:
+                stage = stages[step[1]]
+                classes = state["class_order"][: stage.num_classes]
+                train_seconds = sum(e["seconds"] for e in state["epochs"] if e.get("stage") == step[1] + 1)
+                state["history"].append(ctx.end_stage(step[1], stage, classes, train_seconds))
+            state["seconds"] += time.time() - t0
+            state["step"] += 1
+            if checkpoint:
+                save_checkpoint(checkpoint, {"supernet": supernet.state_dict(), "w_opt": w_opt.state_dict(),
+                                             "a_opt": a_opt.state_dict(), "scheduler": scheduler.state_dict(),
+                                             "generator": generator.get_state(), "rng": rng_state(),
+                                             "state": state})
+        final = state["history"][-1]
+        arch = final["derived_arch"]
+        return SearchResult(
+            arch=arch, flops=space.flops(arch), params=space.params(arch),
+            metrics={"inherited_val_accuracy": final["val_accuracy_all_classes"],
+                     "class_order": [data.class_names[c] for c in state["class_order"]],
+                     "class_ranking": state.get("class_ranking"),
+                     "epochs": state["epochs"]},
+            history=state["history"], search_seconds=state["seconds"])
+
+
+class _Context:
+    """The pieces one search works with, and its step implementations."""
+
+    def __init__(self, strategy: DifferentiableSearch, space: Any, supernet: Any, data: ImageData,
+                 w_idx: torch.Tensor, a_idx: torch.Tensor, w_opt: Any, a_opt: Any, scheduler: Any,
+                 generator: torch.Generator, max_flops: int | None, study: Any) -> None:
+        self.s, self.space, self.net, self.data = strategy, space, supernet, data
+        self.w_idx, self.a_idx = w_idx, a_idx
+        self.w_opt, self.a_opt, self.scheduler, self.generator = w_opt, a_opt, scheduler, generator
+        self.max_flops, self.study = max_flops, study
+        self.weights = list(supernet.weight_parameters())
+        self.alphas = supernet.arch_parameters()
+
+    def _batches(self, indices: torch.Tensor, shuffle: bool = True, augment: bool = True):
+        return self.data.batches("train", indices, self.s.batch_size, shuffle=shuffle, augment=augment,
+                                 generator=self.generator, device=self.s.device)
+
+    def _requires_grad(self, params: list[nn.Parameter], flag: bool) -> None:
+        for p in params:
+            p.requires_grad_(flag)
+
+    def warmup_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train weights along uniformly sampled single paths on all classes (cheap, unbiased)."""
+        self.net.train()
+        self.net.set_mode("single")
+        self._requires_grad(self.alphas, False)
+        loss_sum, n, t0 = 0.0, 0, time.time()
+        total = self.data.num_batches(len(self.w_idx), self.s.batch_size)
+        bar = progress(self._batches(self.w_idx), total, f"warm-up {epoch + 1}/{self.s.warmup_epochs}",
+                       self.s.show_progress)
+        for x, y in bar:
+            loss = nn.functional.cross_entropy(self.net(x), y)
+            self.w_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.w_opt.step()
+            self.scheduler.step()
+            loss_sum, n = loss_sum + float(loss.detach()) * len(y), n + len(y)
+        self._requires_grad(self.alphas, True)
+        return {"phase": "warmup", "epoch": epoch + 1, "train_loss": loss_sum / max(1, n), "seconds": time.time() - t0}
+
+    def rank_classes(self, num_paths: int = 4) -> tuple[list[int], list[dict[str, Any]]]:
+        """Easy-first class order: per-class accuracy on held-out data, averaged over sampled paths."""
+        acc = torch.zeros(self.data.num_classes)
+        loss = 0.0
+        for i in range(num_paths):
+            arch = self.space.sample(seed=self.s.seed * 1000 + i, max_flops=self.max_flops)
+            self.net.set_arch(arch)
+            recalibrate_batchnorm(self.net, self._batches(self.w_idx, augment=False))
+            result = evaluate(self.net, self.data, "train", self.a_idx, device=self.s.device)
+            acc += torch.tensor(result["per_class_accuracy"]) / num_paths
+            loss += result["loss"] / num_paths
+        order = sorted(range(self.data.num_classes), key=lambda c: -float(acc[c]))
+        ranking = [{"class": self.data.class_names[c], "index": c, "heldout_accuracy": float(acc[c])} for c in order]
+        return order, ranking
+
+    def search_epoch(self, stage_index: int, num_stages: int, epoch: int, stage: Stage,
+                     classes: list[int]) -> dict[str, Any]:
+        """One epoch of alternating weight and logit steps on the stage's classes."""
+        subset = ClassSubset(classes, self.data.num_classes)
+        targets = self.data.train.targets
+        w_idx, a_idx = subset.indices(targets, self.w_idx), subset.indices(targets, self.a_idx)
+        self.net.train()
+        self.net.set_mode(self.s.path_mode)
+        sums = {"train_loss": 0.0, "arch_loss": 0.0, "arch_accuracy": 0.0}
+        n, t0 = 0, time.time()
+        total = self.data.num_batches(min(len(w_idx), len(a_idx)), self.s.batch_size)
+        alive = self.net.num_alive() / len(self.net.layers)
+        desc = (f"stage {stage_index + 1}/{num_stages} epoch {epoch + 1}/{stage.epochs} "
+                f"({len(classes)} classes, {alive:.1f} cand/layer)")
+        bar = progress(zip(self._batches(w_idx), self._batches(a_idx)), total, desc, self.s.show_progress)
+        for (xw, yw), (xa, ya) in bar:
+            # weight step: training half, logits frozen
+            self._requires_grad(self.alphas, False)
+            logits, target = subset.apply(self.net(xw), yw)
+            loss = nn.functional.cross_entropy(logits, target)
+            self.w_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.w_opt.step()
+            self.scheduler.step()
+            self._requires_grad(self.alphas, True)
+            # logit step: held-out half, weights frozen
+            self._requires_grad(self.weights, False)
+            logits, target = subset.apply(self.net(xa), ya)
+            arch_loss = nn.functional.cross_entropy(logits, target) + self.flops_penalty()
+            self.a_opt.zero_grad(set_to_none=True)
+            arch_loss.backward()
+            self.a_opt.step()
+            self._requires_grad(self.weights, True)
+            b = len(yw)
+            sums["train_loss"] += float(loss.detach()) * b
+            sums["arch_loss"] += float(arch_loss.detach()) * b
+            sums["arch_accuracy"] += float((logits.argmax(1) == target).float().mean()) * b
+            n += b
+        record = {k: v / max(1, n) for k, v in sums.items()}
+        record.update(phase="search", stage=stage_index + 1, epoch=epoch + 1, classes=len(classes),
+                      expected_flops=float(self.net.expected_flops().detach()), seconds=time.time() - t0)
+        return record
+
+    def flops_penalty(self) -> torch.Tensor:
+        """Hinge on expected FLOPs above the budget (zero without a budget)."""
+        if self.max_flops is None or self.s.flops_weight == 0:
+            return torch.zeros((), device=self.s.device)
+        return self.s.flops_weight * torch.relu(self.net.expected_flops() / self.max_flops - 1.0)
+
+    def derive(self) -> dict[str, str]:
+        scores = {label: {o: math.log(max(p, 1e-12)) for o, p in probs.items()}
+                  for label, probs in self.net.probabilities().items()}
+        return best_under_budget(self.space, scores, self.max_flops)
+
+    def end_stage(self, stage_index: int, stage: Stage, classes: list[int], train_seconds: float) -> dict[str, Any]:
+        """Derive and record the stage's architecture, then prune the weakest candidates."""
+        t0 = time.time()
+        arch = self.derive()
+        self.net.set_arch(arch)
+        subset = ClassSubset(classes, self.data.num_classes)
+        recalibrate_batchnorm(self.net, self._batches(subset.indices(self.data.train.targets, self.w_idx), augment=False))
+        val = evaluate(self.net, self.data, "train", subset.indices(self.data.train.targets, self.a_idx),
+                       device=self.s.device, subset=subset)
+        val_all = evaluate(self.net, self.data, "train", self.a_idx, device=self.s.device)
+        self.net.set_mode(self.s.path_mode)
+        alive_before = self.net.alive_options()
+        pruned: dict[str, list[str]] = {}
+        if stage.keep_fraction is not None:
+            pruned = prune(self.net, self.space, stage.keep_fraction, self.max_flops)
+        seconds = train_seconds + time.time() - t0
+        record = {
+            "stage": stage_index + 1,
+            "classes": [self.data.class_names[c] for c in classes],
+            "num_classes": len(classes),
+            "alive_per_layer": {k: len(v) for k, v in alive_before.items()},
+            "alive": alive_before,
+            "pruned": pruned,
+            "seconds": seconds,
+            "val_accuracy": val["accuracy"],
+            "val_accuracy_all_classes": val_all["accuracy"],
+            "derived_arch": arch,
+            "derived_flops": self.space.flops(arch),
+            "probabilities": self.net.probabilities(),
+        }
+        record_trial(self.study, self.space, arch, val["accuracy"], f"stage{stage_index + 1}",
+                     {"stage": stage_index + 1, "kind": "derived", "classes": record["classes"],
+                      "alive_per_layer": record["alive_per_layer"], "stage_seconds": seconds,
+                      "val_accuracy_all_classes": val_all["accuracy"],
+                      "flops_readable": format_flops(self.space.flops(arch))})
+        return record
+
+
+def prune(supernet: Any, space: Any, keep_fraction: float, max_flops: int | None) -> dict[str, list[str]]:
+    """Keep the ``ceil(keep_fraction * alive)`` most probable candidates of every layer.
+
+    Never leaves the budget unreachable: if the cheapest surviving network would exceed
+    ``max_flops``, the cheapest previously alive candidate of a layer is restored (biggest saving
+    first) until it fits. Returns the pruned options per layer.
+    """
+    probs = supernet.probabilities()
+    alive = supernet.alive_options()
+    keep = {}
+    for label, p in probs.items():
+        k = max(1, math.ceil(keep_fraction * len(p)))
+        keep[label] = sorted(p, key=lambda o: -p[o])[:k]
+    if max_flops is not None:
+        table = space.flops_table
+        cheapest = lambda opts, label: min(opts, key=lambda o: table[label][o])  # noqa: E731
+        def min_total() -> int:
+            return space.fixed_flops + sum(table[l][cheapest(keep[l], l)] for l in keep)
+        saving = {l: table[l][cheapest(keep[l], l)] - table[l][cheapest(alive[l], l)] for l in keep}
+        gains = sorted(keep, key=lambda l: -saving[l])
+        while min_total() > max_flops and gains:
+            label = gains.pop(0)
+            restore = cheapest(alive[label], label)
+            if restore not in keep[label]:
+                keep[label].append(restore)
+    supernet.set_alive(keep)
+    return {label: [o for o in alive[label] if o not in keep[label]] for label in alive}

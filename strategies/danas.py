@@ -1,0 +1,44 @@
+"""``danas``: progressive data-adapted pruning (DA-NAS, ECCV 2020), as DESIGN.md describes our version."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from ._base import STRATEGIES
+from ._differentiable import DifferentiableSearch, Stage
+
+
+@STRATEGIES.register("danas")
+class ProgressiveDataAdaptedPruning(DifferentiableSearch):
+    """Easy classes first with every candidate, harder classes added as the candidate set shrinks.
+
+    After a single-path warm-up, classes are ranked by the per-class held-out accuracy of sampled
+    sub-networks (easy first). Stage ``i`` trains on the easiest ``class_fractions[i]`` of the
+    classes; after every stage but the last, each layer keeps its ``keep_fraction`` most probable
+    candidates (about 40% pruned per stage). ``epochs`` is split evenly over the stages.
+    """
+
+    rank_classes = True
+
+    def __init__(self, class_fractions: Sequence[float] = (0.3, 0.6, 1.0), keep_fraction: float = 0.6,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        fractions = [float(f) for f in class_fractions]
+        if not fractions or any(not 0 < f <= 1 for f in fractions) or fractions != sorted(fractions) or fractions[-1] != 1:
+            raise ValueError(f"search.class_fractions must rise within (0, 1] and end at 1.0, got {fractions}")
+        if not 0 < keep_fraction <= 1:
+            raise ValueError(f"search.keep_fraction must be in (0, 1], got {keep_fraction}")
+        if self.epochs < len(fractions):
+            raise ValueError(f"search.epochs ({self.epochs}) must be at least the number of stages ({len(fractions)})")
+        self.class_fractions, self.keep_fraction = fractions, keep_fraction
+
+    def stages(self, num_classes: int) -> list[Stage]:
+        n = len(self.class_fractions)
+        base, extra = divmod(self.epochs, n)
+        out = []
+        for i, f in enumerate(self.class_fractions):
+            classes = min(num_classes, max(2, math.ceil(f * num_classes)))
+            epochs = base + (1 if i >= n - extra else 0)
+            out.append(Stage(classes, epochs, self.keep_fraction if i < n - 1 else None))
+        return out

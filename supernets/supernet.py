@@ -1,0 +1,118 @@
+"""A weight-sharing supernet over a chain search space."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+from torch import nn
+
+from ._execution import Executor, naive_mixed_forward
+from .mixed import PATH_MODES, MixedLayer
+
+if TYPE_CHECKING:
+    from xsearch.search_spaces import Arch, ChainNetwork, SearchSpace
+
+
+class Supernet(nn.Module):
+    """Stem, one ``MixedLayer`` per choice of the space, head.
+
+    ``arch_parameters()`` are the logits (one vector per layer), ``weight_parameters()`` everything
+    else, so a strategy can update them on different data. ``extract(arch)`` returns the standalone
+    network of ``space.build(arch)`` carrying the supernet's weights.
+    """
+
+    def __init__(self, space: "SearchSpace", mode: str = "weighted", executor: Executor = naive_mixed_forward) -> None:
+        super().__init__()
+        self.space = space
+        self.stem = space.build_stem()
+        self.layers = nn.ModuleList(
+            MixedLayer(c.label, c.options, [space.build_candidate(i, o) for o in c.options])
+            for i, c in enumerate(space.choices)
+        )
+        self.head = space.build_head()
+        # per-layer FLOPs of each candidate, as a buffer so expected_flops runs on the right device
+        for layer in self.layers:
+            table = space.flops_table[layer.label]
+            layer.register_buffer("flops", torch.tensor([float(table[o]) for o in layer.options]))
+        self.set_executor(executor)
+        self.set_mode(mode)
+
+    # --- execution --------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+    def set_mode(self, mode: str) -> None:
+        """Path mode of every mixed layer: weighted, gated, single or fixed (see ``MixedLayer``)."""
+        if mode not in PATH_MODES:
+            raise ValueError(f"unknown path mode {mode!r}; valid: {PATH_MODES}")
+        for layer in self.layers:
+            layer.mode = mode
+        self.mode = mode
+
+    def set_executor(self, executor: Executor) -> None:
+        """The seam: the function every mixed layer runs its candidates through."""
+        for layer in self.layers:
+            layer.executor = executor
+
+    def set_arch(self, arch: "Arch") -> None:
+        """Run only the candidates of ``arch`` (path mode ``fixed``)."""
+        arch = self.space.validate(arch)
+        for layer in self.layers:
+            layer.fixed_index = layer.options.index(arch[layer.label])
+        self.set_mode("fixed")
+
+    # --- parameters -------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [layer.alpha for layer in self.layers]
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return (p for p in self.parameters() if id(p) not in arch)
+
+    # --- architecture distribution and pruning ---------------------------------------
+    def probabilities(self) -> dict[str, dict[str, float]]:
+        """Per layer, the softmax probability of each alive option."""
+        out = {}
+        for layer in self.layers:
+            p = layer.probabilities().detach().cpu().tolist()
+            out[layer.label] = {o: p[i] for i, o in enumerate(layer.options) if layer.alive[i]}
+        return out
+
+    def alive_options(self) -> dict[str, list[str]]:
+        return {layer.label: [layer.options[i] for i in layer.alive_indices()] for layer in self.layers}
+
+    def set_alive(self, alive: dict[str, list[str]]) -> None:
+        """Keep exactly the listed options of each layer alive (a layer needs at least one)."""
+        for layer in self.layers:
+            keep = alive[layer.label]
+            if not keep:
+                raise ValueError(f"layer {layer.label} would have no candidate left")
+            unknown = set(keep) - set(layer.options)
+            if unknown:
+                raise ValueError(f"unknown options {sorted(unknown)} for {layer.label}")
+            layer.alive.copy_(torch.tensor([o in keep for o in layer.options]))
+
+    def expected_flops(self) -> torch.Tensor:
+        """Expected MACs under the current distribution; differentiable in the logits."""
+        total = torch.tensor(float(self.space.fixed_flops), device=self.layers[0].alpha.device)
+        for layer in self.layers:
+            total = total + (layer.probabilities() * layer.flops).sum()
+        return total
+
+    def num_alive(self) -> int:
+        return int(sum(int(layer.alive.sum()) for layer in self.layers))
+
+    # --- extraction -------------------------------------------------------------------
+    def extract(self, arch: "Arch") -> "ChainNetwork":
+        """The standalone network for ``arch`` with the supernet's weights (a copy)."""
+        net = self.space.build(arch)
+        arch = self.space.validate(arch)
+        net.stem.load_state_dict(self.stem.state_dict())
+        net.head.load_state_dict(self.head.state_dict())
+        for target, layer in zip(net.layers, self.layers):
+            target.load_state_dict(layer.candidates[layer.options.index(arch[layer.label])].state_dict())
+        return net.to(next(self.parameters()).device)

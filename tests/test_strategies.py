@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from xsearch.errors import UserError
+from xsearch.search_spaces import get_space
+from xsearch.strategies import (STRATEGIES, Constraints, ProgressiveDataAdaptedPruning, best_under_budget,
+                                prune)
+
+
+@pytest.fixture(scope="module")
+def small_space():
+    return get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=4, width_mult=0.5)
+
+
+def brute_force(space, scores, budget):
+    best, best_arch = float("-inf"), None
+    for picks in itertools.product(*(list(scores[c.label]) for c in space.choices)):
+        arch = dict(zip(space.labels, picks))
+        if space.flops(arch) <= budget:
+            s = sum(scores[k][v] for k, v in arch.items())
+            if s > best:
+                best, best_arch = s, arch
+    return best, best_arch
+
+
+def test_derivation_is_the_exact_knapsack_optimum(small_space):
+    space = small_space
+    rng = random.Random(0)
+    for trial in range(6):
+        scores = {c.label: {o: rng.gauss(0, 1) for o in rng.sample(c.options, 6)} for c in space.choices}
+        budget = rng.randint(space.min_flops(), space.max_flops())
+        expected, _ = brute_force(space, scores, budget)
+        if expected == float("-inf"):
+            continue
+        arch = best_under_budget(space, scores, budget)
+        assert space.flops(arch) <= budget
+        assert sum(scores[k][v] for k, v in arch.items()) == pytest.approx(expected)
+
+
+def test_stages_grow_classes_and_split_epochs():
+    s = ProgressiveDataAdaptedPruning(epochs=7, class_fractions=(0.3, 0.6, 1.0), keep_fraction=0.6)
+    stages = s.stages(10)
+    assert [st.num_classes for st in stages] == [3, 6, 10]
+    assert [st.epochs for st in stages] == [2, 2, 3]
+    assert [st.keep_fraction for st in stages] == [0.6, 0.6, None]
+    with pytest.raises(ValueError, match="end at 1.0"):
+        ProgressiveDataAdaptedPruning(class_fractions=(0.5, 0.3))
+
+
+def test_pruning_keeps_the_most_probable_sixty_percent():
+    space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=4)
+    net = space.supernet()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.alpha.copy_(torch.randn_like(layer.alpha))
+    before = net.probabilities()
+    pruned = prune(net, space, 0.6, None)
+    for layer in net.layers:
+        n = len(before[layer.label])
+        kept = net.alive_options()[layer.label]
+        assert len(kept) == -(-6 * n // 10)  # ceil(0.6 n): 13 -> 8, 12 -> 8
+        assert min(before[layer.label][o] for o in kept) >= max(before[layer.label][o] for o in pruned[layer.label])
+
+
+def test_pruning_never_makes_the_budget_unreachable():
+    space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=4)
+    net = space.supernet()
+    with torch.no_grad():  # make the most expensive candidates the most probable
+        for layer in net.layers:
+            layer.alpha.copy_(layer.flops / layer.flops.max() * 5)
+    budget = space.min_flops() + 1000
+    prune(net, space, 0.3, budget)
+    alive = net.alive_options()
+    cheapest = space.fixed_flops + sum(min(space.flops_table[k][o] for o in v) for k, v in alive.items())
+    assert cheapest <= budget
+
+
+def _search(name, digits, budget, tmp_path=None, **kw):
+    space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=5)
+    strategy = STRATEGIES.get(name)(epochs=3, warmup_epochs=1, train_samples=600, batch_size=50,
+                                    show_progress=False, **kw)
+    ckpt = tmp_path / "ckpt.pt" if tmp_path else None
+    return space, strategy.search(space, None, digits, Constraints(budget), None, ckpt)
+
+
+def test_danas_records_every_stage_and_respects_the_budget(digits):
+    space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=5)
+    budget = (space.min_flops() + space.max_flops()) // 3
+    _, result = _search("danas", digits, budget)
+    assert result.flops <= budget and space.flops(result.arch) == result.flops
+    assert [h["num_classes"] for h in result.history] == [3, 6, 10]
+    alive = [sum(h["alive_per_layer"].values()) for h in result.history]
+    assert alive[0] == sum(len(c.options) for c in space.choices) and alive[0] > alive[1] > alive[2]
+    for h in result.history:
+        assert h["derived_flops"] <= budget and h["seconds"] > 0 and 0 <= h["val_accuracy"] <= 1
+    # easy-first: the order is the ranking, from most to least accurate held-out class
+    accs = [r["heldout_accuracy"] for r in result.metrics["class_ranking"]]
+    assert accs == sorted(accs, reverse=True)
+    assert result.history[0]["classes"] == [r["class"] for r in result.metrics["class_ranking"][:3]]
+
+
+def test_dnas_uses_all_classes_and_candidates(digits):
+    space, result = _search("dnas", digits, None)
+    assert len(result.history) == 1 and result.history[0]["num_classes"] == 10
+    assert sum(result.history[0]["alive_per_layer"].values()) == sum(len(c.options) for c in space.choices)
+
+
+def test_search_is_deterministic_given_the_seed(digits):
+    _, a = _search("danas", digits, None, seed=3)
+    _, b = _search("danas", digits, None, seed=3)
+    assert a.arch == b.arch
+
+
+def test_impossible_budget_is_a_user_error(digits):
+    space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=5)
+    with pytest.raises(UserError, match="smallest network"):
+        _search("danas", digits, space.min_flops() - 1)
+
+
+def test_random_strategy_respects_the_budget(digits):
+    space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=5)
+    budget = space.min_flops() + (space.max_flops() - space.min_flops()) // 5
+    for seed in range(5):
+        r = STRATEGIES.get("random")(seed=seed).search(space, None, digits, Constraints(budget), None)
+        assert r.flops <= budget

@@ -1,0 +1,203 @@
+"""The ``xsearch`` command: run, train, flops, list, dashboard, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+USAGE = """usage: xsearch COMMAND [ARGS]
+
+commands:
+  run [overrides]              search, retrain the found network, report (e.g. space=mbv3 strategy=danas)
+  run resume=RUN_DIR           resume an interrupted run from its last checkpoint
+  train ARCH_JSON [overrides]  retrain a found network from scratch (train.epochs=..., data=...)
+  flops ARCH_JSON              FLOPs (MACs) and parameters of a found network, checked with fvcore
+  list [spaces|strategies|datasets|evaluators|budgets]
+  dashboard [STORAGE] [--port N] [--host H]   Optuna dashboard over the runs' studies
+  bench search [overrides] [out=FILE.json]    danas vs dnas vs random, retrained with bench.seeds seeds
+
+overrides use Hydra's grammar: key=value (seed=1, constraints.flops=5M, search.epochs=6) and
+group=option (space=mbv3, strategy=danas|dnas|random, data=fashion_mnist|digits|cifar10|cifar100|imagefolder,
+evaluator=classification, budget=smoke|demo|full). Defaults: budget=demo, data=fashion_mnist.
+"""
+
+
+def _fmt_seconds(s: float) -> str:
+    m, s = divmod(int(round(s)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def cmd_run(args: list[str]) -> int:
+    from .config import compose, validate
+    from .pipeline import load_run_config, run
+    from xsearch.search_spaces import format_flops
+
+    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if resume:
+        others = [a for a in args if not a.startswith("resume=") and not a.startswith("progress=")]
+        if others:
+            raise UserError(f"resume=RUN_DIR continues a run with its saved configuration; drop {others}")
+        cfg = load_run_config(resume)
+        print(f"resuming {resume}", flush=True)
+    else:
+        cfg = validate(compose(args))
+    try:
+        out = run(cfg)
+    except KeyboardInterrupt:
+        where = cfg.get("_run_dir") or "the run folder printed above"
+        print(f"\ninterrupted; nothing finished is lost. Resume with: xsearch run resume={where}", file=sys.stderr)
+        return 130
+    rec, res, met, cfg = out["record"], out["result"], out["metrics"], out["cfg"]
+    labels = " ".join(f"{v}" for v in rec["arch"].values())
+    print("\n" + "=" * 72)
+    print(f"xsearch run finished: {out['run_dir']}")
+    print(f"  architecture   {labels}")
+    print(f"  test accuracy  {100 * met['test_accuracy']:.2f}%  (retrained from scratch, {met['train_epochs']} "
+          f"epochs, {met['test_samples']} test images)")
+    budget = cfg["constraints"]["flops"]
+    print(f"  FLOPs          {format_flops(rec['flops'])} MACs"
+          + (f" (budget {format_flops(budget)})" if budget else "") + f", params {rec['params'] / 1e6:.3f}M")
+    stages = res.history
+    if stages:
+        classes = " -> ".join(str(h["num_classes"]) for h in stages)
+        alive = " -> ".join(f"{sum(h['alive_per_layer'].values()) / len(h['alive_per_layer']):.0f}" for h in stages)
+        print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']}, classes {classes}, "
+              f"candidates/layer {alive})")
+    else:
+        print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']})")
+    print(f"  retraining     {_fmt_seconds(met['train_seconds'])}")
+    print(f"  run folder     {out['run_dir']}  (arch.json, search.png, stages.csv, retrain/model.pt)")
+    print(f"  dashboard      xsearch dashboard {cfg['storage']}")
+    print(f"  retrain again  xsearch train {out['run_dir']}/arch.json train.epochs=20")
+    return 0
+
+
+def cmd_train(args: list[str]) -> int:
+    from .config import compose, validate
+    from .pipeline import build_data, build_evaluator
+    from .records import new_run_dir, write_json
+    from xsearch.search_spaces import format_flops, load_arch, save_arch
+    import json
+
+    if not args or "=" in args[0]:
+        raise UserError("usage: xsearch train ARCH_JSON [overrides]; ARCH_JSON is a run's arch.json")
+    path, overrides = args[0], args[1:]
+    space, arch = load_arch(path)
+    saved = json.loads((Path(path) / "arch.json" if Path(path).is_dir() else Path(path)).read_text())
+    if not any(o.startswith("data=") for o in overrides) and saved.get("data"):
+        overrides = [f"data={saved['data']}"] + overrides
+    cfg = validate(compose(overrides))
+    data = build_data(cfg)
+    if (data.num_classes, *data.input_shape) != (space.num_classes, space.in_chans, space.image_size, space.image_size):
+        raise UserError(f"the architecture was built for {space.num_classes} classes of {space.input_shape} images, "
+                        f"but data={cfg['data']['name']} has {data.num_classes} classes of {data.input_shape}; "
+                        "pass the data it was searched on")
+    run_dir = new_run_dir(cfg["runs_root"], space.name, "train", cfg.get("run_dir"))
+    evaluator = build_evaluator(cfg)
+    print(f"retraining {format_flops(space.flops(arch))}-MAC network in {run_dir}", flush=True)
+    metrics = evaluator.evaluate(space, arch, data, seed=cfg["seed"], workdir=run_dir)
+    save_arch(run_dir / "arch.json", space, arch, metrics={"test_accuracy": metrics["test_accuracy"]},
+              data=cfg["data"]["name"], trained_from=str(path))
+    write_json(run_dir / "metrics.json", metrics)
+    print(f"test accuracy {100 * metrics['test_accuracy']:.2f}% after {metrics['train_epochs']} epochs; "
+          f"weights in {run_dir / 'model.pt'}")
+    return 0
+
+
+def cmd_flops(args: list[str]) -> int:
+    from xsearch.search_spaces import format_flops, load_arch
+    from .flops import fvcore_macs
+
+    if len(args) != 1:
+        raise UserError("usage: xsearch flops ARCH_JSON")
+    space, arch = load_arch(args[0])
+    table, counted = space.flops(arch), fvcore_macs(space.build(arch), space.input_shape)
+    print(f"space     {space.name} {space.space_kwargs}")
+    print(f"FLOPs     {table} MACs ({format_flops(table)}), from the space's table")
+    print(f"fvcore    {counted} MACs (conv + linear + matmul), {'equal' if counted == table else 'DIFFERENT'}")
+    print(f"params    {space.params(arch)} ({space.params(arch) / 1e6:.3f}M)")
+    timm_def = space.to_timm(arch)
+    if timm_def:
+        print("timm      " + " | ".join(",".join(stage) for stage in timm_def))
+    return 0 if counted == table else 1
+
+
+def cmd_list(args: list[str]) -> int:
+    from xsearch.data import DATASETS
+    from xsearch.evaluators import list_evaluators
+    from xsearch.search_spaces import list_spaces
+    from xsearch.strategies import list_strategies
+    from .config import group_options
+
+    what = {"spaces": list_spaces, "strategies": list_strategies, "datasets": DATASETS.names,
+            "evaluators": list_evaluators, "budgets": lambda: group_options("budget")}
+    if len(args) > 1 or (args and args[0] not in what):
+        raise UserError(f"usage: xsearch list [{'|'.join(what)}]; got {' '.join(args)!r}")
+    for key in args or list(what):
+        print(f"{key}: {', '.join(what[key]())}")
+    return 0
+
+
+def cmd_dashboard(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="xsearch dashboard")
+    parser.add_argument("storage", nargs="?", default=None, help="Optuna storage URL (default: runs/xsearch.db)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1")
+    ns = parser.parse_args(args)
+    storage = ns.storage
+    if storage is None:
+        db = Path("runs/xsearch.db")
+        if not db.exists():
+            raise UserError("no runs/xsearch.db here; run 'xsearch run' first or pass a storage URL "
+                            "(e.g. xsearch dashboard sqlite:///path/to/xsearch.db)")
+        storage = f"sqlite:///{db.resolve()}"
+    elif "://" not in storage:
+        if not Path(storage).exists():
+            raise UserError(f"storage {storage!r} is neither a URL nor an existing SQLite file")
+        storage = f"sqlite:///{Path(storage).resolve()}"
+    from optuna_dashboard import run_server
+
+    print(f"Optuna dashboard on http://{ns.host}:{ns.port} for {storage} (Ctrl-C to stop)", flush=True)
+    run_server(storage, host=ns.host, port=ns.port)
+    return 0
+
+
+def cmd_bench(args: list[str]) -> int:
+    if not args or args[0] != "search":
+        raise UserError("usage: xsearch bench search [overrides] [out=FILE.json]; available benchmarks: search")
+    from .bench import bench_search
+
+    bench_search(args[1:])
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "flops": cmd_flops, "list": cmd_list,
+            "dashboard": cmd_dashboard, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"xsearch: error: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}.\n\n{USAGE}",
+              file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[command](rest)
+    except UserError as exc:
+        print(f"xsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Configuration: Hydra's compose API over ``xsearch/conf``, with user-facing validation.
+
+Every mistake a user can make on the command line ends as a ``UserError`` whose message says what
+was wrong and what is valid.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UserError
+
+CONF_DIR = Path(__file__).parent / "conf"
+GROUPS = ("space", "strategy", "data", "evaluator", "budget")
+_SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def parse_count(value: Any, what: str = "constraints.flops") -> int | None:
+    """'5M' -> 5_000_000, '300K', '1.2G', 1200 -> int; None stays None."""
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
+        return None
+    if isinstance(value, bool):
+        raise UserError(f"{what}={value!r} is not a number; write e.g. 5M, 300K, 1.2G or 5000000")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)\s*", str(value))
+        if not m:
+            raise UserError(f"{what}={value!r} is not a number; write e.g. 5M, 300K, 1.2G or 5000000")
+        number = float(m.group(1)) * _SUFFIX.get(m.group(2).upper(), 1)
+    if number <= 0:
+        raise UserError(f"{what} must be positive, got {value!r}")
+    return int(round(number))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The resolved configuration for ``overrides`` (Hydra grammar), or a UserError."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"argument {item!r} is not an override; write key=value (e.g. seed=1) or "
+                            f"group=option (e.g. space=mbv3); groups: {', '.join(GROUPS)}")
+        key, value = item.split("=", 1)
+        group = key.lstrip("+~")
+        if group in GROUPS and value not in group_options(group):
+            raise UserError(f"unknown {group} {value!r}; valid {group} options: {', '.join(group_options(group))}.")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = hydra_compose("config", overrides=overrides)
+    except Exception as exc:  # Hydra's own exceptions: rewrite them for the user
+        raise UserError(_explain(exc, overrides)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def _explain(exc: Exception, overrides: list[str]) -> str:
+    text = str(exc)
+    m = re.search(r"Key '([^']+)' is not in struct", text) or re.search(r"Could not override '([^']+)'", text)
+    if m:
+        bad = next((o.split("=", 1)[0] for o in overrides if m.group(1) in o.split("=", 1)[0]), m.group(1))
+        parent = bad.rsplit(".", 1)[0] if "." in bad else ""
+        base = compose_defaults()
+        node = OmegaConf.select(base, parent) if parent else base
+        keys = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        where = f"under '{parent}'" if parent else "at the top level"
+        return (f"unknown configuration key {bad!r}; valid keys {where}: {', '.join(map(str, keys))}. "
+                f"Groups: {', '.join(GROUPS)} (e.g. space=mbv3). Check the spelling, or list options with "
+                f"'xsearch list'.")
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"invalid overrides {overrides}: {first}"
+
+
+def compose_defaults() -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = hydra_compose("config")
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Check the values Hydra cannot type-check; returns the config as a plain dict with parsed numbers."""
+    plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    plain["constraints"]["flops"] = parse_count(plain["constraints"].get("flops"))
+    try:
+        plain["seed"] = int(plain["seed"])
+    except (TypeError, ValueError):
+        raise UserError(f"seed={plain['seed']!r} is not an integer") from None
+    if plain["device"] not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device={plain['device']!r} is not valid; use auto, cpu or cuda")
+    if plain["device"] == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("device=cuda but no CUDA GPU is visible to torch; use device=cpu or device=auto")
+    minimum = {"warmup_epochs": 0}
+    for section in ("search", "train"):
+        for key in ("epochs", "warmup_epochs", "batch_size", "train_samples", "test_samples", "max_trials"):
+            value = plain.get(section, {}).get(key)
+            if value is not None:
+                plain[section][key] = _whole(value, f"{section}.{key}", minimum.get(key, 1))
+    return plain
+
+
+def _whole(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UserError(f"{name}={value!r} is not a whole number (at least {minimum})")
+    try:
+        number = int(value)
+    except ValueError:
+        raise UserError(f"{name}={value!r} is not a whole number (at least {minimum})") from None
+    if number < minimum:
+        raise UserError(f"{name}={value!r} must be at least {minimum}")
+    return number

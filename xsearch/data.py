@@ -1,0 +1,265 @@
+"""Datasets as in-memory tensors (or an image folder read lazily), with fast batch iteration.
+
+Nothing is downloaded: every loader reads files the user already has and, when they are missing,
+raises a UserError that says where it looked and how to get them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from ._registry import Registry
+from .errors import UserError
+
+DATASETS: Registry[Callable[..., "ImageData"]] = Registry("dataset")
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+@dataclass
+class TensorSplit:
+    """Images as a uint8 tensor (N, C, H, W) and integer targets."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index].float().div_(255.0), self.targets[index]
+
+
+class FolderSplit:
+    """An ImageFolder-style directory, decoded on the fly (for data that does not fit in memory)."""
+
+    def __init__(self, root: Path, image_size: int) -> None:
+        from torchvision import datasets, transforms
+
+        tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
+                                 transforms.PILToTensor()])
+        self.folder = datasets.ImageFolder(str(root), transform=tf)
+        self.targets = torch.tensor(self.folder.targets, dtype=torch.long)
+        self.classes = self.folder.classes
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.stack([self.folder[int(i)][0] for i in index])
+        return images.float().div_(255.0), self.targets[index]
+
+
+@dataclass
+class ImageData:
+    """A classification dataset: train and test splits, normalisation, and what augmentation suits it."""
+
+    name: str
+    train: Any
+    test: Any
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool = True
+    crop_padding: int = 2
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        x, _ = self.train.batch(torch.tensor([0]))
+        return tuple(x.shape[1:])  # type: ignore[return-value]
+
+    def batches(self, split: str, indices: torch.Tensor | None = None, batch_size: int = 128,
+                shuffle: bool = False, augment: bool = False, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised (images, targets) batches of ``split`` ('train' or 'test'), optionally a subset."""
+        data = self.train if split == "train" else self.test
+        if indices is None:
+            indices = torch.arange(len(data))
+        if shuffle:
+            indices = indices[torch.randperm(len(indices), generator=generator)]
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        for start in range(0, len(indices), batch_size):
+            x, y = data.batch(indices[start:start + batch_size])
+            if augment:
+                x = augment_batch(x, self.crop_padding, self.flip, generator)
+            x = ((x - mean) / std).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            yield x, y.to(device, non_blocking=True)
+
+    def num_batches(self, n: int, batch_size: int) -> int:
+        return (n + batch_size - 1) // batch_size
+
+
+def augment_batch(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """Random crop after zero padding, and random horizontal flip, per sample."""
+    b, _, h, w = x.shape
+    if padding > 0:
+        padded = torch.nn.functional.pad(x, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h))[:, :, None]
+        cols = (dx[:, None] + torch.arange(w))[:, None, :]
+        x = padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        mask = torch.rand(b, generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x.contiguous()
+
+
+def split_for_search(targets: torch.Tensor, num_samples: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint, class-stratified halves of (a subset of) the training split.
+
+    The first trains supernet weights, the second the architecture logits and the difficulty
+    ranking. The test split is never used for search.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = len(targets) if not num_samples else min(num_samples, len(targets))
+    first, second = [], []
+    classes = torch.unique(targets)
+    for c in classes.tolist():
+        idx = torch.nonzero(targets == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        take = round(len(idx) * n / len(targets))
+        half = take // 2
+        first.append(idx[:half])
+        second.append(idx[half:take])
+    return torch.cat(first), torch.cat(second)
+
+
+def subset(targets: torch.Tensor, num_samples: int | None, seed: int) -> torch.Tensor:
+    """A class-stratified random subset of indices (all indices when ``num_samples`` is falsy)."""
+    if not num_samples or num_samples >= len(targets):
+        return torch.arange(len(targets))
+    a, b = split_for_search(targets, num_samples, seed)
+    return torch.cat([a, b])
+
+
+# --- loaders ------------------------------------------------------------------------------
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for sub in ("", "raw", "FashionMNIST/raw"):
+        for suffix in ("", ".gz"):
+            p = root / sub / (stem + suffix)
+            if p.is_file():
+                return p
+    return None
+
+
+@DATASETS.register("fashion_mnist")
+def load_fashion_mnist(root: str | None = None, **_: Any) -> ImageData:
+    """Fashion-MNIST from its IDX files (Debian package ``dataset-fashion-mnist`` or torchvision's raw/ folder)."""
+    base = Path(root or "/usr/share/datasets/fashion-mnist")
+    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    paths = [_find(base, s) for s in stems]
+    if any(p is None for p in paths):
+        missing = [s for s, p in zip(stems, paths) if p is None]
+        raise UserError(
+            f"Fashion-MNIST not found under {str(base)!r} (missing {', '.join(missing)}[.gz]). Install it with "
+            "'apt-get install dataset-fashion-mnist' (files land in /usr/share/datasets/fashion-mnist/) or point "
+            "data.root=DIR at a folder holding the four IDX files."
+        )
+    xtr, ytr, xte, yte = (_read_idx(p) for p in paths)  # type: ignore[arg-type]
+    as_split = lambda x, y: TensorSplit(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
+    return ImageData("fashion_mnist", as_split(xtr, ytr), as_split(xte, yte), FASHION_MNIST_CLASSES,
+                     mean=(0.2860,), std=(0.3530,), flip=True, crop_padding=2, info={"root": str(base)})
+
+
+@DATASETS.register("digits")
+def load_digits_data(root: str | None = None, **_: Any) -> ImageData:
+    """scikit-learn's 8x8 digits (1,797 images, shipped with scikit-learn); a fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy((d.images * 255.0 / 16.0).round().astype(np.uint8)).unsqueeze(1)
+    targets = torch.from_numpy(d.target.astype(np.int64))
+    test_idx, train_idx = [], []
+    g = torch.Generator().manual_seed(0)
+    for c in range(10):
+        idx = torch.nonzero(targets == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = len(idx) // 5
+        test_idx.append(idx[:k])
+        train_idx.append(idx[k:])
+    tr, te = torch.cat(train_idx), torch.cat(test_idx)
+    return ImageData("digits", TensorSplit(images[tr], targets[tr]), TensorSplit(images[te], targets[te]),
+                     tuple(str(i) for i in range(10)), mean=(0.3,), std=(0.4,), flip=False, crop_padding=1)
+
+
+def _load_pickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _cifar(name: str, root: str | None, folder: str, train_files: list[str], test_file: str,
+           label_key: str, meta_file: str, names_key: str) -> ImageData:
+    if not root:
+        raise UserError(f"data={name} needs data.root=DIR, the folder that holds '{folder}/' "
+                        "(the layout torchvision's CIFAR datasets use); nothing is downloaded.")
+    base = Path(root)
+    base = base / folder if (base / folder).is_dir() else base
+    files = [base / f for f in train_files + [test_file, meta_file]]
+    if not all(f.is_file() for f in files):
+        raise UserError(f"{name} files not found under {str(base)!r}: expected {', '.join(train_files + [test_file])} "
+                        f"(the python-pickle release, folder '{folder}/'). Set data.root to the folder holding it.")
+
+    def read(paths: list[Path]) -> TensorSplit:
+        parts = [_load_pickle(p) for p in paths]
+        x = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts]).reshape(-1, 3, 32, 32)
+        y = np.concatenate([np.asarray(p[label_key]) for p in parts]).astype(np.int64)
+        return TensorSplit(torch.from_numpy(x), torch.from_numpy(y))
+
+    names = tuple(_load_pickle(files[-1])[names_key])
+    return ImageData(name, read(files[:len(train_files)]), read([files[len(train_files)]]), names,
+                     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), flip=True, crop_padding=4,
+                     info={"root": str(base)})
+
+
+@DATASETS.register("cifar10")
+def load_cifar10(root: str | None = None, **_: Any) -> ImageData:
+    """CIFAR-10 from the python-pickle release (``cifar-10-batches-py/``)."""
+    return _cifar("cifar10", root, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                  "labels", "batches.meta", "label_names")
+
+
+@DATASETS.register("cifar100")
+def load_cifar100(root: str | None = None, **_: Any) -> ImageData:
+    """CIFAR-100 from the python-pickle release (``cifar-100-python/``), fine labels."""
+    return _cifar("cifar100", root, "cifar-100-python", ["train"], "test", "fine_labels", "meta", "fine_label_names")
+
+
+@DATASETS.register("imagefolder")
+def load_imagefolder(root: str | None = None, image_size: int = 64, **_: Any) -> ImageData:
+    """An ImageNet-style folder: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``."""
+    if not root or not (Path(root) / "train").is_dir() or not (Path(root) / "val").is_dir():
+        raise UserError(f"data=imagefolder needs data.root=DIR with DIR/train/<class>/ and DIR/val/<class>/ image "
+                        f"folders; got {root!r}.")
+    train, test = FolderSplit(Path(root) / "train", image_size), FolderSplit(Path(root) / "val", image_size)
+    return ImageData("imagefolder", train, test, tuple(train.classes), mean=(0.485, 0.456, 0.406),
+                     std=(0.229, 0.224, 0.225), flip=True, crop_padding=image_size // 8, info={"root": root})
+
+
+def load_dataset(name: str, root: str | None = None, **kwargs: Any) -> ImageData:
+    """Load dataset ``name`` (see ``DATASETS.names()``) from ``root``."""
+    return DATASETS.get(name)(root=root, **kwargs)

@@ -1,0 +1,155 @@
+"""Training utilities shared by supernet search and stand-alone retraining.
+
+A leaf module (torch and ``xsearch.data`` only), so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import ImageData
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0):
+    """Linear warm-up then cosine decay to zero, stepped once per batch."""
+    total_steps = max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class ClassSubset:
+    """Restricts a classifier to a subset of classes: logits are sliced, targets re-indexed."""
+
+    def __init__(self, classes: Iterable[int], num_classes: int) -> None:
+        self.classes = torch.tensor(sorted(classes), dtype=torch.long)
+        self.lookup = torch.full((num_classes,), -1, dtype=torch.long)
+        self.lookup[self.classes] = torch.arange(len(self.classes))
+
+    def indices(self, targets: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The entries of ``candidates`` whose target is in the subset."""
+        return candidates[self.lookup[targets[candidates]] >= 0]
+
+    def apply(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        classes = self.classes.to(logits.device)
+        return logits.index_select(1, classes), self.lookup.to(targets.device)[targets]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageData, split: str, indices: torch.Tensor | None = None,
+             batch_size: int = 512, device: torch.device | str = "cpu",
+             subset: ClassSubset | None = None) -> dict[str, Any]:
+    """Accuracy, mean cross-entropy and per-class accuracy of ``model`` on ``split`` (optionally a subset)."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(data.num_classes)
+    seen = torch.zeros(data.num_classes)
+    loss_sum, n = 0.0, 0
+    for x, y in data.batches(split, indices, batch_size, device=device):
+        logits = model(x)
+        if subset is not None:
+            logits, local = subset.apply(logits, y)
+            pred = subset.classes.to(y.device)[logits.argmax(1)]
+            loss_sum += float(nn.functional.cross_entropy(logits, local, reduction="sum"))
+        else:
+            pred = logits.argmax(1)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        hit = (pred == y).float().cpu()
+        yc = y.cpu()
+        correct.index_add_(0, yc, hit)
+        seen.index_add_(0, yc, torch.ones_like(hit))
+        n += len(y)
+    model.train(was_training)
+    per_class = (correct / seen.clamp(min=1)).tolist()
+    return {"accuracy": float(correct.sum() / max(1, n)), "loss": loss_sum / max(1, n),
+            "per_class_accuracy": per_class, "samples": n}
+
+
+def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True):
+    """A tqdm bar on stderr; disabled when ``enabled`` is false or XSEARCH_PROGRESS=0."""
+    enabled = enabled and os.environ.get("XSEARCH_PROGRESS", "1") != "0"
+    # disable=None: tqdm hides itself when stderr is not a terminal (CI logs, pipes)
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=None if enabled else True, dynamic_ncols=True,
+                file=sys.stderr, mininterval=0.5)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically, so a kill mid-write never leaves a broken checkpoint."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                          max_batches: int = 20) -> None:
+    """Re-estimate every batch norm's running statistics on ``batches`` (exact averages, not EMA).
+
+    A sub-network of a supernet inherits running statistics measured under a different path
+    distribution; without this its held-out accuracy is meaningless (often chance).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the recalibration batches
+    was_training = model.training
+    model.train()
+    for i, (x, _) in enumerate(batches):
+        if i >= max_batches:
+            break
+        model(x)
+    model.train(was_training)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
