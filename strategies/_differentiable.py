@@ -44,7 +44,7 @@ class DifferentiableSearch(Strategy):
 
     rank_classes = False
 
-    def __init__(self, epochs: int = 3, warmup_epochs: int = 1, train_samples: int | None = 10000,
+    def __init__(self, epochs: int = 3, warmup_epochs: int = 3, train_samples: int | None = 20000,
                  batch_size: int = 128, lr: float = 0.1, weight_decay: float = 4e-5, arch_lr: float = 0.01,
                  arch_weight_decay: float = 1e-3, flops_weight: float = 0.2, path_mode: str = "weighted",
                  seed: int = 0, device: str = "auto", show_progress: bool = True) -> None:
@@ -231,10 +231,15 @@ class _Context:
         return record
 
     def flops_penalty(self) -> torch.Tensor:
-        """Hinge on expected FLOPs above the budget (zero without a budget)."""
+        """``flops_weight * |E[FLOPs] / budget - 1|``: pulls the distribution toward the budget (zero without one).
+
+        Two-sided on purpose: above the budget it pushes toward cheaper candidates; below it, it
+        counters the drift of weighted supernets toward parameter-free skips, so the derived network
+        uses the FLOPs it is allowed.
+        """
         if self.max_flops is None or self.s.flops_weight == 0:
             return torch.zeros((), device=self.s.device)
-        return self.s.flops_weight * torch.relu(self.net.expected_flops() / self.max_flops - 1.0)
+        return self.s.flops_weight * (self.net.expected_flops() / self.max_flops - 1.0).abs()
 
     def derive(self) -> dict[str, str]:
         scores = {label: {o: math.log(max(p, 1e-12)) for o, p in probs.items()}

@@ -28,7 +28,7 @@ def parse_count(value: Any, what: str = "constraints.flops") -> int | None:
     if isinstance(value, (int, float)):
         number = float(value)
     else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)\s*", str(value))
+        m = re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)\s*", str(value))
         if not m:
             raise UserError(f"{what}={value!r} is not a number; write e.g. 5M, 300K, 1.2G or 5000000")
         number = float(m.group(1)) * _SUFFIX.get(m.group(2).upper(), 1)
@@ -72,7 +72,7 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
     if m:
         bad = next((o.split("=", 1)[0] for o in overrides if m.group(1) in o.split("=", 1)[0]), m.group(1))
         parent = bad.rsplit(".", 1)[0] if "." in bad else ""
-        base = compose_defaults()
+        base = compose_defaults([o for o in overrides if o.split("=", 1)[0] in GROUPS])
         node = OmegaConf.select(base, parent) if parent else base
         keys = sorted(node.keys()) if isinstance(node, DictConfig) else []
         where = f"under '{parent}'" if parent else "at the top level"
@@ -83,14 +83,15 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
     return f"invalid overrides {overrides}: {first}"
 
 
-def compose_defaults() -> DictConfig:
+def compose_defaults(group_overrides: list[str] | None = None) -> DictConfig:
+    """The configuration with only group choices applied: what every key defaults to."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = hydra_compose("config")
+        cfg = hydra_compose("config", overrides=group_overrides or [])
     GlobalHydra.instance().clear()
     return cfg
 
@@ -98,6 +99,16 @@ def compose_defaults() -> DictConfig:
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """Check the values Hydra cannot type-check; returns the config as a plain dict with parsed numbers."""
     plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    choices = [f"{g}={plain[g]['name']}" for g in ("space", "strategy", "data", "evaluator")]
+    defaults = OmegaConf.to_container(compose_defaults(choices), resolve=True)
+    for section in ("space", "search", "train", "data"):
+        for key, default in defaults.get(section, {}).items():  # type: ignore[union-attr]
+            value = plain.get(section, {}).get(key)
+            if isinstance(default, float) and not isinstance(value, bool) and value is not None:
+                try:
+                    plain[section][key] = float(value)
+                except (TypeError, ValueError):
+                    raise UserError(f"{section}.{key}={value!r} is not a number (default {default})") from None
     plain["constraints"]["flops"] = parse_count(plain["constraints"].get("flops"))
     try:
         plain["seed"] = int(plain["seed"])

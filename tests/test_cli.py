@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from xsearch.cli import main
+
+SMOKE = ["data=digits", "budget=smoke", "progress=false"]
+
+
+def run_cli(args, tmp_path):
+    env = {**os.environ, "XSEARCH_PROGRESS": "0"}
+    return subprocess.run([sys.executable, "-m", "xsearch", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path, fashion_root):
+    proc = run_cli(["run", "space=mbv3", "strategy=danas", "budget=smoke", "constraints.flops=6M",
+                    f"runs_root={tmp_path / 'runs'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = next((tmp_path / "runs").glob("*-mbv3-danas"))
+    record = json.loads((run_dir / "arch.json").read_text())
+    assert set(record) >= {"space", "space_kwargs", "arch", "flops", "params", "metrics", "timm_arch_def"}
+    assert record["flops"] <= 6_000_000
+    assert 0.0 <= record["metrics"]["test_accuracy"] <= 1.0
+    for name in ("config.yaml", "search.png", "stages.csv", "epochs.csv", "retrain/model.pt", "metrics.json"):
+        assert (run_dir / name).exists(), name
+    assert "test accuracy" in proc.stdout and str(run_dir.name) in proc.stdout and "xsearch dashboard" in proc.stdout
+    # every derived architecture is a trial of the run's study, plus the retrained one
+    study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{tmp_path / 'runs' / 'xsearch.db'}")
+    trials = study.get_trials()
+    assert [t.user_attrs["kind"] for t in trials] == ["derived"] * 3 + ["retrained"]
+    assert [t.user_attrs["stage"] for t in trials[:3]] == [1, 2, 3]
+    assert all(t.values[1] == t.user_attrs["flops"] for t in trials)
+    assert trials[-1].values[0] == pytest.approx(record["metrics"]["test_accuracy"])
+    assert trials[-1].params == record["arch"]
+    assert trials[0].user_attrs["alive_per_layer"]["layer1"] == 12
+
+
+BAD_INPUTS = [
+    (["space=foo"], "valid space options: mbv3"),
+    (["strategy=bar"], "valid strategy options: danas, dnas, random"),
+    (["data=foo"], "valid data options: cifar10"),
+    (["search.foo=1"], "valid keys under 'search'"),
+    (["nonsense=1"], "valid keys at the top level"),
+    (["constraints.flops=abc"], "write e.g. 5M"),
+    (["constraints.flops=-5M"], "must be positive"),
+    (["seed=abc"], "not an integer"),
+    (["search.epochs=x"], "not a whole number"),
+    (["search.lr=fast"], "not a number"),
+    (["constraints.flops=1K"], "smallest network of space 'mbv3'"),
+    (["data=fashion_mnist", "data.root=/nonexistent"], "apt-get install dataset-fashion-mnist"),
+    (["data=cifar10", "data.root=/nonexistent"], "cifar-10-batches-py"),
+    (["data=cifar10"], "needs data.root"),
+    (["data=imagefolder", "data.root=/nonexistent"], "train/<class>"),
+    (["budget=huge"], "valid budget options: demo, full, smoke"),
+    (["device=tpu"], "auto, cpu or cuda"),
+    (["strategy=dnas", "search.keep_fraction=0.5"], "valid keys under 'search'"),
+    (["search.class_fractions=[0.5,0.2]"], "must rise"),
+    (["space.num_layers=2"], "at least 4"),
+    (["justaword"], "not an override"),
+    (["resume=/nonexistent/run"], "no run there"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_a_clear_error_with_exit_code_2(args, message, capsys, tmp_path):
+    assert main(["run", *args, f"runs_root={tmp_path}"] if not args[0].startswith("resume") else ["run", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xsearch: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_user_errors_from_a_real_process_have_no_traceback(tmp_path):
+    for args in (["run", "space=foo"], ["run", "constraints.flops=1K"], ["frobnicate"], ["train", "missing.json"],
+                 ["list", "things"], ["bench", "nothing"]):
+        proc = run_cli(args, tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and "error" in proc.stderr
+
+
+def test_list_and_flops_and_train(tmp_path, capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("mbv3", "danas", "dnas", "random", "fashion_mnist", "digits", "classification", "smoke"):
+        assert word in out
+    assert main(["run", *SMOKE, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 0
+    capsys.readouterr()
+    assert main(["flops", str(tmp_path / "r" / "arch.json")]) == 0
+    out = capsys.readouterr().out
+    assert "equal" in out and "timm" in out
+    assert main(["train", str(tmp_path / "r" / "arch.json"), "train.epochs=1", f"runs_root={tmp_path}"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    trained = next(tmp_path.glob("*-mbv3-train"))
+    assert (trained / "model.pt").exists() and json.loads((trained / "arch.json").read_text())["metrics"]
+
+
+def test_run_dir_is_never_overwritten(tmp_path, capsys):
+    assert main(["run", *SMOKE, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 0
+    assert main(["run", *SMOKE, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 2
+    assert "resume=" in capsys.readouterr().err
+
+
+def _kill_when(proc, path: Path, timeout: float = 300) -> None:
+    start = time.time()
+    while not path.exists():
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        assert time.time() - start < timeout
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("interrupt_at", ["search_checkpoint.pt", "retrain/train_checkpoint.pt"])
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, interrupt_at):
+    args = ["run", *SMOKE, "search.epochs=6", "train.epochs=3", f"runs_root={tmp_path / 'runs'}"]
+    env = {**os.environ, "XSEARCH_PROGRESS": "0"}
+    run_dir = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "xsearch", *args, f"run_dir={run_dir}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(proc, run_dir / interrupt_at)
+    assert not (run_dir / "DONE").exists()
+    resumed = run_cli(["run", f"resume={run_dir}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    reference = run_cli([*args, f"run_dir={tmp_path / 'runs' / 'reference'}"], tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    a = json.loads((run_dir / "search.json").read_text())
+    b = json.loads((tmp_path / "runs" / "reference" / "search.json").read_text())
+    assert a["arch"] == b["arch"]
+    assert len(a["metrics"]["epochs"]) == len(b["metrics"]["epochs"]) == 1 + 6  # warm-up + search, none repeated
+    ma = json.loads((run_dir / "arch.json").read_text())["metrics"]
+    mb = json.loads((tmp_path / "runs" / "reference" / "arch.json").read_text())["metrics"]
+    assert ma["test_accuracy"] == pytest.approx(mb["test_accuracy"], abs=1e-6)
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path / 'runs' / 'xsearch.db'}")
+    ids = [t.user_attrs["record_id"] for t in study.get_trials()]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 4
