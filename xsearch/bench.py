@@ -35,20 +35,23 @@ def bench_search(overrides: list[str]) -> list[dict[str, Any]]:
     if seeds < 1:
         raise UserError(f"bench.seeds must be at least 1, got {seeds}")
     data = build_data(base)
-    rows: list[dict[str, Any]] = []
     out = Path(base["out"]) if base.get("out") else None
+    from xsearch.strategies import Constraints
+
+    # all searches first, back to back, so their timings share the same machine state
+    found = []
     for name in strategies:
         cfg = validate(compose(overrides + [f"strategy={name}"]))
         space = build_space(cfg, data)
         space.check_budget(cfg["constraints"]["flops"])
-        strategy = build_strategy(cfg)
-        evaluator = build_evaluator(cfg)
-        from xsearch.strategies import Constraints
-
         print(f"[bench] {name}: searching ...", flush=True)
         t0 = time.time()
-        result = strategy.search(space, evaluator, data, Constraints(cfg["constraints"]["flops"]), None)
-        seconds = time.time() - t0
+        result = build_strategy(cfg).search(space, None, data, Constraints(cfg["constraints"]["flops"]), None)
+        found.append((name, cfg, space, result, time.time() - t0))
+        print(f"[bench] {name}: {found[-1][-1]:.0f} s, {result.flops / 1e6:.2f}M MACs", flush=True)
+    rows: list[dict[str, Any]] = []
+    for name, cfg, space, result, seconds in found:
+        evaluator = build_evaluator(cfg)
         accs = []
         for seed in range(seeds):
             print(f"[bench] {name}: retraining seed {seed + 1}/{seeds} ...", flush=True)
@@ -59,13 +62,15 @@ def bench_search(overrides: list[str]) -> list[dict[str, Any]]:
                "space": space.name, "data": cfg["data"]["name"], "flops_budget": cfg["constraints"]["flops"],
                "search_epochs": cfg["search"].get("epochs"), "warmup_epochs": cfg["search"].get("warmup_epochs"),
                "search_train_samples": cfg["search"].get("train_samples"), "train_epochs": cfg["train"]["epochs"],
-               "seeds": seeds, "machine": machine(), "overrides": overrides}
+               "seeds": seeds, "machine": machine(), "overrides": overrides,
+               "stages": [{k: h[k] for k in ("num_classes", "alive_per_layer", "seconds", "val_accuracy")}
+                          for h in result.history]}
         rows.append(row)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             write_json(out, rows)
-        print(f"[bench] {name}: {seconds:.0f} s search, {100 * row['test_accuracy']:.2f} "
-              f"+- {100 * row['test_accuracy_std']:.2f} % test", flush=True)
+        print(f"[bench] {name}: {100 * row['test_accuracy']:.2f} +- {100 * row['test_accuracy_std']:.2f} % test",
+              flush=True)
     print(format_table(rows))
     return rows
 

@@ -10,15 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = [
-    "ConvBNAct",
-    "DepthwiseSeparable",
-    "InvertedResidual",
-    "SqueezeExcite",
-    "conv_out_size",
-    "make_divisible",
-]
-
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Round ``value`` to the nearest multiple of ``divisor``, never more than 10% below it."""
