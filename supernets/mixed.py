@@ -53,7 +53,8 @@ class MixedLayer(nn.Module):
                 return self.executor(self, x, None, alive)
             picked = torch.multinomial(self.probabilities().detach(), 2, replacement=False).tolist()
             weights = torch.zeros_like(self.alpha)
-            weights = weights.index_put((torch.tensor(picked),), torch.softmax(self.alpha[picked], 0))
+            index = torch.tensor(picked, device=weights.device)
+            weights = weights.index_put((index,), torch.softmax(self.alpha[index], 0))
             return self.executor(self, x, weights, sorted(picked))
         if self.mode == "single":
             pick = alive[int(torch.randint(len(alive), ()))]

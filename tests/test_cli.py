@@ -142,3 +142,41 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, interrupt
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path / 'runs' / 'xsearch.db'}")
     ids = [t.user_attrs["record_id"] for t in study.get_trials()]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 4
+
+
+def test_bench_search_writes_rows_for_every_strategy(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "search", *SMOKE, "bench.seeds=2", "train.epochs=1", f"out={out}"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["strategy"] for r in rows] == ["danas", "dnas", "random"]
+    for r in rows:
+        assert {"strategy", "search_seconds", "test_accuracy", "test_accuracy_std", "flops", "params"} <= set(r)
+        assert len(r["test_accuracies"]) == 2 and r["test_accuracy_std"] >= 0
+    assert "| danas |" in capsys.readouterr().out
+
+
+def test_dashboard_serves_the_studies_on_the_chosen_port(tmp_path):
+    import socket
+    import urllib.request
+
+    storage = f"sqlite:///{tmp_path / 'x.db'}"
+    optuna.create_study(storage=storage, study_name="demo-study", directions=["maximize", "minimize"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "xsearch", "dashboard", storage, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "dashboard did not start"
+                time.sleep(0.5)
+        assert "demo-study" in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

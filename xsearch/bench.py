@@ -64,7 +64,7 @@ def bench_search(overrides: list[str]) -> list[dict[str, Any]]:
                "search_train_samples": cfg["search"].get("train_samples"), "train_epochs": cfg["train"]["epochs"],
                "seeds": seeds, "machine": machine(), "overrides": overrides,
                "stages": [{k: h[k] for k in ("num_classes", "alive_per_layer", "seconds", "val_accuracy")}
-                          for h in result.history]}
+                          for h in result.history if "alive_per_layer" in h]}
         rows.append(row)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ def cmd_run(args: list[str]) -> int:
     stages = res.history
     if stages:
         classes = " -> ".join(str(h["num_classes"]) for h in stages)
-        alive = " -> ".join(f"{sum(h['alive_per_layer'].values()) / len(h['alive_per_layer']):.0f}" for h in stages)
+        alive = " -> ".join(f"{sum(h['alive_per_layer'].values()) / len(h['alive_per_layer']):.1f}" for h in stages)
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']}, classes {classes}, "
               f"candidates/layer {alive})")
     else:
