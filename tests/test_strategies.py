@@ -129,3 +129,16 @@ def test_random_strategy_respects_the_budget(digits):
     for seed in range(5):
         r = STRATEGIES.get("random")(seed=seed).search(space, None, digits, Constraints(budget), None)
         assert r.flops <= budget
+
+
+def test_random_with_several_trials_scores_each_and_records_them(digits, tmp_path):
+    import optuna
+
+    from xsearch.evaluators import ClassificationEvaluator
+
+    space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=5)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    evaluator = ClassificationEvaluator(epochs=1, batch_size=64, show_progress=False)
+    r = STRATEGIES.get("random")(max_trials=3, seed=1).search(space, evaluator, digits, Constraints(None), study)
+    accs = [h["metrics"]["test_accuracy"] for h in r.history]
+    assert len(study.trials) == 3 and r.metrics["test_accuracy"] == max(accs)
