@@ -17,8 +17,17 @@ import torch
 from torch import nn
 
 from xsearch.data import ImageData, subset
-from xsearch.training import (cosine_with_warmup, evaluate, load_checkpoint, progress, resolve_device,
-                              rng_state, save_checkpoint, seed_everything, set_rng_state)
+from xsearch.training import (
+    cosine_with_warmup,
+    evaluate,
+    load_checkpoint,
+    progress,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 
 from ._base import EVALUATORS, Evaluator
 

@@ -19,12 +19,22 @@ from typing import Any
 
 import torch
 from torch import nn
+from xsearch.search_spaces import format_flops
 
 from xsearch.data import ImageData, split_for_search
-from xsearch.search_spaces import format_flops
-from xsearch.training import (ClassSubset, cosine_with_warmup, evaluate, load_checkpoint, progress,
-                              recalibrate_batchnorm, resolve_device, rng_state, save_checkpoint,
-                              seed_everything, set_rng_state)
+from xsearch.training import (
+    ClassSubset,
+    cosine_with_warmup,
+    evaluate,
+    load_checkpoint,
+    progress,
+    recalibrate_batchnorm,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 
 from ._base import Constraints, SearchResult, Strategy, record_trial
 from ._derive import best_under_budget
@@ -299,14 +309,19 @@ def prune(supernet: Any, space: Any, keep_fraction: float, max_flops: int | None
         keep[label] = sorted(p, key=lambda o: -p[o])[:k]
     if max_flops is not None:
         table = space.flops_table
-        cheapest = lambda opts, label: min(opts, key=lambda o: table[label][o])  # noqa: E731
+
+        def cheapest(label: str, options: list[str]) -> int:
+            return min(table[label][o] for o in options)
+
         def min_total() -> int:
-            return space.fixed_flops + sum(table[l][cheapest(keep[l], l)] for l in keep)
-        saving = {l: table[l][cheapest(keep[l], l)] - table[l][cheapest(alive[l], l)] for l in keep}
-        gains = sorted(keep, key=lambda l: -saving[l])
-        while min_total() > max_flops and gains:
-            label = gains.pop(0)
-            restore = cheapest(alive[label], label)
+            return space.fixed_flops + sum(cheapest(label, opts) for label, opts in keep.items())
+
+        # restore the layers whose pruned cheapest candidate saves the most FLOPs first
+        saving = {label: cheapest(label, keep[label]) - cheapest(label, alive[label]) for label in keep}
+        for label in sorted(keep, key=lambda k: -saving[k]):
+            if min_total() <= max_flops:
+                break
+            restore = min(alive[label], key=lambda o: table[label][o])
             if restore not in keep[label]:
                 keep[label].append(restore)
     supernet.set_alive(keep)

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
 import torch
+from xsearch.search_spaces import SKIP, get_space, list_spaces, load_arch, save_arch
 
 from xsearch.errors import UserError
 from xsearch.flops import fvcore_macs
-from xsearch.search_spaces import SKIP, get_space, list_spaces, load_arch, save_arch
 
 SHAPES = [dict(num_classes=10, in_chans=1, image_size=28), dict(num_classes=100, in_chans=3, image_size=32),
           dict(num_classes=10, in_chans=1, image_size=8, num_layers=5, width_mult=0.5)]
@@ -76,11 +75,12 @@ def test_validate_reports_bad_options():
 
 
 def test_timm_export_builds_the_same_network_in_timm():
+    from functools import partial
+
     from timm.layers import get_act_layer
     from timm.models._efficientnet_blocks import SqueezeExcite
     from timm.models._efficientnet_builder import decode_arch_def, round_channels
     from timm.models.mobilenetv3 import MobileNetV3
-    from functools import partial
 
     space = get_space("mbv3")
     se_layer = partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_layer=torch.nn.ReLU,

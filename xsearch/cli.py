@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from .errors import UserError
 
@@ -32,9 +31,10 @@ def _fmt_seconds(s: float) -> str:
 
 
 def cmd_run(args: list[str]) -> int:
+    from xsearch.search_spaces import format_flops
+
     from .config import compose, validate
     from .pipeline import load_run_config, run
-    from xsearch.search_spaces import format_flops
 
     resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
     if resume:
@@ -77,11 +77,13 @@ def cmd_run(args: list[str]) -> int:
 
 
 def cmd_train(args: list[str]) -> int:
+    import json
+
+    from xsearch.search_spaces import format_flops, load_arch, save_arch
+
     from .config import compose, validate
     from .pipeline import build_data, build_evaluator
     from .records import new_run_dir, write_json
-    from xsearch.search_spaces import format_flops, load_arch, save_arch
-    import json
 
     if not args or "=" in args[0]:
         raise UserError("usage: xsearch train ARCH_JSON [overrides]; ARCH_JSON is a run's arch.json")
@@ -110,6 +112,7 @@ def cmd_train(args: list[str]) -> int:
 
 def cmd_flops(args: list[str]) -> int:
     from xsearch.search_spaces import format_flops, load_arch
+
     from .flops import fvcore_macs
 
     if len(args) != 1:
@@ -131,6 +134,7 @@ def cmd_list(args: list[str]) -> int:
     from xsearch.evaluators import list_evaluators
     from xsearch.search_spaces import list_spaces
     from xsearch.strategies import list_strategies
+
     from .config import group_options
 
     what = {"spaces": list_spaces, "strategies": list_strategies, "datasets": DATASETS.names,
