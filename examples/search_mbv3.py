@@ -1,6 +1,6 @@
 """Search the mbv3 space with DA-NAS on Fashion-MNIST from Python, then retrain the result.
 
-Run: python examples/search_mbv3.py  (about 5 minutes on 2 CPU cores with these small settings)
+Run: python examples/search_mbv3.py  (about 2 minutes on 2 CPU cores with these small settings)
 """
 
 from __future__ import annotations
