@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 
+from xsearch.data import load_dataset
 from xsearch.evaluators import ClassificationEvaluator
 from xsearch.search_spaces import format_flops, get_space
 from xsearch.strategies import Constraints, ProgressiveDataAdaptedPruning
-
-from xsearch.data import load_dataset
 
 data = load_dataset("fashion_mnist")  # /usr/share/datasets/fashion-mnist, or root=...
 space = get_space("mbv3", num_classes=data.num_classes, in_chans=1, image_size=28)

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from xsearch.search_spaces import format_flops
 
 from xsearch.data import ImageData, split_for_search
+from xsearch.search_spaces import format_flops
 from xsearch.training import (
     ClassSubset,
     cosine_with_warmup,

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from xsearch.search_spaces import SKIP, get_space, list_spaces, load_arch, save_arch
 
 from xsearch.errors import UserError
 from xsearch.flops import fvcore_macs
+from xsearch.search_spaces import SKIP, get_space, list_spaces, load_arch, save_arch
 
 SHAPES = [dict(num_classes=10, in_chans=1, image_size=28), dict(num_classes=100, in_chans=3, image_size=32),
           dict(num_classes=10, in_chans=1, image_size=8, num_layers=5, width_mult=0.5)]

@@ -5,10 +5,10 @@ import random
 
 import pytest
 import torch
-from xsearch.search_spaces import get_space
-from xsearch.strategies import STRATEGIES, Constraints, ProgressiveDataAdaptedPruning, best_under_budget, prune
 
 from xsearch.errors import UserError
+from xsearch.search_spaces import get_space
+from xsearch.strategies import STRATEGIES, Constraints, ProgressiveDataAdaptedPruning, best_under_budget, prune
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,7 @@ def test_random_strategy_respects_the_budget(digits):
 
 def test_random_with_several_trials_scores_each_and_records_them(digits, tmp_path):
     import optuna
+
     from xsearch.evaluators import ClassificationEvaluator
 
     space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=5)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from xsearch.search_spaces import get_space
 from xsearch.supernets import Supernet
 
