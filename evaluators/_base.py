@@ -12,11 +12,26 @@ EVALUATORS: Registry = Registry("evaluator")
 
 
 class Evaluator(ABC):
-    """Trains and/or scores an architecture; strategies and the ``run``/``train`` commands call ``evaluate``."""
+    """Trains and/or scores an architecture.
+
+    Two entry points:
+    - ``evaluate``: the final word on a found network (the ``run`` and ``train`` commands call it);
+      its metrics hold ``test_accuracy`` when ``reports_accuracy`` is true.
+    - ``score``: what a multi-trial search maximizes; its metrics hold ``score``. It must not look
+      at the test split when the evaluator trains (stand-alone training scores on held-out training
+      images); a table or a proxy has no such split and scores what it reports.
+    """
 
     name = ""
+    reports_accuracy = True  # evaluate() returns test_accuracy
+    needs_data = True        # False: answers without images (a benchmark table, FLOPs)
 
     @abstractmethod
     def evaluate(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0,
                  workdir: Path | None = None) -> dict[str, Any]:
         """Metrics of ``arch`` (at least ``test_accuracy``). With ``workdir`` it checkpoints there and resumes."""
+
+    def score(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0) -> dict[str, Any]:
+        """Metrics of ``arch`` for search, with ``score`` (higher is better). Default: test accuracy."""
+        metrics = self.evaluate(space, arch, data, seed=seed)
+        return {**metrics, "score": metrics["test_accuracy"]}

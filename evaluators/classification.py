@@ -4,7 +4,9 @@ Recipe (documented in the README): SGD with Nesterov momentum 0.9, learning rate
 batch_size/256, one warm-up epoch (or 10% of training if shorter) then cosine decay to zero,
 weight decay ``weight_decay``, label smoothing 0.1, random-crop (zero padding) and, where the data
 allows, horizontal-flip augmentation. Test accuracy is measured once, after the last epoch, on the
-dataset's test split.
+dataset's test split. ``score`` (what multi-trial searches maximize) trains the same way on the
+training split minus ``val_samples`` held-out images and reports accuracy on those: a search never
+sees the test split.
 """
 
 from __future__ import annotations
@@ -40,19 +42,57 @@ class ClassificationEvaluator(Evaluator):
 
     def __init__(self, epochs: int = 4, batch_size: int = 128, lr: float = 0.2, weight_decay: float = 5e-5,
                  label_smoothing: float = 0.1, train_samples: int | None = None, test_samples: int | None = None,
-                 device: str = "auto", show_progress: bool = True) -> None:
+                 val_samples: int = 5000, device: str = "auto", show_progress: bool = True) -> None:
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.label_smoothing, self.train_samples, self.test_samples = label_smoothing, train_samples, test_samples
+        self.val_samples = val_samples
         self.device = resolve_device(device)
         self.show_progress = show_progress
 
     def evaluate(self, space: Any, arch: dict[str, str], data: ImageData, seed: int = 0,
                  workdir: Path | None = None) -> dict[str, Any]:
+        train_idx = subset(data.train.targets, self.train_samples, seed)
+        model, history, elapsed = self._fit(space, arch, data, train_idx, seed, workdir)
+        test_idx = subset(data.test.targets, self.test_samples, seed) if self.test_samples else None
+        result = evaluate(model, data, "test", test_idx, device=self.device)
+        if workdir is not None:
+            torch.save(model.state_dict(), Path(workdir) / "model.pt")
+        return {
+            "test_accuracy": result["accuracy"],
+            "test_loss": result["loss"],
+            "test_samples": result["samples"],
+            "per_class_test_accuracy": result["per_class_accuracy"],
+            "train_epochs": self.epochs,
+            "train_seconds": elapsed,
+            "history": history,
+            "seed": seed,
+        }
+
+    def holdout(self, data: ImageData, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training indices, validation indices) for ``score``: ``val_samples`` (at most a fifth) held out, seeded."""
+        targets = data.train.targets
+        if self.val_samples < 1:
+            raise ValueError(f"train.val_samples must be at least 1, got {self.val_samples}")
+        n_val = min(self.val_samples, len(targets) // 5)
+        perm = torch.randperm(len(targets), generator=torch.Generator().manual_seed(10_007 + seed))
+        val, rest = perm[:n_val], perm[n_val:]
+        return rest[subset(targets[rest], self.train_samples, seed)], val
+
+    def score(self, space: Any, arch: dict[str, str], data: ImageData, seed: int = 0) -> dict[str, Any]:
+        """Train on the training split minus the held-out images; score = accuracy on the held-out images."""
+        train_idx, val_idx = self.holdout(data, seed)
+        model, history, elapsed = self._fit(space, arch, data, train_idx, seed, None)
+        result = evaluate(model, data, "train", val_idx, device=self.device)
+        return {"score": result["accuracy"], "val_accuracy": result["accuracy"], "val_loss": result["loss"],
+                "val_samples": result["samples"], "train_epochs": self.epochs, "train_seconds": elapsed,
+                "seed": seed}
+
+    def _fit(self, space: Any, arch: dict[str, str], data: ImageData, train_idx: torch.Tensor, seed: int,
+             workdir: Path | None) -> tuple[nn.Module, list[dict[str, float]], float]:
         seed_everything(seed)
         model = space.build(arch).to(self.device).to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr * self.batch_size / 256, momentum=0.9,
                                     nesterov=True, weight_decay=self.weight_decay)
-        train_idx = subset(data.train.targets, self.train_samples, seed)
         steps = data.num_batches(len(train_idx), self.batch_size)
         scheduler = cosine_with_warmup(optimizer, steps * self.epochs, warmup_steps=min(steps, steps * self.epochs // 10))
         criterion = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
@@ -93,17 +133,4 @@ class ClassificationEvaluator(Evaluator):
                                             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                                             "rng": rng_state(), "epoch": epoch + 1, "history": history,
                                             "seconds": elapsed})
-        test_idx = subset(data.test.targets, self.test_samples, seed) if self.test_samples else None
-        result = evaluate(model, data, "test", test_idx, device=self.device)
-        if workdir is not None:
-            torch.save(model.state_dict(), Path(workdir) / "model.pt")
-        return {
-            "test_accuracy": result["accuracy"],
-            "test_loss": result["loss"],
-            "test_samples": result["samples"],
-            "per_class_test_accuracy": result["per_class_accuracy"],
-            "train_epochs": self.epochs,
-            "train_seconds": elapsed,
-            "history": history,
-            "seed": seed,
-        }
+        return model, history, elapsed

@@ -5,13 +5,17 @@ from __future__ import annotations
 from ._base import STRATEGIES, Constraints, SearchResult, Strategy, record_trial
 from ._derive import best_under_budget
 from ._differentiable import DifferentiableSearch, Stage, prune
+from ._multi_trial import MultiTrialStrategy, Queries, StopSearch
 from .danas import ProgressiveDataAdaptedPruning
 from .dnas import DifferentiableNAS
+from .evolution import RegularizedEvolution, mutate
+from .optuna_samplers import NSGA2Search, TPESearch
 from .random_search import RandomSearch
 
-__all__ = ["STRATEGIES", "Constraints", "DifferentiableNAS", "DifferentiableSearch", "ProgressiveDataAdaptedPruning",
-           "RandomSearch", "SearchResult", "Stage", "Strategy", "best_under_budget", "list_strategies", "prune",
-           "record_trial"]
+__all__ = ["STRATEGIES", "Constraints", "DifferentiableNAS", "DifferentiableSearch", "MultiTrialStrategy",
+           "NSGA2Search", "ProgressiveDataAdaptedPruning", "Queries", "RandomSearch", "RegularizedEvolution",
+           "SearchResult", "Stage", "StopSearch", "Strategy", "TPESearch", "best_under_budget", "list_strategies",
+           "mutate", "prune", "record_trial"]
 
 
 def list_strategies() -> list[str]:

@@ -25,3 +25,20 @@ def digits():
     from xsearch.data import load_dataset
 
     return load_dataset("digits")
+
+
+def find_macro_table() -> Path | None:
+    """NAS-Bench-Macro's table: $XSEARCH_NAS_BENCH_MACRO, else ../shared/benchmarks beside the repository."""
+    candidates = [os.environ.get("XSEARCH_NAS_BENCH_MACRO"), NAS_BENCH / "nas-bench-macro_cifar10.json",
+                  Path("/work/shared/benchmarks/nas-bench-macro/nas-bench-macro_cifar10.json")]
+    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+
+
+@pytest.fixture(scope="session")
+def macro_table() -> Path:
+    """Path of the NAS-Bench-Macro table (third-party data, never committed); skip when absent."""
+    path = find_macro_table()
+    if path is None:
+        pytest.skip("NAS-Bench-Macro table not found; set XSEARCH_NAS_BENCH_MACRO=PATH or keep ../shared beside "
+                    "the repository")
+    return path

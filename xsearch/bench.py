@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .config import compose, validate
+from .config import compose, parse_count, validate
 from .errors import UserError
 from .pipeline import build_data, build_evaluator, build_space, build_strategy
 from .records import write_json
@@ -86,3 +86,101 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                      f"{100 * r['test_accuracy']:.2f} +- {100 * r['test_accuracy_std']:.2f} | "
                      f"{r['flops'] / 1e6:.2f} | {r['params'] / 1e6:.3f} |")
     return "\n".join(lines)
+
+
+# --- xsearch bench strategies: multi-trial strategies against a benchmark table ------------------
+
+def bench_strategies(overrides: list[str]) -> list[dict[str, Any]]:
+    """Regret of each multi-trial strategy on the table, per FLOPs budget, over ``bench.table_seeds`` seeds.
+
+    Regret is the table's best mean accuracy under the budget minus the best mean accuracy the
+    strategy found, in points, after ``bench.queries`` queries; ``queries_to_0.2`` is the first
+    query at which the regret is at most 0.2 points (missing when never within 100 queries).
+    """
+    from xsearch.evaluators import TabularEvaluator
+    from xsearch.search_spaces import get_space
+    from xsearch.strategies import STRATEGIES, Constraints
+
+    cfg = validate(compose(["evaluator=tabular", "progress=false"] + overrides))
+    table_path = cfg["evaluator"].get("table")
+    if not table_path:
+        raise UserError("bench strategies needs the table: evaluator.table=PATH "
+                        "(e.g. ../shared/benchmarks/nas-bench-macro/nas-bench-macro_cifar10.json)")
+    evaluator = TabularEvaluator(table_path)
+    space = get_space(cfg["space"]["name"] if cfg["space"]["name"] != "mbv3" else "nasbench_macro")
+    bench = cfg["bench"]
+    checkpoints = sorted(int(q) for q in bench["queries"])
+    budgets = [parse_count(b, "bench.budgets") for b in bench["budgets"]]
+    seeds = int(bench["table_seeds"])
+    names = list(bench["multi_trial"])
+    unknown = [n for n in names if n not in STRATEGIES.names()]
+    if unknown:
+        raise UserError(f"bench.multi_trial: unknown strategies {unknown}; valid: {STRATEGIES.names()}")
+    rows: list[dict[str, Any]] = []
+    out = Path(cfg["out"]) if cfg.get("out") else None
+    for budget in budgets:
+        space.check_budget(budget)
+        best_key, best_acc = evaluator.best_under(space, budget)
+        for name in names:
+            regrets: dict[int, list[float]] = {q: [] for q in checkpoints}
+            reach: list[int | None] = []
+            t0 = time.time()
+            for seed in range(seeds):
+                knobs = {**_strategy_defaults(name), "max_trials": max(checkpoints), "seed": seed,
+                         "show_progress": False}
+                strategy = _construct_strategy(name, knobs)
+                result = strategy.search(space, evaluator, None, Constraints(budget), None)
+                trace = [100 * h["best_score"] for h in result.history]
+                for q in checkpoints:
+                    regrets[q].append(best_acc - trace[min(q, len(trace)) - 1])
+                reach.append(next((i + 1 for i, acc in enumerate(trace) if best_acc - acc <= 0.2 + 1e-9), None))
+            reached = [r for r in reach if r is not None]
+            row = {"strategy": name, "flops_budget": budget, "table_best": best_acc, "table_best_key": best_key,
+                   "seeds": seeds, "seconds": time.time() - t0,
+                   "reached_0.2": len(reached), "queries_to_0.2_median": statistics.median(reached) if reached else None,
+                   "queries_to_0.2": reach, "table": str(table_path), "machine": machine()}
+            for q in checkpoints:
+                row[f"regret@{q}"] = statistics.mean(regrets[q])
+                row[f"regret@{q}_std"] = statistics.stdev(regrets[q]) if seeds > 1 else 0.0
+            rows.append(row)
+            print(f"[bench] {format_flops_m(budget)} {name}: " + ", ".join(
+                f"regret@{q} {row[f'regret@{q}']:.2f}" for q in checkpoints)
+                + f"; within 0.2 in {len(reached)}/{seeds} seeds", flush=True)
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                write_json(out, rows)
+    print(format_strategies_table(rows, checkpoints))
+    return rows
+
+
+def format_flops_m(value: int) -> str:
+    return f"{value / 1e6:g}M"
+
+
+def _strategy_defaults(name: str) -> dict[str, Any]:
+    """The strategy's knobs from its config file (``search:`` section)."""
+    cfg = compose([f"strategy={name}"])
+    return dict(cfg.get("search", {}))
+
+
+def _construct_strategy(name: str, knobs: dict[str, Any]) -> Any:
+    from xsearch.strategies import STRATEGIES
+
+    from .pipeline import _construct
+
+    return _construct(STRATEGIES.get(name), "strategy", name, knobs, {})
+
+
+def format_strategies_table(rows: list[dict[str, Any]], checkpoints: list[int]) -> str:
+    head = " | ".join(f"regret@{q} (pts)" for q in checkpoints)
+    lines = [f"| budget | best in table | strategy | {head} | within 0.2: seeds | median queries |",
+             "|---|---:|---|" + "---:|" * len(checkpoints) + "---:|---:|"]
+    for r in rows:
+        cells = " | ".join(f"{r[f'regret@{q}']:.2f} +- {r[f'regret@{q}_std']:.2f}" for q in checkpoints)
+        median = r["queries_to_0.2_median"]
+        lines.append(f"| {format_flops_m(r['flops_budget'])} | {r['table_best']:.2f} | {r['strategy']} | {cells} | "
+                     f"{r['reached_0.2']}/{r['seeds']} | {'-' if median is None else f'{median:g}'} |")
+    return "\n".join(lines)
+
+
+BENCHMARKS = {"search": bench_search, "strategies": bench_strategies}

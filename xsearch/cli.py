@@ -56,20 +56,30 @@ def cmd_run(args: list[str]) -> int:
     print("\n" + "=" * 72)
     print(f"xsearch run finished: {out['run_dir']}")
     print(f"  architecture   {labels}")
-    print(f"  test accuracy  {100 * met['test_accuracy']:.2f}%  (retrained from scratch, {met['train_epochs']} "
-          f"epochs, {met['test_samples']} test images)")
+    if "benchmark_key" in met:
+        print(f"  test accuracy  {100 * met['test_accuracy']:.2f}%  (benchmark table, key {met['benchmark_key']})")
+    elif "test_accuracy" in met:
+        print(f"  test accuracy  {100 * met['test_accuracy']:.2f}%  (retrained from scratch, {met['train_epochs']} "
+              f"epochs, {met['test_samples']} test images)")
+    else:
+        print(f"  score          {met['score']:.4g}  ({cfg['evaluator']['name']} {met.get('proxy', '')})")
     budget = cfg["constraints"]["flops"]
     print(f"  FLOPs          {format_flops(rec['flops'])} MACs"
           + (f" (budget {format_flops(budget)})" if budget else "") + f", params {rec['params'] / 1e6:.3f}M")
     stages = res.history
-    if stages:
+    if stages and "alive_per_layer" in stages[0]:
         classes = " -> ".join(str(h["num_classes"]) for h in stages)
         alive = " -> ".join(f"{sum(h['alive_per_layer'].values()) / len(h['alive_per_layer']):.1f}" for h in stages)
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']}, classes {classes}, "
               f"candidates/layer {alive})")
+    elif res.metrics.get("queries"):
+        print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']}, "
+              f"{res.metrics['queries']} queries to {cfg['evaluator']['name']}, best at query "
+              f"{res.metrics['best_query']}, score {res.metrics['score']:.4g})")
     else:
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']})")
-    print(f"  retraining     {_fmt_seconds(met['train_seconds'])}")
+    if "train_seconds" in met:
+        print(f"  retraining     {_fmt_seconds(met['train_seconds'])}")
     print(f"  run folder     {out['run_dir']}  (arch.json, search.png, stages.csv, retrain/model.pt)")
     print(f"  dashboard      xsearch dashboard {cfg['storage']}")
     print(f"  retrain again  xsearch train {out['run_dir']}/arch.json train.epochs=20")
@@ -171,11 +181,12 @@ def cmd_dashboard(args: list[str]) -> int:
 
 
 def cmd_bench(args: list[str]) -> int:
-    if not args or args[0] != "search":
-        raise UserError("usage: xsearch bench search [overrides] [out=FILE.json]; available benchmarks: search")
-    from .bench import bench_search
+    from .bench import BENCHMARKS
 
-    bench_search(args[1:])
+    if not args or args[0] not in BENCHMARKS:
+        raise UserError(f"usage: xsearch bench NAME [overrides] [out=FILE.json]; available benchmarks: "
+                        f"{', '.join(BENCHMARKS)}")
+    BENCHMARKS[args[0]](args[1:])
     return 0
 
 

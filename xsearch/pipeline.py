@@ -20,12 +20,15 @@ def build_data(cfg: dict[str, Any]) -> ImageData:
     return load_dataset(cfg["data"]["name"], **kwargs)
 
 
-def build_space(cfg: dict[str, Any], data: ImageData):
+def build_space(cfg: dict[str, Any], data: ImageData | None):
+    """The configured space, sized for ``data`` (or at the space's own defaults when there is no data)."""
     from xsearch.search_spaces import get_space
 
-    c, h, w = data.input_shape
     kwargs = {k: v for k, v in cfg["space"].items() if k != "name"}
-    return get_space(cfg["space"]["name"], num_classes=data.num_classes, in_chans=c, image_size=h, **kwargs)
+    if data is not None:
+        c, h, w = data.input_shape
+        kwargs = {"num_classes": data.num_classes, "in_chans": c, "image_size": h, **kwargs}
+    return get_space(cfg["space"]["name"], **kwargs)
 
 
 def _construct(factory: Any, kind: str, name: str, knobs: dict[str, Any], extra: dict[str, Any]) -> Any:
@@ -58,8 +61,14 @@ def build_evaluator(cfg: dict[str, Any]):
     from xsearch.evaluators import EVALUATORS
 
     name = cfg["evaluator"]["name"]
-    return _construct(EVALUATORS.get(name), "evaluator", name, cfg.get("train", {}),
+    knobs = {**cfg.get("train", {}), **{k: v for k, v in cfg["evaluator"].items() if k != "name"}}
+    return _construct(EVALUATORS.get(name), "evaluator", name, knobs,
                       {"device": cfg["device"], "show_progress": cfg["progress"]})
+
+
+def needs_data(strategy: Any, evaluator: Any) -> bool:
+    """Whether the run must load images: not when a table answers and the strategy only queries it."""
+    return bool(getattr(strategy, "needs_data", True) or getattr(evaluator, "needs_data", True))
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -67,12 +76,12 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     from xsearch.search_spaces import save_arch
     from xsearch.strategies import Constraints, SearchResult
 
-    data = build_data(cfg)
+    strategy = build_strategy(cfg)
+    evaluator = build_evaluator(cfg)
+    data = build_data(cfg) if needs_data(strategy, evaluator) else None
     space = build_space(cfg, data)
     max_flops = cfg["constraints"]["flops"]
     space.check_budget(max_flops)
-    strategy = build_strategy(cfg)
-    evaluator = build_evaluator(cfg)
     if cfg.get("_run_dir"):
         run_dir = Path(cfg["_run_dir"])
     else:
@@ -85,7 +94,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     study.set_user_attr("run_dir", str(run_dir.resolve()))
     study.set_user_attr("space", space.name)
     study.set_user_attr("strategy", cfg["strategy"]["name"])
-    study.set_user_attr("data", cfg["data"]["name"])
+    study.set_user_attr("data", cfg["data"]["name"] if data is not None else f"table ({cfg['evaluator']['name']})")
     study.set_user_attr("flops_budget", max_flops)
 
     search_file = run_dir / "search.json"
@@ -105,16 +114,19 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     metrics = evaluator.evaluate(space, result.arch, data, seed=cfg["seed"], workdir=run_dir / "retrain")
     from xsearch.strategies import record_trial
 
-    record_trial(study, space, result.arch, metrics["test_accuracy"], "retrained",
-                 {"kind": "retrained", "test_accuracy": metrics["test_accuracy"],
-                  "search_seconds": result.search_seconds})
-    study.set_user_attr("test_accuracy", metrics["test_accuracy"])
+    value = metrics["test_accuracy"] if evaluator.reports_accuracy else metrics["score"]
+    kind = "retrained" if cfg["evaluator"]["name"] == "classification" else "evaluated"
+    record_trial(study, space, result.arch, value, "retrained",
+                 {"kind": kind, "search_seconds": result.search_seconds,
+                  **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
+    study.set_user_attr("test_accuracy", metrics.get("test_accuracy"))
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
     record = save_arch(run_dir / "arch.json", space, result.arch,
-                       metrics={"test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"],
-                                "search_seconds": result.search_seconds, "train_seconds": metrics["train_seconds"],
-                                "train_epochs": metrics["train_epochs"],
+                       metrics={**scalars, "search_seconds": result.search_seconds,
+                                "search_queries": result.metrics.get("queries"),
                                 "inherited_val_accuracy": result.metrics.get("inherited_val_accuracy")},
-                       strategy=cfg["strategy"]["name"], data=cfg["data"]["name"], flops_budget=max_flops)
+                       strategy=cfg["strategy"]["name"], evaluator=cfg["evaluator"]["name"],
+                       data=cfg["data"]["name"] if data is not None else None, flops_budget=max_flops)
     write_json(run_dir / "metrics.json", {"search": {k: v for k, v in result.metrics.items() if k != "epochs"},
                                           "search_seconds": result.search_seconds, "retrain": metrics,
                                           "retrain_wall_seconds": time.time() - t0})

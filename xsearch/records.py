@@ -56,10 +56,14 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def write_tables(run_dir: Path, history: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> None:
-    """``stages.csv`` and ``epochs.csv`` beside the JSON records."""
+    """``stages.csv`` (staged searches) or ``trials.csv`` (multi-trial searches), and ``epochs.csv``."""
     import pandas as pd
 
-    if history:
+    if history and "query" in history[0]:
+        rows = [{"query": h["query"], "score": h["score"], "best_score": h["best_score"], "flops": h["flops"],
+                 "params": h["params"], "proposals": h["proposals"], **h["arch"]} for h in history]
+        pd.DataFrame(rows).to_csv(run_dir / "trials.csv", index=False)
+    elif history:
         rows = [{"stage": h["stage"], "num_classes": h["num_classes"], "classes": ";".join(h["classes"]),
                  "alive_total": sum(h["alive_per_layer"].values()),
                  "alive_mean_per_layer": sum(h["alive_per_layer"].values()) / len(h["alive_per_layer"]),
@@ -72,13 +76,30 @@ def write_tables(run_dir: Path, history: list[dict[str, Any]], epochs: list[dict
 
 
 def plot_search(run_dir: Path, history: list[dict[str, Any]], epochs: list[dict[str, Any]], title: str) -> Path | None:
-    """``search.png``: per stage, accuracy and alive candidates; per epoch, the losses."""
+    """``search.png``: per stage, accuracy and alive candidates; per epoch, the losses (or, for a
+    multi-trial search, each query's score and the best so far, and score against FLOPs)."""
     if not history:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if "query" in history[0]:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        q = [h["query"] for h in history]
+        axes[0].plot(q, [h["score"] for h in history], ".", alpha=0.6, label="query")
+        axes[0].step(q, [h["best_score"] for h in history], where="post", label="best so far")
+        axes[0].set(xlabel="query", ylabel="score", title="search progress")
+        axes[0].legend()
+        axes[1].scatter([h["flops"] / 1e6 for h in history], [h["score"] for h in history], c=q, cmap="viridis", s=12)
+        axes[1].set(xlabel="FLOPs (M MACs)", ylabel="score", title="queried architectures (colour: query)")
+        fig.suptitle(title)
+        fig.tight_layout()
+        path = run_dir / "search.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
 
     stages = [h["stage"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))

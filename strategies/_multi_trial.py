@@ -1,0 +1,184 @@
+"""Multi-trial search: propose architectures, query the evaluator, keep the best under the budget.
+
+Every strategy here talks to the evaluator through ``Queries``, which
+- never queries an architecture over the FLOPs budget (a strategy that tries is a bug);
+- counts a query once per distinct architecture (a repeated proposal returns the cached score);
+- stops the strategy after ``max_trials`` queries (``StopSearch``), or after ``max_proposals``
+  proposals when a strategy keeps proposing what it has already seen;
+- records each query as a trial in the run's Optuna study, and in a JSON checkpoint.
+
+Resume is a replay: a strategy's proposals depend only on its seed and the scores it has seen, so
+a resumed search runs from the start with the checkpoint's scores as a cache, reaches the point
+where it stopped without spending a query, and goes on. The result is identical to an
+uninterrupted search, and no trial is repeated or lost.
+
+Optional pre-screening (``prescreen=synflow`` etc., random and evolution only): each proposal
+draws ``prescreen_factor`` candidates and queries the one a zero-cost proxy likes best.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any
+
+from xsearch.records import write_json
+from xsearch.training import progress, resolve_device
+
+from ._base import Constraints, SearchResult, Strategy, record_trial
+
+
+class StopSearch(Exception):
+    """Raised by ``Queries`` when the query or proposal budget is spent."""
+
+
+def arch_key(space: Any, arch: dict[str, str]) -> str:
+    return "|".join(arch[c.label] for c in space.choices)
+
+
+class Queries:
+    """The evaluator behind a query budget: budget check, cache, records, checkpoint (see module doc)."""
+
+    def __init__(self, prefix: str, space: Any, evaluator: Any, data: Any, seed: int, max_trials: int,
+                 max_flops: int | None, study: Any = None, path: Path | None = None,
+                 max_proposals: int | None = None, prescreen: Any = None, show_progress: bool = True) -> None:
+        self.prefix, self.space, self.evaluator, self.data, self.seed = prefix, space, evaluator, data, seed
+        self.max_trials, self.max_flops, self.study, self.path = max_trials, max_flops, study, path
+        self.max_proposals = max_proposals or 50 * max_trials
+        self.prescreen = prescreen
+        self.saved: dict[str, dict[str, Any]] = {}
+        self.saved_seconds = 0.0
+        if path is not None and path.is_file():
+            record = json.loads(path.read_text())
+            self.saved = {arch_key(space, q["arch"]): q["metrics"] for q in record["queries"]}
+            self.saved_seconds = record.get("seconds", 0.0)
+        self.seen: dict[str, float] = {}
+        self.history: list[dict[str, Any]] = []
+        self.proposals = 0
+        self.proxy_cache: dict[str, float] = {}
+        self.t0 = time.time()
+        self.bar = progress(None, max_trials, f"{prefix} queries", show_progress)
+
+    @property
+    def seconds(self) -> float:
+        """Search time spent, including the time before a resume."""
+        return self.saved_seconds + time.time() - self.t0
+
+    def propose(self) -> None:
+        """Count a proposal (queried or not); stops a strategy that only proposes what it has seen."""
+        self.proposals += 1
+        if self.proposals > self.max_proposals:
+            raise StopSearch(f"{self.max_proposals} proposals without reaching {self.max_trials} distinct queries")
+
+    def within_budget(self, arch: dict[str, str]) -> bool:
+        return self.max_flops is None or self.space.flops(arch) <= self.max_flops
+
+    def __call__(self, arch: dict[str, str]) -> float:
+        """The score of ``arch``: cached, replayed from the checkpoint, or queried from the evaluator."""
+        arch = self.space.validate(arch)
+        self.propose()
+        if not self.within_budget(arch):
+            raise RuntimeError(f"strategy {self.prefix!r} queried {arch} over the FLOPs budget")
+        key = arch_key(self.space, arch)
+        if key in self.seen:
+            return self.seen[key]
+        if len(self.history) >= self.max_trials:
+            raise StopSearch(f"{self.max_trials} queries made")
+        new = key not in self.saved
+        metrics = self.evaluator.score(self.space, arch, self.data, seed=self.seed) if new else self.saved[key]
+        metrics = {k: v for k, v in metrics.items() if k != "history"}
+        score = float(metrics["score"])
+        self.seen[key] = score
+        best = max([score] + [q["best_score"] for q in self.history[-1:]])
+        n = len(self.history) + 1
+        row = {"query": n, "arch": arch, "flops": self.space.flops(arch), "params": self.space.params(arch),
+               "score": score, "best_score": best, "proposals": self.proposals, "metrics": metrics}
+        self.history.append({**row, "new": new})
+        record_trial(self.study, self.space, arch, score, f"{self.prefix}-q{n}",
+                     {"kind": "query", "query": n, "score": score,
+                      **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and k != "score"}})
+        if new and self.path is not None:
+            queries = [{"arch": q["arch"], "metrics": q["metrics"]} for q in self.history]
+            queries += [{"arch": dict(zip(self.space.labels, k.split("|"))), "metrics": m}
+                        for k, m in self.saved.items() if k not in self.seen]
+            write_json(self.path, {"queries": queries, "seconds": self.seconds})
+        self.bar.update(1)
+        self.bar.set_postfix(best=f"{best:.4g}", refresh=False)
+        return score
+
+    def pick(self, candidates: list[dict[str, str]]) -> dict[str, str]:
+        """The candidate to query: the first, or with pre-screening the proxy's favourite."""
+        if self.prescreen is None or len(candidates) == 1:
+            return candidates[0]
+
+        def proxy(arch: dict[str, str]) -> float:
+            key = arch_key(self.space, arch)
+            if key not in self.proxy_cache:
+                self.proxy_cache[key] = float(self.prescreen.evaluate(self.space, arch, self.data, seed=self.seed)["score"])
+            return self.proxy_cache[key]
+
+        return max(candidates, key=proxy)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class MultiTrialStrategy(Strategy):
+    """Base of the strategies that query an evaluator ``max_trials`` times (see module doc)."""
+
+    supports_prescreen = True
+
+    def __init__(self, max_trials: int = 20, seed: int = 0, prescreen: str | None = None, prescreen_factor: int = 4,
+                 device: str = "auto", show_progress: bool = True) -> None:
+        if max_trials < 1:
+            raise ValueError(f"search.max_trials must be at least 1, got {max_trials}")
+        if prescreen is not None and not self.supports_prescreen:
+            raise ValueError(f"search.prescreen is not supported by strategy {self.name!r}; "
+                             "use it with strategy=random or strategy=evolution")
+        if prescreen_factor < 1:
+            raise ValueError(f"search.prescreen_factor must be at least 1, got {prescreen_factor}")
+        self.max_trials, self.seed, self.prescreen, self.prescreen_factor = max_trials, seed, prescreen, prescreen_factor
+        self.device, self.show_progress = resolve_device(device), show_progress
+        self._prescreener = None
+        if prescreen is not None:
+            from xsearch.evaluators import EVALUATORS
+
+            self._prescreener = EVALUATORS.get("proxy")(proxy=prescreen, device=str(self.device))
+
+    @property
+    def needs_data(self) -> bool:
+        return self._prescreener is not None and self._prescreener.needs_data
+
+    @property
+    def candidates_per_proposal(self) -> int:
+        return self.prescreen_factor if self._prescreener is not None else 1
+
+    @abstractmethod
+    def explore(self, space: Any, queries: Queries) -> None:
+        """Propose architectures and call ``queries(arch)`` until it raises ``StopSearch``."""
+
+    def search(self, space: Any, evaluator: Any, data: Any, constraints: Constraints,
+               study: Any = None, checkpoint: Path | None = None) -> SearchResult:
+        space.check_budget(constraints.flops)
+        if evaluator is None:
+            raise ValueError(f"strategy {self.name!r} needs an evaluator to query")
+        path = Path(checkpoint).with_name("search_trials.json") if checkpoint else None
+        queries = Queries(self.name, space, evaluator, data, self.seed, self.max_trials, constraints.flops, study,
+                          path, prescreen=self._prescreener, show_progress=self.show_progress)
+        stopped = "max_trials"
+        try:
+            self.explore(space, queries)
+        except StopSearch as exc:
+            stopped = str(exc)
+        finally:
+            queries.close()
+        if not queries.history:
+            raise RuntimeError(f"strategy {self.name!r} made no query")
+        best = max(queries.history, key=lambda q: q["score"])
+        history = [{k: v for k, v in q.items() if k != "new"} for q in queries.history]
+        metrics = {**best["metrics"], "queries": len(history), "proposals": queries.proposals, "stopped": stopped,
+                   "best_query": best["query"]}
+        return SearchResult(arch=best["arch"], flops=space.flops(best["arch"]), params=space.params(best["arch"]),
+                            metrics=metrics, history=history, search_seconds=queries.seconds)

@@ -1,0 +1,60 @@
+"""``evolution``: regularized (aging) evolution, Real et al., AAAI 2019.
+
+A population of ``population_size`` architectures starts from random samples under the budget.
+Each cycle draws ``sample_size`` members at random, mutates the best of them (one layer changes to
+another of its options; mutations over the budget are redrawn without a query), queries the child
+and appends it, and removes the *oldest* member, so a lucky early score cannot dominate forever.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import Any
+
+from ._base import STRATEGIES
+from ._multi_trial import MultiTrialStrategy, Queries
+
+
+def mutate(space: Any, arch: dict[str, str], rng: random.Random, max_flops: int | None,
+           attempts: int = 100) -> dict[str, str]:
+    """``arch`` with one layer switched to a different option, within ``max_flops``."""
+    mutable = [c for c in space.choices if len(c.options) > 1]
+    if not mutable:
+        return dict(arch)
+    for _ in range(attempts):
+        choice = rng.choice(mutable)
+        child = dict(arch)
+        child[choice.label] = rng.choice([o for o in choice.options if o != arch[choice.label]])
+        if max_flops is None or space.flops(child) <= max_flops:
+            return child
+    return space.sample(seed=rng.getrandbits(63), max_flops=max_flops)
+
+
+@STRATEGIES.register("evolution")
+class RegularizedEvolution(MultiTrialStrategy):
+    """Aging evolution under a FLOPs budget (see module doc)."""
+
+    name = "evolution"
+
+    def __init__(self, max_trials: int = 20, population_size: int = 20, sample_size: int = 5, **kwargs: Any) -> None:
+        if population_size < 2 or not 1 <= sample_size <= population_size:
+            raise ValueError(f"need population_size >= 2 and 1 <= sample_size <= population_size, got "
+                             f"population_size={population_size}, sample_size={sample_size}")
+        super().__init__(max_trials=max_trials, **kwargs)
+        self.population_size, self.sample_size = population_size, sample_size
+
+    def explore(self, space: Any, queries: Queries) -> None:
+        rng = random.Random(self.seed)
+        population: deque[tuple[dict[str, str], float]] = deque()
+        while len(population) < self.population_size:
+            candidates = [space.sample(seed=rng.getrandbits(63), max_flops=queries.max_flops)
+                          for _ in range(self.candidates_per_proposal)]
+            arch = queries.pick(candidates)
+            population.append((arch, queries(arch)))
+        while True:
+            parent = max(rng.sample(list(population), self.sample_size), key=lambda member: member[1])[0]
+            children = [mutate(space, parent, rng, queries.max_flops) for _ in range(self.candidates_per_proposal)]
+            child = queries.pick(children)
+            population.append((child, queries(child)))
+            population.popleft()

@@ -1,0 +1,76 @@
+"""``tpe`` and ``nsga2``: Optuna's samplers over the space's choices, with the FLOPs budget as an Optuna constraint.
+
+Each layer is a categorical parameter. An architecture over the budget is told to the sampler as
+infeasible (constraint value ``flops / budget - 1 > 0``) without a query, so the sampler learns
+where the budget lies and the evaluator is never asked about a network that could not be shipped.
+``nsga2`` optimizes (score up, FLOPs down) jointly; its answer is the best score under the budget.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import optuna
+
+from ._base import STRATEGIES
+from ._multi_trial import MultiTrialStrategy, Queries
+
+
+class OptunaSearch(MultiTrialStrategy):
+    """Ask/tell loop over an in-memory study; subclasses choose the sampler and the objectives."""
+
+    supports_prescreen = False
+    directions: tuple[str, ...] = ("maximize",)
+
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        raise NotImplementedError
+
+    def explore(self, space: Any, queries: Queries) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study = optuna.create_study(directions=list(self.directions), sampler=self.make_sampler())
+            while True:
+                trial = study.ask()
+                arch = {c.label: trial.suggest_categorical(c.label, list(c.options)) for c in space.choices}
+                flops = space.flops(arch)
+                violation = flops / queries.max_flops - 1.0 if queries.max_flops else -1.0
+                trial.set_constraint("flops", violation)
+                if violation > 0:
+                    queries.propose()
+                    score = 0.0
+                else:
+                    score = queries(arch)
+                study.tell(trial, [score, float(flops)][: len(self.directions)])
+
+
+@STRATEGIES.register("tpe")
+class TPESearch(OptunaSearch):
+    """Tree-structured Parzen estimator (multivariate), ``n_startup_trials`` random proposals first."""
+
+    name = "tpe"
+
+    def __init__(self, max_trials: int = 20, n_startup_trials: int = 10, **kwargs: Any) -> None:
+        super().__init__(max_trials=max_trials, **kwargs)
+        self.n_startup_trials = n_startup_trials
+
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True)
+
+
+@STRATEGIES.register("nsga2")
+class NSGA2Search(OptunaSearch):
+    """NSGA-II over (score, FLOPs) with constrained domination for the budget."""
+
+    name = "nsga2"
+    directions = ("maximize", "minimize")
+
+    def __init__(self, max_trials: int = 20, population_size: int = 20, **kwargs: Any) -> None:
+        if population_size < 2:
+            raise ValueError(f"search.population_size must be at least 2, got {population_size}")
+        super().__init__(max_trials=max_trials, **kwargs)
+        self.population_size = population_size
+
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.NSGAIISampler(seed=self.seed, population_size=self.population_size)
