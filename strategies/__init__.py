@@ -11,10 +11,11 @@ from .dnas import DifferentiableNAS
 from .evolution import RegularizedEvolution, mutate
 from .optuna_samplers import NSGA2Search, TPESearch
 from .random_search import RandomSearch
+from .spos import SinglePathOneShot
 
 __all__ = ["STRATEGIES", "Constraints", "DifferentiableNAS", "DifferentiableSearch", "MultiTrialStrategy",
            "NSGA2Search", "ProgressiveDataAdaptedPruning", "Queries", "RandomSearch", "RegularizedEvolution",
-           "SearchResult", "Stage", "StopSearch", "Strategy", "TPESearch", "best_under_budget", "list_strategies",
+           "SearchResult", "SinglePathOneShot", "Stage", "StopSearch", "Strategy", "TPESearch", "best_under_budget", "list_strategies",
            "mutate", "prune", "record_trial"]
 
 

@@ -83,7 +83,7 @@ class DifferentiableSearch(Strategy):
         a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
                                  weight_decay=self.arch_weight_decay)
         per_epoch = len(w_idx) / self.batch_size
-        planned = self.warmup_epochs * per_epoch + sum(s.epochs * per_epoch * s.num_classes / data.num_classes
+        planned = self.single_path_epochs() * per_epoch + sum(s.epochs * per_epoch * s.num_classes / data.num_classes
                                                        for s in stages)
         scheduler = cosine_with_warmup(w_opt, math.ceil(planned), warmup_steps=math.ceil(min(per_epoch, planned / 10)))
         generator = torch.Generator().manual_seed(self.seed)
@@ -99,7 +99,7 @@ class DifferentiableSearch(Strategy):
             set_rng_state(saved["rng"])
             state = saved["state"]
 
-        steps: list[tuple[Any, ...]] = [("warmup", e) for e in range(self.warmup_epochs)]
+        steps: list[tuple[Any, ...]] = [("warmup", e) for e in range(self.single_path_epochs())]
         if self.rank_classes:
             steps.append(("rank",))
         for s, stage in enumerate(stages):
@@ -131,12 +131,20 @@ class DifferentiableSearch(Strategy):
                                              "a_opt": a_opt.state_dict(), "scheduler": scheduler.state_dict(),
                                              "generator": generator.get_state(), "rng": rng_state(),
                                              "state": state})
+        return self.finish(ctx, state, checkpoint)
+
+    def single_path_epochs(self) -> int:
+        """Epochs of uniform single-path supernet training before the first stage."""
+        return self.warmup_epochs
+
+    def finish(self, ctx: "_Context", state: dict[str, Any], checkpoint: Path | None) -> SearchResult:
+        """The search's answer: the architecture derived at the end of the last stage."""
         final = state["history"][-1]
         arch = final["derived_arch"]
         return SearchResult(
-            arch=arch, flops=space.flops(arch), params=space.params(arch),
+            arch=arch, flops=ctx.space.flops(arch), params=ctx.space.params(arch),
             metrics={"inherited_val_accuracy": final["val_accuracy_all_classes"],
-                     "class_order": [data.class_names[c] for c in state["class_order"]],
+                     "class_order": [ctx.data.class_names[c] for c in state["class_order"]],
                      "class_ranking": state.get("class_ranking"),
                      "epochs": state["epochs"]},
             history=state["history"], search_seconds=state["seconds"])
@@ -170,7 +178,7 @@ class _Context:
         self._requires_grad(self.alphas, False)
         loss_sum, n, t0 = 0.0, 0, time.time()
         total = self.data.num_batches(len(self.w_idx), self.s.batch_size)
-        bar = progress(self._batches(self.w_idx), total, f"warm-up {epoch + 1}/{self.s.warmup_epochs}",
+        bar = progress(self._batches(self.w_idx), total, f"single-path {epoch + 1}/{self.s.single_path_epochs()}",
                        self.s.show_progress)
         for x, y in bar:
             loss = nn.functional.cross_entropy(self.net(x), y)

@@ -179,6 +179,6 @@ class MultiTrialStrategy(Strategy):
         best = max(queries.history, key=lambda q: q["score"])
         history = [{k: v for k, v in q.items() if k != "new"} for q in queries.history]
         metrics = {**best["metrics"], "queries": len(history), "proposals": queries.proposals, "stopped": stopped,
-                   "best_query": best["query"]}
+                   "best_query": best["query"], "scorer": getattr(evaluator, "name", type(evaluator).__name__)}
         return SearchResult(arch=best["arch"], flops=space.flops(best["arch"]), params=space.params(best["arch"]),
                             metrics=metrics, history=history, search_seconds=queries.seconds)

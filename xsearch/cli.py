@@ -74,7 +74,7 @@ def cmd_run(args: list[str]) -> int:
               f"candidates/layer {alive})")
     elif res.metrics.get("queries"):
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']}, "
-              f"{res.metrics['queries']} queries to {cfg['evaluator']['name']}, best at query "
+              f"{res.metrics['queries']} queries to {res.metrics.get('scorer', cfg['evaluator']['name'])}, best at query "
               f"{res.metrics['best_query']}, score {res.metrics['score']:.4g})")
     else:
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']})")

@@ -1,0 +1,134 @@
+"""``nasbench_macro``: the NAS-Bench-Macro search space, built to match its benchmark table exactly.
+
+Provenance: NAS-Bench-Macro (Su et al., "Prioritized Architecture Sampling with Monte-Carlo Tree
+Search", CVPR 2021; public repository xiusu/NAS-Bench-Macro) trained all 3^8 = 6,561
+architectures of this space on CIFAR-10. Its table keys each architecture by 8 digits, one per
+searchable layer, the digit being the option index here; ``benchmark_key`` and ``arch_from_key``
+convert. This module is written from the published description and checked against the table's
+``params`` and ``flops`` columns (all 6,561 entries agree exactly for the defaults
+``num_classes=10, in_chans=3, image_size=32``); no code of the benchmark is copied.
+
+Network (no convolution has a bias; every convolution is followed by batch norm):
+
+- stem: 3x3 conv ``in_chans -> 32``, stride 1, BN, ReLU;
+- 8 searchable layers in 3 stages of [2, 3, 3] layers at widths 64 / 128 / 256; the first layer
+  of each stage has stride 2 (and doubles the width, 32 -> 64 -> 128 -> 256); each layer picks
+
+  * ``identity``: a 1x1 conv (stride 2 where the layer strides) + BN, no activation, where the
+    layer changes stride or width; a true ``nn.Identity`` otherwise,
+  * ``k3_e3``: inverted residual, 1x1 expand x3 + BN + ReLU, 3x3 depthwise (stride on the
+    depthwise conv) + BN + ReLU, 1x1 project + BN; residual only at stride 1 and equal widths,
+    no shortcut conv on strided/widening layers,
+  * ``k5_e6``: the same with a 5x5 depthwise conv and expansion 6;
+
+  no squeeze-excite; padding is ``kernel_size // 2``;
+- head: 1x1 conv ``256 -> 1280`` + BN + ReLU, global average pool, linear ``1280 -> num_classes``
+  (with bias).
+
+FLOPs are multiply-accumulates of the convolutions and the linear layer for one image (the
+table's ``flops``: 7,713,280 for ``00000000`` up to 105,660,928 for ``22222222``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from xsearch.errors import UserError
+
+from ._base import Arch, Choice, SearchSpace
+from ._registry import SPACES
+from .blocks import ConvBNAct, InvertedResidual, conv_out_size
+
+OPTIONS = ("identity", "k3_e3", "k5_e6")
+STEM_CHANNELS = 32
+STAGE_WIDTHS = (64, 128, 256)
+STAGE_DEPTHS = (2, 3, 3)
+LAST_CHANNELS = 1280
+
+
+class _Head(nn.Module):
+    """1x1 conv + BN + ReLU, global average pool, linear classifier."""
+
+    def __init__(self, in_channels: int, last_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = ConvBNAct(in_channels, last_channels, 1, act="relu")
+        self.classifier = nn.Linear(last_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.conv(x).mean((2, 3)))
+
+
+@SPACES.register("nasbench_macro")
+class NASBenchMacroSpace(SearchSpace):
+    """NAS-Bench-Macro: 8 layers, each identity / IR k3 e3 / IR k5 e6 (ReLU, no SE)."""
+
+    name = "nasbench_macro"
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, image_size: int = 32) -> None:
+        super().__init__(num_classes, in_chans, image_size)
+        # layer plan: (in_channels, out_channels, stride, input size)
+        self.plan: list[tuple[int, int, int, int]] = []
+        channels, size = STEM_CHANNELS, conv_out_size(image_size, 3, 1)
+        for width, depth in zip(STAGE_WIDTHS, STAGE_DEPTHS):
+            for j in range(depth):
+                stride = 2 if j == 0 else 1
+                self.plan.append((channels, width, stride, size))
+                channels, size = width, conv_out_size(size, 3, stride)
+        self.final_channels, self.final_size = channels, size
+        self.choices = [Choice(f"layer{i + 1}", OPTIONS) for i in range(len(self.plan))]
+        self._build_tables()
+
+    @property
+    def space_kwargs(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "in_chans": self.in_chans, "image_size": self.image_size}
+
+    def build_stem(self) -> nn.Module:
+        return ConvBNAct(self.in_chans, STEM_CHANNELS, 3, 1, act="relu")
+
+    def build_head(self) -> nn.Module:
+        return _Head(self.final_channels, LAST_CHANNELS, self.num_classes)
+
+    def build_candidate(self, index: int, option: str) -> nn.Module:
+        cin, cout, stride, _ = self.plan[index]
+        if option == "identity":
+            if stride == 1 and cin == cout:
+                return nn.Identity()
+            return ConvBNAct(cin, cout, 1, stride, act=None)
+        if option == "k3_e3":
+            return InvertedResidual(cin, cout, 3, 3, stride, se=False, act="relu")
+        if option == "k5_e6":
+            return InvertedResidual(cin, cout, 5, 6, stride, se=False, act="relu")
+        raise ValueError(f"unknown option {option!r} for layer {index + 1}; valid: {list(OPTIONS)}")
+
+    def fixed_macs(self) -> int:
+        stem = self.build_stem().macs(self.image_size, self.image_size)
+        head = self.final_size ** 2 * self.final_channels * LAST_CHANNELS + LAST_CHANNELS * self.num_classes
+        return stem + head
+
+    def candidate_macs(self, index: int, module: nn.Module) -> int:
+        size = self.plan[index][3]
+        return module.macs(size, size) if isinstance(module, (ConvBNAct, InvertedResidual)) else 0
+
+    # --- the benchmark's keys -------------------------------------------------------------
+    def benchmark_key(self, arch: Arch) -> str:
+        """The table key of ``arch``: one digit per layer, the option's index (e.g. ``'22212220'``)."""
+        arch = self.validate(arch)
+        return "".join(str(c.options.index(arch[c.label])) for c in self.choices)
+
+    def arch_from_key(self, key: str) -> Arch:
+        """The architecture of table key ``key`` (8 digits, each 0 = identity, 1 = k3_e3, 2 = k5_e6)."""
+        n = len(self.choices)
+        hint = f"a NAS-Bench-Macro key is {n} digits, each 0 (identity), 1 (k3_e3) or 2 (k5_e6), e.g. '22212220'"
+        if not isinstance(key, str):
+            raise UserError(f"benchmark key must be a string, got {type(key).__name__}; {hint}")
+        if len(key) != n:
+            raise UserError(f"benchmark key {key!r} has {len(key)} characters, expected {n}; {hint}")
+        if not (key.isascii() and key.isdigit()):
+            raise UserError(f"benchmark key {key!r} contains non-digit characters; {hint}")
+        bad = [d for d in key if int(d) >= len(OPTIONS)]
+        if bad:
+            raise UserError(f"benchmark key {key!r} has digit(s) out of range {sorted(set(bad))}; {hint}")
+        return {c.label: c.options[int(d)] for c, d in zip(self.choices, key)}

@@ -1,0 +1,68 @@
+"""``spos``: single-path one-shot (Guo et al., ECCV 2020) under a FLOPs budget.
+
+1. The supernet trains with one uniformly sampled candidate per layer per step (weights only, on
+   one half of the search split), for ``warmup_epochs + epochs`` epochs: the same epoch budget
+   ``danas`` spends, every candidate trained as often as any other.
+2. Regularized evolution then queries ``max_trials`` architectures under the budget, each scored
+   by its inherited-weight accuracy on the other half (batch norm recalibrated on training
+   batches first, see ``InheritedWeightsEvaluator``).
+3. The answer is the best-scoring queried architecture, never a sample from a distribution.
+
+Resumable: the supernet checkpoints after every epoch, and the evolution's queries replay from
+``search_trials.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from xsearch.evaluators import InheritedWeightsEvaluator
+
+from ._base import STRATEGIES, SearchResult
+from ._differentiable import DifferentiableSearch, Stage, _Context
+from ._multi_trial import Queries, StopSearch
+from .evolution import RegularizedEvolution
+
+
+@STRATEGIES.register("spos")
+class SinglePathOneShot(DifferentiableSearch):
+    """Uniform single-path supernet training, then evolution over inherited-weight accuracy (see module doc)."""
+
+    name = "spos"
+
+    def __init__(self, max_trials: int = 50, population_size: int = 16, sample_size: int = 4,
+                 recalibration_batches: int = 10, val_samples: int = 2000, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.evolution = RegularizedEvolution(max_trials=max_trials, population_size=population_size,
+                                              sample_size=sample_size, seed=self.seed, show_progress=self.show_progress)
+        self.max_trials, self.recalibration_batches, self.val_samples = max_trials, recalibration_batches, val_samples
+
+    def stages(self, num_classes: int) -> list[Stage]:
+        return []
+
+    def single_path_epochs(self) -> int:
+        return self.warmup_epochs + self.epochs
+
+    def finish(self, ctx: _Context, state: dict[str, Any], checkpoint: Path | None) -> SearchResult:
+        space = ctx.space
+        val_idx = ctx.a_idx[: self.val_samples] if self.val_samples else ctx.a_idx
+        scorer = InheritedWeightsEvaluator(ctx.net, ctx.w_idx, val_idx, self.batch_size, self.recalibration_batches,
+                                           self.device)
+        path = Path(checkpoint).with_name("search_trials.json") if checkpoint else None
+        queries = Queries(self.name, space, scorer, ctx.data, self.seed, self.max_trials, ctx.max_flops, ctx.study,
+                          path, show_progress=self.show_progress)
+        try:
+            self.evolution.explore(space, queries)
+        except StopSearch:
+            pass
+        finally:
+            queries.close()
+        best = max(queries.history, key=lambda q: q["score"])
+        history = [{k: v for k, v in q.items() if k != "new"} for q in queries.history]
+        train_seconds = state["seconds"]
+        return SearchResult(
+            arch=best["arch"], flops=space.flops(best["arch"]), params=space.params(best["arch"]),
+            metrics={**best["metrics"], "queries": len(history), "best_query": best["query"], "scorer": scorer.name,
+                     "supernet_seconds": train_seconds, "epochs": state["epochs"]},
+            history=history, search_seconds=train_seconds + queries.seconds)

@@ -1,0 +1,122 @@
+"""The ``nasbench_macro`` space against the NAS-Bench-Macro table (params and flops of every key)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from xsearch.errors import UserError
+from xsearch.flops import fvcore_macs
+from xsearch.search_spaces import get_space, list_spaces
+
+TABLE = (Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "nas-bench-macro"
+         / "nas-bench-macro_cifar10.json")
+
+
+@pytest.fixture(scope="module")
+def space():
+    return get_space("nasbench_macro")
+
+
+@pytest.fixture(scope="module")
+def table() -> dict:
+    if not TABLE.is_file():
+        pytest.skip(f"NAS-Bench-Macro table not found at {TABLE} (third-party data in ../shared)")
+    return json.loads(TABLE.read_text())
+
+
+def n_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_registered_with_eight_three_way_choices(space):
+    assert "nasbench_macro" in list_spaces()
+    assert space.name == "nasbench_macro"
+    assert space.labels == [f"layer{i}" for i in range(1, 9)]
+    assert all(c.options == ("identity", "k3_e3", "k5_e6") for c in space.choices)
+    assert space.space_kwargs == {"num_classes": 10, "in_chans": 3, "image_size": 32}
+
+
+def test_table_flops_and_params_for_every_key(space, table):
+    assert len(table) == 3 ** 8
+    for key, row in table.items():
+        arch = space.arch_from_key(key)
+        assert space.flops(arch) == row["flops"], key
+        assert space.params(arch) == row["params"], key
+
+
+def test_built_modules_match_table_params(space, table):
+    rng = random.Random(0)
+    keys = ["00000000", "11111111", "22222222", "22212220"] + rng.sample(sorted(table), 26)
+    for key in keys:
+        net = space.build(space.arch_from_key(key))
+        assert n_params(net) == table[key]["params"], key
+
+
+def test_identity_is_projection_only_where_shape_changes(space):
+    for i, (cin, cout, stride, _) in enumerate(space.plan):
+        module = space.build_candidate(i, "identity")
+        assert isinstance(module, nn.Identity) == (stride == 1 and cin == cout)
+    assert [p[2] for p in space.plan] == [2, 1, 2, 1, 1, 2, 1, 1]
+
+
+@pytest.mark.parametrize("key", ["00000000", "12021012", "22222222", "21100221"])
+def test_fvcore_agrees_with_space_flops(space, key):
+    arch = space.arch_from_key(key)
+    assert fvcore_macs(space.build(arch), space.input_shape) == space.flops(arch)
+
+
+def test_other_input_shapes_build_and_count_consistently():
+    space = get_space("nasbench_macro", num_classes=7, in_chans=1, image_size=28)
+    arch = space.arch_from_key("21021021")
+    net = space.build(arch)
+    assert fvcore_macs(net, space.input_shape) == space.flops(arch)
+    assert n_params(net) == space.params(arch)
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+
+
+def test_forward_and_backward(space):
+    net = space.build(space.arch_from_key("22212220"))
+    out = net(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_key_round_trip(space):
+    for key in ["00000000", "22212220", "01201201", "22222222"]:
+        assert space.benchmark_key(space.arch_from_key(key)) == key
+    for seed in range(10):
+        arch = space.sample(seed=seed)
+        assert space.arch_from_key(space.benchmark_key(arch)) == arch
+    assert space.arch_from_key("12000000")["layer1"] == "k3_e3"
+    assert space.arch_from_key("12000000")["layer2"] == "k5_e6"
+
+
+@pytest.mark.parametrize("key, message", [
+    ("2221222", "expected 8"), ("222122200", "expected 8"), ("", "expected 8"),
+    ("2221a220", "non-digit"), ("-2212220", "non-digit"), ("22212223", "out of range"),
+    (22212220, "must be a string"),
+])
+def test_bad_keys_raise_user_error(space, key, message):
+    with pytest.raises(UserError, match=message):
+        space.arch_from_key(key)
+
+
+def test_benchmark_key_validates_arch(space):
+    with pytest.raises(UserError, match="valid options"):
+        space.benchmark_key({**space.arch_from_key("00000000"), "layer3": "skip"})
+    with pytest.raises(UserError, match="missing choices"):
+        space.benchmark_key({"layer1": "identity"})
+
+
+def test_flops_range_matches_the_readme(space, table):
+    assert space.min_flops() == min(r["flops"] for r in table.values()) == 7_713_280
+    assert space.max_flops() == max(r["flops"] for r in table.values()) == 105_660_928
+    assert space.flops(space.arch_from_key("00000000")) == space.min_flops()
+    assert space.flops(space.arch_from_key("22222222")) == space.max_flops()
