@@ -81,7 +81,7 @@ class ClassificationEvaluator(Evaluator):
     def score(self, space: Any, arch: dict[str, str], data: ImageData, seed: int = 0) -> dict[str, Any]:
         """Train on the training split minus the held-out images; score = accuracy on the held-out images."""
         train_idx, val_idx = self.holdout(data, seed)
-        model, history, elapsed = self._fit(space, arch, data, train_idx, seed, None)
+        model, _, elapsed = self._fit(space, arch, data, train_idx, seed, None)
         result = evaluate(model, data, "train", val_idx, device=self.device)
         return {"score": result["accuracy"], "val_accuracy": result["accuracy"], "val_loss": result["loss"],
                 "val_samples": result["samples"], "train_epochs": self.epochs, "train_seconds": elapsed,

@@ -137,7 +137,7 @@ class DifferentiableSearch(Strategy):
         """Epochs of uniform single-path supernet training before the first stage."""
         return self.warmup_epochs
 
-    def finish(self, ctx: "_Context", state: dict[str, Any], checkpoint: Path | None) -> SearchResult:
+    def finish(self, ctx: _Context, state: dict[str, Any], checkpoint: Path | None) -> SearchResult:
         """The search's answer: the architecture derived at the end of the last stage."""
         final = state["history"][-1]
         arch = final["derived_arch"]

@@ -148,11 +148,25 @@ def test_bench_search_writes_rows_for_every_strategy(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "search", *SMOKE, "bench.seeds=2", "train.epochs=1", f"out={out}"]) == 0
     rows = json.loads(out.read_text())
-    assert [r["strategy"] for r in rows] == ["danas", "dnas", "random"]
+    assert [r["strategy"] for r in rows] == ["danas", "dnas", "spos", "random"]
     for r in rows:
         assert {"strategy", "search_seconds", "test_accuracy", "test_accuracy_std", "flops", "params"} <= set(r)
         assert len(r["test_accuracies"]) == 2 and r["test_accuracy_std"] >= 0
     assert "| danas |" in capsys.readouterr().out
+
+
+def test_bench_ranking_correlates_inherited_and_standalone_accuracy(tmp_path, capsys):
+    out = tmp_path / "ranking.json"
+    assert main(["bench", "ranking", *SMOKE, "bench.ranking_archs=3", "bench.ranking_epochs=1",
+                 "bench.ranking_train_samples=300", f"out={out}"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["archs"] == 3 and len(summary["rows"]) == 3
+    for name in ("danas", "spos"):
+        assert -1 <= summary[name]["kendall_tau"] <= 1 and summary[name]["supernet_seconds"] > 0
+    assert all(0 <= r["standalone"] <= 1 and 0 <= r["spos_inherited"] <= 1 for r in summary["rows"])
+    assert "| spos |" in capsys.readouterr().out
+    assert main(["bench", "ranking", *SMOKE, "strategy=danas"]) == 2
+    assert main(["bench", "nope"]) == 2
 
 
 def test_dashboard_serves_the_studies_on_the_chosen_port(tmp_path):

@@ -134,7 +134,7 @@ def test_prescreen_with_a_proxy_picks_its_favourite(space, tabular):
     plain = make("random", max_trials=10).search(space, tabular, None, Constraints(60_000_000))
     screened = make("random", max_trials=10, prescreen="flops", prescreen_factor=4).search(
         space, tabular, None, Constraints(60_000_000))
-    mean = lambda r: sum(h["flops"] for h in r.history) / len(r.history)  # noqa: E731
+    mean = lambda r: sum(h["flops"] for h in r.history) / len(r.history)
     assert mean(screened) > mean(plain)  # the flops proxy prefers the biggest of four candidates
     with pytest.raises(ValueError, match="prescreen"):
         make("tpe", prescreen="synflow")

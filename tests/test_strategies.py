@@ -142,3 +142,41 @@ def test_random_with_several_trials_scores_each_and_records_them(digits, tmp_pat
         space, evaluator, digits, Constraints(None), study)
     accs = [h["metrics"]["val_accuracy"] for h in r.history]  # held-out training images, never the test split
     assert len(study.trials) == 3 and r.metrics["val_accuracy"] == max(accs) == r.metrics["score"]
+
+
+def test_spos_trains_single_path_then_exports_the_best_queried_architecture(digits, tmp_path, monkeypatch):
+    from xsearch.evaluators import InheritedWeightsEvaluator
+
+    space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=5)
+    budget = (space.min_flops() + space.max_flops()) // 2
+    knobs = {"max_trials": 6, "population_size": 3, "sample_size": 2, "val_samples": 200}
+    _, result = _search("spos", digits, budget, tmp_path, **knobs)
+    assert [e["phase"] for e in result.metrics["epochs"]] == ["warmup"] * 4  # warmup_epochs + epochs, single path
+    assert len(result.history) == 6 and all(h["flops"] <= budget for h in result.history)
+    best = max(result.history, key=lambda h: h["score"])
+    assert result.arch == best["arch"] and result.metrics["inherited_val_accuracy"] == best["score"]
+    assert all(0 <= h["score"] <= 1 and h["metrics"]["val_samples"] == 200 for h in result.history)
+    # same seed, same answer; and a finished search resumes from its checkpoints without a new query
+    _, again = _search("spos", digits, budget, None, **knobs)
+    assert [h["arch"] for h in again.history] == [h["arch"] for h in result.history]
+    calls = []
+    original = InheritedWeightsEvaluator.score
+    monkeypatch.setattr(InheritedWeightsEvaluator, "score", lambda *a, **k: calls.append(1) or original(*a, **k))
+    _, resumed = _search("spos", digits, budget, tmp_path, **knobs)
+    assert calls == [] and resumed.arch == result.arch
+
+
+def test_inherited_score_equals_the_extracted_network_after_the_same_recalibration(digits, tmp_path):
+    from xsearch.data import split_for_search
+    from xsearch.evaluators import InheritedWeightsEvaluator
+    from xsearch.training import evaluate, load_checkpoint, recalibrate_batchnorm
+
+    space, result = _search("spos", digits, None, tmp_path, max_trials=2, population_size=2, sample_size=1)
+    net = space.supernet()
+    net.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt")["supernet"])
+    w_idx, a_idx = split_for_search(digits.train.targets, 600, 0)
+    got = InheritedWeightsEvaluator(net, w_idx, a_idx, 50, recalibration_batches=3).score(space, result.arch, digits, 5)
+    standalone = net.extract(result.arch)
+    batches = digits.batches("train", w_idx, 50, shuffle=True, augment=False, generator=torch.Generator().manual_seed(5))
+    recalibrate_batchnorm(standalone, batches, max_batches=3)
+    assert got["score"] == pytest.approx(evaluate(standalone, digits, "train", a_idx)["accuracy"], abs=1e-9)

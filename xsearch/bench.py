@@ -46,7 +46,8 @@ def bench_search(overrides: list[str]) -> list[dict[str, Any]]:
         space.check_budget(cfg["constraints"]["flops"])
         print(f"[bench] {name}: searching ...", flush=True)
         t0 = time.time()
-        result = build_strategy(cfg).search(space, None, data, Constraints(cfg["constraints"]["flops"]), None)
+        result = build_strategy(cfg).search(space, build_evaluator(cfg), data, Constraints(cfg["constraints"]["flops"]),
+                                            None)
         found.append((name, cfg, space, result, time.time() - t0))
         print(f"[bench] {name}: {found[-1][-1]:.0f} s, {result.flops / 1e6:.2f}M MACs", flush=True)
     rows: list[dict[str, Any]] = []
@@ -183,4 +184,106 @@ def format_strategies_table(rows: list[dict[str, Any]], checkpoints: list[int]) 
     return "\n".join(lines)
 
 
-BENCHMARKS = {"search": bench_search, "strategies": bench_strategies}
+# --- xsearch bench ranking: do inherited weights rank architectures like stand-alone training? ----
+
+def bench_ranking(overrides: list[str]) -> dict[str, Any]:
+    """Kendall tau between inherited-weight accuracy (trained danas and spos supernets) and stand-alone accuracy.
+
+    Both supernets train with their strategy's configured budget on the same data; then
+    ``bench.ranking_archs`` architectures, drawn under the budget from the candidates that
+    survived DA-NAS's pruning (so both supernets can score them), are scored with inherited weights
+    (batch norm recalibrated) on held-out training images, and trained stand-alone
+    (``bench.ranking_epochs`` epochs on ``bench.ranking_train_samples`` images) and scored on
+    held-out training images. The test split is not used.
+    """
+    import random
+    import tempfile
+
+    from scipy.stats import kendalltau, spearmanr
+
+    from xsearch.data import split_for_search
+    from xsearch.evaluators import ClassificationEvaluator, InheritedWeightsEvaluator
+    from xsearch.strategies import Constraints
+    from xsearch.training import load_checkpoint
+
+    if any(o.split("=", 1)[0] == "strategy" for o in overrides):
+        raise UserError("bench ranking trains both the danas and the spos supernet; drop strategy=")
+    base = validate(compose(overrides))
+    bench = base["bench"]
+    n_archs = int(bench["ranking_archs"])
+    if n_archs < 3:
+        raise UserError(f"bench.ranking_archs must be at least 3 for a rank correlation, got {n_archs}")
+    data = build_data(base)
+    budget = base["constraints"]["flops"]
+    supernets: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("danas", "spos"):
+            cfg = validate(compose(overrides + [f"strategy={name}", "search.max_trials=1"] if name == "spos"
+                                   else overrides + [f"strategy={name}"]))
+            space = build_space(cfg, data)
+            space.check_budget(budget)
+            ckpt = Path(tmp) / name / "search_checkpoint.pt"
+            ckpt.parent.mkdir()
+            print(f"[bench] training the {name} supernet ...", flush=True)
+            t0 = time.time()
+            strategy = build_strategy(cfg)
+            strategy.search(space, None, data, Constraints(budget), None, checkpoint=ckpt)
+            seconds[name] = time.time() - t0
+            net = space.supernet().to(strategy.device)
+            net.load_state_dict(load_checkpoint(ckpt)["supernet"])
+            supernets[name] = (net, cfg, strategy)
+    danas_net = supernets["danas"][0]
+    alive = danas_net.alive_options()
+    rng = random.Random(base["seed"])
+    archs: list[dict[str, str]] = []
+    for _ in range(10_000):
+        arch = {label: rng.choice(options) for label, options in alive.items()}
+        if (budget is None or space.flops(arch) <= budget) and arch not in archs:
+            archs.append(arch)
+        if len(archs) == n_archs:
+            break
+    if len(archs) < 3:
+        raise UserError("fewer than 3 distinct architectures of DA-NAS's surviving candidates fit the budget; "
+                        "raise constraints.flops")
+    rows = [{"arch": a, "flops": space.flops(a)} for a in archs]
+    for name, (net, cfg, strategy) in supernets.items():
+        w_idx, a_idx = split_for_search(data.train.targets, cfg["search"]["train_samples"], cfg["seed"])
+        scorer = InheritedWeightsEvaluator(net, w_idx, a_idx[:2000], cfg["search"]["batch_size"], 10, strategy.device)
+        for row in rows:
+            row[f"{name}_inherited"] = scorer.score(space, row["arch"], data, seed=base["seed"])["score"]
+    standalone = ClassificationEvaluator(epochs=int(bench["ranking_epochs"]), batch_size=base["train"]["batch_size"],
+                                         train_samples=int(bench["ranking_train_samples"]),
+                                         device=base["device"], show_progress=base["progress"])
+    for i, row in enumerate(rows):
+        print(f"[bench] stand-alone training {i + 1}/{len(rows)} ({row['flops'] / 1e6:.2f}M MACs) ...", flush=True)
+        row["standalone"] = standalone.score(space, row["arch"], data, seed=base["seed"])["score"]
+    truth = [r["standalone"] for r in rows]
+    summary: dict[str, Any] = {"archs": len(rows), "flops_budget": budget, "data": base["data"]["name"],
+                               "standalone_epochs": standalone.epochs,
+                               "standalone_train_samples": standalone.train_samples, "machine": machine(),
+                               "overrides": overrides, "rows": rows}
+    for name in supernets:
+        scores = [r[f"{name}_inherited"] for r in rows]
+        summary[name] = {"kendall_tau": float(kendalltau(scores, truth).statistic),
+                         "spearman": float(spearmanr(scores, truth).statistic),
+                         "supernet_seconds": seconds[name],
+                         "inherited_mean": statistics.mean(scores)}
+    if base.get("out"):
+        Path(base["out"]).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(base["out"]), summary)
+    print(format_ranking_table(summary))
+    return summary
+
+
+def format_ranking_table(summary: dict[str, Any]) -> str:
+    lines = ["| supernet | training time (s) | mean inherited accuracy (%) | Kendall tau | Spearman |",
+             "|---|---:|---:|---:|---:|"]
+    for name in ("danas", "spos"):
+        s = summary[name]
+        lines.append(f"| {name} | {s['supernet_seconds']:.0f} | {100 * s['inherited_mean']:.1f} | "
+                     f"{s['kendall_tau']:.2f} | {s['spearman']:.2f} |")
+    return "\n".join(lines)
+
+
+BENCHMARKS = {"search": bench_search, "strategies": bench_strategies, "ranking": bench_ranking}

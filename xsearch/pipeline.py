@@ -26,7 +26,7 @@ def build_space(cfg: dict[str, Any], data: ImageData | None):
 
     kwargs = {k: v for k, v in cfg["space"].items() if k != "name"}
     if data is not None:
-        c, h, w = data.input_shape
+        c, h, _ = data.input_shape
         kwargs = {"num_classes": data.num_classes, "in_chans": c, "image_size": h, **kwargs}
     return get_space(cfg["space"]["name"], **kwargs)
 
