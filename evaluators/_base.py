@@ -31,6 +31,9 @@ class Evaluator(ABC):
                  workdir: Path | None = None) -> dict[str, Any]:
         """Metrics of ``arch`` (at least ``test_accuracy``). With ``workdir`` it checkpoints there and resumes."""
 
+    def check(self, space: Any) -> None:
+        """Raise UserError when this evaluator cannot judge architectures of ``space`` (default: it can)."""
+
     def score(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0) -> dict[str, Any]:
         """Metrics of ``arch`` for search, with ``score`` (higher is better). Default: test accuracy."""
         metrics = self.evaluate(space, arch, data, seed=seed)

@@ -50,10 +50,28 @@ class TabularEvaluator(Evaluator):
         self.table_path = str(table)
         self.table = load_table(self.table_path)
 
-    def key(self, space: Any, arch: dict[str, str]) -> str:
+    def check(self, space: Any) -> None:
+        """The space must name table keys and be the table's network (same FLOPs for a sample of keys)."""
         if not hasattr(space, "benchmark_key"):
             raise UserError(f"space {space.name!r} has no benchmark table; evaluator=tabular works with "
                             "space=nasbench_macro")
+        for key in list(self.table)[:20]:
+            entry = self.table[key]
+            try:
+                arch = space.arch_from_key(key)
+            except UserError:
+                raise UserError(f"table {self.table_path!r} has key {key!r}, which is not an architecture of "
+                                f"space {space.name!r}; is it the right table?") from None
+            if "flops" in entry and space.flops(arch) != entry["flops"]:
+                raise UserError(f"space {space.name!r} as configured ({space.space_kwargs}) is not the table's "
+                                f"network: {key} has {space.flops(arch)} MACs here, {entry['flops']} in the table. "
+                                "The space was sized for the loaded data; a table answers only for its own network: "
+                                "use a strategy that only queries (random, evolution, tpe, nsga2) so that no data "
+                                "is loaded and the space keeps the table's input size")
+
+    def key(self, space: Any, arch: dict[str, str]) -> str:
+        if not hasattr(space, "benchmark_key"):
+            self.check(space)  # raises: no table for this space
         key = space.benchmark_key(arch)
         if key not in self.table:
             raise UserError(f"architecture {key} is not in the table {self.table_path!r}; is it the table "

@@ -179,6 +179,17 @@ def test_cli_table_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_table_with_a_space_it_does_not_describe_is_refused_before_any_run(tmp_path, macro_table, capsys):
+    table = f"evaluator.table={macro_table}"
+    assert main(["run", "space=mbv3", "strategy=tpe", "evaluator=tabular", table, f"runs_root={tmp_path}"]) == 2
+    assert "has no benchmark table" in capsys.readouterr().err
+    # danas trains on images, so the space is sized for Fashion-MNIST's 1x28x28, not the table's network
+    assert main(["run", "space=nasbench_macro", "strategy=danas", "evaluator=tabular", table, "data=digits",
+                 f"runs_root={tmp_path}"]) == 2
+    assert "is not the table's network" in capsys.readouterr().err
+    assert not any(tmp_path.glob("*-nasbench_macro-*"))
+
+
 def test_bench_strategies_reports_regret(tmp_path, macro_table, capsys):
     out = tmp_path / "strategies.json"
     assert main(["bench", "strategies", f"evaluator.table={macro_table}", "bench.table_seeds=2", "bench.budgets=[40M]",

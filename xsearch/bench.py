@@ -99,16 +99,20 @@ def bench_strategies(overrides: list[str]) -> list[dict[str, Any]]:
     query at which the regret is at most 0.2 points (missing when never within 100 queries).
     """
     from xsearch.evaluators import TabularEvaluator
-    from xsearch.search_spaces import get_space
     from xsearch.strategies import STRATEGIES, Constraints
 
-    cfg = validate(compose(["evaluator=tabular", "progress=false"] + overrides))
+    if any(o.split("=", 1)[0] in ("strategy", "evaluator", "data") for o in overrides):
+        raise UserError("bench strategies runs bench.multi_trial on a benchmark table; set evaluator.table=PATH, "
+                        "not strategy=, evaluator= or data=")
+    defaults = [] if any(o.startswith("space=") for o in overrides) else ["space=nasbench_macro"]
+    cfg = validate(compose(defaults + ["evaluator=tabular", "progress=false"] + overrides))
     table_path = cfg["evaluator"].get("table")
     if not table_path:
         raise UserError("bench strategies needs the table: evaluator.table=PATH "
                         "(e.g. ../shared/benchmarks/nas-bench-macro/nas-bench-macro_cifar10.json)")
     evaluator = TabularEvaluator(table_path)
-    space = get_space(cfg["space"]["name"] if cfg["space"]["name"] != "mbv3" else "nasbench_macro")
+    space = build_space(cfg, None)
+    evaluator.check(space)
     bench = cfg["bench"]
     checkpoints = sorted(int(q) for q in bench["queries"])
     budgets = [parse_count(b, "bench.budgets") for b in bench["budgets"]]

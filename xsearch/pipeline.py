@@ -80,6 +80,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     evaluator = build_evaluator(cfg)
     data = build_data(cfg) if needs_data(strategy, evaluator) else None
     space = build_space(cfg, data)
+    evaluator.check(space)
     max_flops = cfg["constraints"]["flops"]
     space.check_budget(max_flops)
     if cfg.get("_run_dir"):
