@@ -3,9 +3,10 @@
 1. The supernet trains with one uniformly sampled candidate per layer per step (weights only, on
    one half of the search split), for ``warmup_epochs + epochs`` epochs: the same epoch budget
    ``danas`` spends, every candidate trained as often as any other.
-2. Regularized evolution then queries ``max_trials`` architectures under the budget, each scored
-   by its inherited-weight accuracy on the other half (batch norm recalibrated on training
-   batches first, see ``InheritedWeightsEvaluator``).
+2. A multi-trial strategy (``searcher``: regularized ``evolution`` by default, or ``random``,
+   ``tpe``, ``nsga2``) then queries ``max_trials`` architectures under the budget, each scored by
+   its inherited-weight accuracy on the other half (batch norm recalibrated on training batches
+   first, see ``InheritedWeightsEvaluator``).
 3. The answer is the best-scoring queried architecture, never a sample from a distribution.
 
 Resumable: the supernet checkpoints after every epoch, and the evolution's queries replay from
@@ -14,6 +15,7 @@ Resumable: the supernet checkpoints after every epoch, and the evolution's queri
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,7 @@ from xsearch.evaluators import InheritedWeightsEvaluator
 
 from ._base import STRATEGIES, SearchResult
 from ._differentiable import DifferentiableSearch, Stage, _Context
-from ._multi_trial import Queries, StopSearch
-from .evolution import RegularizedEvolution
+from ._multi_trial import MultiTrialStrategy, Queries, StopSearch
 
 
 @STRATEGIES.register("spos")
@@ -31,11 +32,20 @@ class SinglePathOneShot(DifferentiableSearch):
 
     name = "spos"
 
-    def __init__(self, max_trials: int = 50, population_size: int = 16, sample_size: int = 4,
-                 recalibration_batches: int = 10, val_samples: int = 2000, **kwargs: Any) -> None:
+    def __init__(self, max_trials: int = 50, searcher: str = "evolution", population_size: int = 16,
+                 sample_size: int = 4, recalibration_batches: int = 10, val_samples: int = 2000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.evolution = RegularizedEvolution(max_trials=max_trials, population_size=population_size,
-                                              sample_size=sample_size, seed=self.seed, show_progress=self.show_progress)
+        factory = STRATEGIES.get(searcher)
+        if not issubclass(factory, MultiTrialStrategy):
+            raise ValueError(f"search.searcher must be a multi-trial strategy (random, evolution, tpe, nsga2), "
+                             f"got {searcher!r}")
+        knobs = {"max_trials": max_trials, "population_size": population_size, "sample_size": sample_size,
+                 "seed": self.seed, "show_progress": self.show_progress}
+        accepted = set()
+        for klass in factory.__mro__:
+            if "__init__" in vars(klass):
+                accepted |= set(inspect.signature(klass.__init__).parameters)
+        self.searcher = factory(**{k: v for k, v in knobs.items() if k in accepted})
         self.max_trials, self.recalibration_batches, self.val_samples = max_trials, recalibration_batches, val_samples
 
     def stages(self, num_classes: int) -> list[Stage]:
@@ -53,7 +63,7 @@ class SinglePathOneShot(DifferentiableSearch):
         queries = Queries(self.name, space, scorer, ctx.data, self.seed, self.max_trials, ctx.max_flops, ctx.study,
                           path, show_progress=self.show_progress)
         try:
-            self.evolution.explore(space, queries)
+            self.searcher.explore(space, queries)
         except StopSearch:
             pass
         finally:

@@ -180,3 +180,13 @@ def test_inherited_score_equals_the_extracted_network_after_the_same_recalibrati
     batches = digits.batches("train", w_idx, 50, shuffle=True, augment=False, generator=torch.Generator().manual_seed(5))
     recalibrate_batchnorm(standalone, batches, max_batches=3)
     assert got["score"] == pytest.approx(evaluate(standalone, digits, "train", a_idx)["accuracy"], abs=1e-9)
+
+
+def test_spos_runs_any_multi_trial_searcher_over_inherited_weights(digits):
+    space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=5)
+    budget = (space.min_flops() + space.max_flops()) // 2
+    _, result = _search("spos", digits, budget, None, searcher="tpe", max_trials=5, val_samples=200)
+    assert len(result.history) == 5 and result.metrics["scorer"] == "inherited"
+    assert all(h["flops"] <= budget for h in result.history)
+    with pytest.raises(ValueError, match="multi-trial"):
+        STRATEGIES.get("spos")(searcher="danas")

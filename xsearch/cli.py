@@ -80,7 +80,9 @@ def cmd_run(args: list[str]) -> int:
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']})")
     if "train_seconds" in met:
         print(f"  retraining     {_fmt_seconds(met['train_seconds'])}")
-    print(f"  run folder     {out['run_dir']}  (arch.json, search.png, stages.csv, retrain/model.pt)")
+    files = [f for f in ("arch.json", "search.png", "stages.csv", "trials.csv", "retrain/model.pt")
+             if (Path(out["run_dir"]) / f).exists()]
+    print(f"  run folder     {out['run_dir']}  ({', '.join(files)})")
     print(f"  dashboard      xsearch dashboard {cfg['storage']}")
     print(f"  retrain again  xsearch train {out['run_dir']}/arch.json train.epochs=20")
     return 0
