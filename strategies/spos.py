@@ -19,6 +19,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from xsearch.data import stratified_head
 from xsearch.evaluators import InheritedWeightsEvaluator
 
 from ._base import STRATEGIES, SearchResult
@@ -56,7 +57,7 @@ class SinglePathOneShot(DifferentiableSearch):
 
     def finish(self, ctx: _Context, state: dict[str, Any], checkpoint: Path | None) -> SearchResult:
         space = ctx.space
-        val_idx = ctx.a_idx[: self.val_samples] if self.val_samples else ctx.a_idx
+        val_idx = stratified_head(ctx.a_idx, ctx.data.train.targets, self.val_samples, self.seed)
         scorer = InheritedWeightsEvaluator(ctx.net, ctx.w_idx, val_idx, self.batch_size, self.recalibration_batches,
                                            self.device)
         path = Path(checkpoint).with_name("search_trials.json") if checkpoint else None

@@ -205,7 +205,7 @@ def bench_ranking(overrides: list[str]) -> dict[str, Any]:
 
     from scipy.stats import kendalltau, spearmanr
 
-    from xsearch.data import split_for_search
+    from xsearch.data import split_for_search, stratified_head
     from xsearch.evaluators import ClassificationEvaluator, InheritedWeightsEvaluator
     from xsearch.strategies import Constraints
     from xsearch.training import load_checkpoint
@@ -253,7 +253,8 @@ def bench_ranking(overrides: list[str]) -> dict[str, Any]:
     rows = [{"arch": a, "flops": space.flops(a)} for a in archs]
     for name, (net, cfg, strategy) in supernets.items():
         w_idx, a_idx = split_for_search(data.train.targets, cfg["search"]["train_samples"], cfg["seed"])
-        scorer = InheritedWeightsEvaluator(net, w_idx, a_idx[:2000], cfg["search"]["batch_size"], 10, strategy.device)
+        val_idx = stratified_head(a_idx, data.train.targets, 2000, cfg["seed"])
+        scorer = InheritedWeightsEvaluator(net, w_idx, val_idx, cfg["search"]["batch_size"], 10, strategy.device)
         for row in rows:
             row[f"{name}_inherited"] = scorer.score(space, row["arch"], data, seed=base["seed"])["score"]
     standalone = ClassificationEvaluator(epochs=int(bench["ranking_epochs"]), batch_size=base["train"]["batch_size"],

@@ -147,6 +147,16 @@ def subset(targets: torch.Tensor, num_samples: int | None, seed: int) -> torch.T
     return torch.cat([a, b])
 
 
+def stratified_head(indices: torch.Tensor, targets: torch.Tensor, num_samples: int | None, seed: int) -> torch.Tensor:
+    """A class-stratified random subset of ``indices`` (into ``targets``) of about ``num_samples``; all when falsy.
+
+    ``indices[:n]`` is not a subset to score on: the splits above are grouped by class.
+    """
+    if not num_samples or num_samples >= len(indices):
+        return indices
+    return indices[subset(targets[indices], num_samples, seed)]
+
+
 # --- loaders ------------------------------------------------------------------------------
 
 def _read_idx(path: Path) -> np.ndarray:
