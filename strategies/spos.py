@@ -15,10 +15,10 @@ Resumable: the supernet checkpoints after every epoch, and the evolution's queri
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
+from xsearch._registry import call_with_accepted
 from xsearch.data import stratified_head
 from xsearch.evaluators import InheritedWeightsEvaluator
 
@@ -40,13 +40,9 @@ class SinglePathOneShot(DifferentiableSearch):
         if not issubclass(factory, MultiTrialStrategy):
             raise ValueError(f"search.searcher must be a multi-trial strategy (random, evolution, tpe, nsga2), "
                              f"got {searcher!r}")
-        knobs = {"max_trials": max_trials, "population_size": population_size, "sample_size": sample_size,
-                 "seed": self.seed, "show_progress": self.show_progress}
-        accepted = set()
-        for klass in factory.__mro__:
-            if "__init__" in vars(klass):
-                accepted |= set(inspect.signature(klass.__init__).parameters)
-        self.searcher = factory(**{k: v for k, v in knobs.items() if k in accepted})
+        self.searcher = call_with_accepted(factory, {
+            "max_trials": max_trials, "population_size": population_size, "sample_size": sample_size,
+            "seed": self.seed, "show_progress": self.show_progress})
         self.max_trials, self.recalibration_batches, self.val_samples = max_trials, recalibration_batches, val_samples
 
     def stages(self, num_classes: int) -> list[Stage]:

@@ -6,7 +6,8 @@ the project.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import inspect
+from typing import Any, Callable, Generic, TypeVar
 
 from .errors import UnknownNameError
 
@@ -41,3 +42,22 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+
+def accepted_arguments(factory: Any) -> set[str]:
+    """Keyword arguments ``factory`` accepts; for a class whose ``__init__`` forwards ``**kwargs`` to
+    its bases, those of the whole chain."""
+    params = inspect.signature(factory).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return set(params)
+    names: set[str] = set()
+    for klass in getattr(factory, "__mro__", [factory]):
+        if "__init__" in vars(klass):
+            names |= set(inspect.signature(klass.__init__).parameters) - {"self", "kwargs"}
+    return names
+
+
+def call_with_accepted(factory: Any, knobs: dict[str, Any]) -> Any:
+    """``factory(**knobs)`` with the knobs it does not accept left out."""
+    names = accepted_arguments(factory)
+    return factory(**{k: v for k, v in knobs.items() if k in names})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from ._registry import call_with_accepted
 from .data import ImageData, load_dataset
 from .errors import UserError
 from .records import default_storage, new_run_dir, open_study, plot_search, write_json, write_tables
@@ -33,18 +33,8 @@ def build_space(cfg: dict[str, Any], data: ImageData | None):
 
 def _construct(factory: Any, kind: str, name: str, knobs: dict[str, Any], extra: dict[str, Any]) -> Any:
     """Call ``factory`` with the knobs it accepts (budgets set knobs shared by several strategies)."""
-    params = inspect.signature(factory).parameters
-    accepts_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    if accepts_all:  # subclasses forward **kwargs to the base: collect the whole chain's parameters
-        names: set[str] = set()
-        for klass in getattr(factory, "__mro__", [factory]):
-            if "__init__" in vars(klass):
-                names |= set(inspect.signature(klass.__init__).parameters) - {"self", "kwargs"}
-    else:
-        names = set(params)
-    args = {k: v for k, v in {**knobs, **extra}.items() if k in names}
     try:
-        return factory(**args)
+        return call_with_accepted(factory, {**knobs, **extra})
     except ValueError as exc:
         raise UserError(f"{kind} {name!r}: {exc}") from None
 
