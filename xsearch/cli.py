@@ -17,11 +17,16 @@ commands:
   flops ARCH_JSON              FLOPs (MACs) and parameters of a found network, checked with fvcore
   list [spaces|strategies|datasets|evaluators|budgets]
   dashboard [STORAGE] [--port N] [--host H]   Optuna dashboard over the runs' studies
-  bench search [overrides] [out=FILE.json]    danas vs dnas vs random, retrained with bench.seeds seeds
+  bench search [overrides] [out=FILE.json]    danas vs dnas vs spos vs random, retrained with bench.seeds seeds
+  bench strategies evaluator.table=PATH       random/evolution/tpe/nsga2 regret on the NAS-Bench-Macro table
+  bench ranking [overrides]                   Kendall tau: inherited (danas, spos supernets) vs stand-alone accuracy
 
 overrides use Hydra's grammar: key=value (seed=1, constraints.flops=5M, search.epochs=6) and
-group=option (space=mbv3, strategy=danas|dnas|random, data=fashion_mnist|digits|cifar10|cifar100|imagefolder,
-evaluator=classification, budget=smoke|demo|full). Defaults: budget=demo, data=fashion_mnist.
+group=option (space=mbv3|nasbench_macro, strategy=danas|dnas|spos|random|evolution|tpe|nsga2,
+data=fashion_mnist|digits|cifar10|cifar100|imagefolder, evaluator=classification|tabular|proxy,
+budget=smoke|demo|full). Defaults: budget=demo, data=fashion_mnist.
+Table search: xsearch run space=nasbench_macro strategy=evolution evaluator=tabular evaluator.table=PATH
+              constraints.flops=40M search.max_trials=100
 """
 
 
