@@ -270,7 +270,8 @@ def bench_ranking(overrides: list[str]) -> dict[str, Any]:
                                "overrides": overrides, "rows": rows}
     for name in supernets:
         scores = [r[f"{name}_inherited"] for r in rows]
-        summary[name] = {"kendall_tau": float(kendalltau(scores, truth).statistic),
+        tau = kendalltau(scores, truth)
+        summary[name] = {"kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue),
                          "spearman": float(spearmanr(scores, truth).statistic),
                          "supernet_seconds": seconds[name],
                          "inherited_mean": statistics.mean(scores)}
@@ -282,12 +283,12 @@ def bench_ranking(overrides: list[str]) -> dict[str, Any]:
 
 
 def format_ranking_table(summary: dict[str, Any]) -> str:
-    lines = ["| supernet | training time (s) | mean inherited accuracy (%) | Kendall tau | Spearman |",
+    lines = ["| supernet | training time (s) | mean inherited accuracy (%) | Kendall tau (p) | Spearman |",
              "|---|---:|---:|---:|---:|"]
     for name in ("danas", "spos"):
         s = summary[name]
         lines.append(f"| {name} | {s['supernet_seconds']:.0f} | {100 * s['inherited_mean']:.1f} | "
-                     f"{s['kendall_tau']:.2f} | {s['spearman']:.2f} |")
+                     f"{s['kendall_tau']:.2f} ({s['kendall_p']:.2f}) | {s['spearman']:.2f} |")
     return "\n".join(lines)
 
 
