@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +13,6 @@ from xsearch.errors import UserError
 from xsearch.flops import fvcore_macs
 from xsearch.search_spaces import get_space, list_spaces
 
-TABLE = (Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "nas-bench-macro"
-         / "nas-bench-macro_cifar10.json")
-
 
 @pytest.fixture(scope="module")
 def space():
@@ -24,10 +20,8 @@ def space():
 
 
 @pytest.fixture(scope="module")
-def table() -> dict:
-    if not TABLE.is_file():
-        pytest.skip(f"NAS-Bench-Macro table not found at {TABLE} (third-party data in ../shared)")
-    return json.loads(TABLE.read_text())
+def table(macro_table) -> dict:
+    return json.loads(macro_table.read_text())
 
 
 def n_params(net: nn.Module) -> int:
