@@ -41,6 +41,7 @@ class Strategy(ABC):
     """How to search. ``search`` is called once per run; with ``checkpoint`` it saves there and resumes."""
 
     name = ""
+    needs_data = True  # False: it only queries an evaluator (which says for itself whether it needs images)
 
     @abstractmethod
     def search(self, space: Any, evaluator: Any, data: Any, constraints: Constraints,

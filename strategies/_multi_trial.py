@@ -164,8 +164,16 @@ class MultiTrialStrategy(Strategy):
         space.check_budget(constraints.flops)
         if evaluator is None:
             raise ValueError(f"strategy {self.name!r} needs an evaluator to query")
+        return self.query(space, evaluator, data, constraints.flops, study, checkpoint)
+
+    def query(self, space: Any, evaluator: Any, data: Any, max_flops: int | None, study: Any = None,
+              checkpoint: Path | None = None, prefix: str | None = None) -> SearchResult:
+        """Explore through ``Queries`` until the budget is spent; the best queried architecture is the result.
+
+        ``prefix`` names the trials in the study (default: this strategy's name).
+        """
         path = Path(checkpoint).with_name("search_trials.json") if checkpoint else None
-        queries = Queries(self.name, space, evaluator, data, self.seed, self.max_trials, constraints.flops, study,
+        queries = Queries(prefix or self.name, space, evaluator, data, self.seed, self.max_trials, max_flops, study,
                           path, prescreen=self._prescreener, show_progress=self.show_progress)
         stopped = "max_trials"
         try:

@@ -24,7 +24,7 @@ from xsearch.evaluators import InheritedWeightsEvaluator
 
 from ._base import STRATEGIES, SearchResult
 from ._differentiable import DifferentiableSearch, Stage, _Context
-from ._multi_trial import MultiTrialStrategy, Queries, StopSearch
+from ._multi_trial import MultiTrialStrategy
 
 
 @STRATEGIES.register("spos")
@@ -56,20 +56,7 @@ class SinglePathOneShot(DifferentiableSearch):
         val_idx = stratified_head(ctx.a_idx, ctx.data.train.targets, self.val_samples, self.seed)
         scorer = InheritedWeightsEvaluator(ctx.net, ctx.w_idx, val_idx, self.batch_size, self.recalibration_batches,
                                            self.device)
-        path = Path(checkpoint).with_name("search_trials.json") if checkpoint else None
-        queries = Queries(self.name, space, scorer, ctx.data, self.seed, self.max_trials, ctx.max_flops, ctx.study,
-                          path, show_progress=self.show_progress)
-        try:
-            self.searcher.explore(space, queries)
-        except StopSearch:
-            pass
-        finally:
-            queries.close()
-        best = max(queries.history, key=lambda q: q["score"])
-        history = [{k: v for k, v in q.items() if k != "new"} for q in queries.history]
-        train_seconds = state["seconds"]
-        return SearchResult(
-            arch=best["arch"], flops=space.flops(best["arch"]), params=space.params(best["arch"]),
-            metrics={**best["metrics"], "queries": len(history), "best_query": best["query"], "scorer": scorer.name,
-                     "supernet_seconds": train_seconds, "epochs": state["epochs"]},
-            history=history, search_seconds=train_seconds + queries.seconds)
+        result = self.searcher.query(space, scorer, ctx.data, ctx.max_flops, ctx.study, checkpoint, prefix=self.name)
+        result.metrics.update(supernet_seconds=state["seconds"], epochs=state["epochs"])
+        result.search_seconds += state["seconds"]
+        return result

@@ -123,6 +123,7 @@ def bench_strategies(overrides: list[str]) -> list[dict[str, Any]]:
         raise UserError(f"bench.multi_trial: unknown strategies {unknown}; valid: {STRATEGIES.names()}")
     rows: list[dict[str, Any]] = []
     out = Path(cfg["out"]) if cfg.get("out") else None
+    defaults = {name: _strategy_defaults(name) for name in names}
     for budget in budgets:
         space.check_budget(budget)
         best_key, best_acc = evaluator.best_under(space, budget)
@@ -131,7 +132,7 @@ def bench_strategies(overrides: list[str]) -> list[dict[str, Any]]:
             reach: list[int | None] = []
             t0 = time.time()
             for seed in range(seeds):
-                knobs = {**_strategy_defaults(name), "max_trials": max(checkpoints), "seed": seed,
+                knobs = {**defaults[name], "max_trials": max(checkpoints), "seed": seed,
                          "show_progress": False}
                 strategy = _construct_strategy(name, knobs)
                 result = strategy.search(space, evaluator, None, Constraints(budget), None)

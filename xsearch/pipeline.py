@@ -58,7 +58,7 @@ def build_evaluator(cfg: dict[str, Any]):
 
 def needs_data(strategy: Any, evaluator: Any) -> bool:
     """Whether the run must load images: not when a table answers and the strategy only queries it."""
-    return bool(getattr(strategy, "needs_data", True) or getattr(evaluator, "needs_data", True))
+    return bool(strategy.needs_data or evaluator.needs_data)
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -94,13 +94,18 @@ def plot_search(run_dir: Path, history: list[dict[str, Any]], epochs: list[dict[
         axes[0].legend()
         axes[1].scatter([h["flops"] / 1e6 for h in history], [h["score"] for h in history], c=q, cmap="viridis", s=12)
         axes[1].set(xlabel="FLOPs (M MACs)", ylabel="score", title="queried architectures (colour: query)")
-        fig.suptitle(title)
-        fig.tight_layout()
-        path = run_dir / "search.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+    else:
+        fig = _plot_stages(plt, history, epochs)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = run_dir / "search.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
+
+def _plot_stages(plt: Any, history: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> Any:
+    """Staged searches: per stage, accuracy and alive candidates; per epoch, the supernet losses."""
     stages = [h["stage"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     ax = axes[0]
@@ -124,9 +129,4 @@ def plot_search(run_dir: Path, history: list[dict[str, Any]], epochs: list[dict[
         ax.plot(xs, [e["arch_loss"] for e in search], "s-", label="logits (held-out half)")
         ax.set(xlabel="search epoch", ylabel="loss", title="supernet losses (classes grow by stage)")
         ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = run_dir / "search.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
