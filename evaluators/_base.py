@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from xsearch._registry import Registry
+from xsearch.errors import UserError
 
 EVALUATORS: Registry = Registry("evaluator")
 
@@ -32,7 +33,17 @@ class Evaluator(ABC):
         """Metrics of ``arch`` (at least ``test_accuracy``). With ``workdir`` it checkpoints there and resumes."""
 
     def check(self, space: Any) -> None:
-        """Raise UserError when this evaluator cannot judge architectures of ``space`` (default: it can)."""
+        """Raise UserError when this evaluator cannot judge architectures of ``space``.
+
+        Default: the space's networks must be classifiers (``space.task``); a detection-head space
+        such as ``dyhead`` needs a detection evaluator.
+        """
+        task = getattr(space, "task", "classification")
+        if task != "classification":
+            raise UserError(f"space {space.name!r} builds {task} networks; evaluator {self.name!r} judges image "
+                            f"classifiers. A {task} evaluator is not built yet: use `xsearch flops space="
+                            f"{space.name}` to count its FLOPs, or pick a classification space (mbv3, micronet, "
+                            "focalnet)")
 
     def score(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0) -> dict[str, Any]:
         """Metrics of ``arch`` for search, with ``score`` (higher is better). Default: test accuracy."""

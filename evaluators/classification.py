@@ -20,6 +20,8 @@ from torch import nn
 
 from xsearch.data import ImageData, subset
 from xsearch.training import (
+    anneal_temperature,
+    channels_last,
     cosine_with_warmup,
     evaluate,
     load_checkpoint,
@@ -42,10 +44,11 @@ class ClassificationEvaluator(Evaluator):
 
     def __init__(self, epochs: int = 4, batch_size: int = 128, lr: float = 0.2, weight_decay: float = 5e-5,
                  label_smoothing: float = 0.1, train_samples: int | None = None, test_samples: int | None = None,
-                 val_samples: int = 5000, device: str = "auto", show_progress: bool = True) -> None:
+                 val_samples: int = 5000, temperature_epochs: float = 1.0, device: str = "auto",
+                 show_progress: bool = True) -> None:
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.label_smoothing, self.train_samples, self.test_samples = label_smoothing, train_samples, test_samples
-        self.val_samples = val_samples
+        self.val_samples, self.temperature_epochs = val_samples, temperature_epochs
         self.device = resolve_device(device)
         self.show_progress = show_progress
 
@@ -90,7 +93,7 @@ class ClassificationEvaluator(Evaluator):
     def _fit(self, space: Any, arch: dict[str, str], data: ImageData, train_idx: torch.Tensor, seed: int,
              workdir: Path | None) -> tuple[nn.Module, list[dict[str, float]], float]:
         seed_everything(seed)
-        model = space.build(arch).to(self.device).to(memory_format=torch.channels_last)
+        model = channels_last(space.build(arch).to(self.device))
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr * self.batch_size / 256, momentum=0.9,
                                     nesterov=True, weight_decay=self.weight_decay)
         steps = data.num_batches(len(train_idx), self.batch_size)
@@ -117,7 +120,8 @@ class ClassificationEvaluator(Evaluator):
             bar = progress(data.batches("train", train_idx, self.batch_size, shuffle=True, augment=True,
                                         generator=generator, device=self.device),
                            total=steps, desc=f"train {epoch + 1}/{self.epochs}", enabled=self.show_progress)
-            for x, y in bar:
+            for i, (x, y) in enumerate(bar):
+                anneal_temperature(model, epoch + i / steps, self.temperature_epochs)
                 loss = criterion(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -8,7 +8,7 @@ from typing import Any
 
 from xsearch.errors import UserError
 
-from . import mbv3, nasbench_macro  # noqa: F401  (registers the spaces)
+from . import dyhead, focalnet, mbv3, micronet, nasbench_macro  # noqa: F401  (registers the spaces)
 from ._base import SKIP, Arch, ChainNetwork, Choice, SearchSpace, format_flops
 from ._registry import SPACES
 

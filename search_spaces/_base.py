@@ -53,6 +53,7 @@ class SearchSpace(ABC):
     """
 
     name: str = ""
+    task: str = "classification"  # what the built network predicts; evaluators refuse other tasks
 
     def __init__(self, num_classes: int, in_chans: int, image_size: int) -> None:
         self.num_classes, self.in_chans, self.image_size = num_classes, in_chans, image_size

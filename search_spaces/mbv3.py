@@ -2,7 +2,10 @@
 
 Each searchable layer picks kernel 3/5/7 x expansion 3/6 x squeeze-excite off/on (12 inverted
 residual candidates), plus ``skip`` where the layer keeps its shape (stride 1, same width), which
-makes depth searchable. Stem: 3x3 conv (stride 1 for inputs up to 32 pixels, else 2) and a fixed
+makes depth searchable. ``dynamic=True`` adds, per kernel and expansion, a dynamic-convolution
+variant (``_dc``: all three convolutions dynamic, four kernels each) and a DyReLU variant (``_dr``:
+DyReLU after the expansion and the depthwise convolution), 24 candidates per layer, so a search
+chooses between static and dynamic blocks. Stem: 3x3 conv (stride 1 for inputs up to 32 pixels, else 2) and a fixed
 depthwise-separable block; then stages of widths 24/40/80/112 (times ``width_mult``), each opening
 with a stride-2 layer; head: 1x1 conv, global pool, a hidden linear layer and the classifier,
 as in MobileNetV3.
@@ -36,14 +39,25 @@ class _Head(nn.Module):
         return self.classifier(self.dropout(self.act(self.fc(x))))
 
 
-def option_name(kernel_size: int, expansion: int, se: bool) -> str:
-    return f"k{kernel_size}_e{expansion}" + ("_se" if se else "")
+VARIANTS = ("", "se", "dc", "dr")  # plain, squeeze-excite, dynamic convolution, DyReLU
 
 
-def parse_option(option: str) -> tuple[int, int, bool]:
-    """'k5_e6_se' -> (5, 6, True)."""
+def option_name(kernel_size: int, expansion: int, variant: str = "") -> str:
+    """(5, 6, 'se') -> 'k5_e6_se'."""
+    return f"k{kernel_size}_e{expansion}" + (f"_{variant}" if variant else "")
+
+
+def parse_option(option: str) -> tuple[int, int, str]:
+    """'k5_e6_se' -> (5, 6, 'se'); 'k3_e3' -> (3, 3, '')."""
     parts = option.split("_")
-    return int(parts[0][1:]), int(parts[1][1:]), len(parts) > 2 and parts[2] == "se"
+    return int(parts[0][1:]), int(parts[1][1:]), parts[2] if len(parts) > 2 else ""
+
+
+def candidate_block(cin: int, cout: int, stride: int, option: str, act: str = "hswish") -> nn.Module:
+    """The inverted residual an option names (``act`` for every variant but DyReLU's)."""
+    k, e, variant = parse_option(option)
+    return InvertedResidual(cin, cout, k, e, stride, se=variant == "se", dynamic=variant == "dc",
+                            act="dyrelu" if variant == "dr" else act)
 
 
 def split_layers(num_layers: int, num_stages: int) -> list[int]:
@@ -59,13 +73,17 @@ class MobileNetV3Space(SearchSpace):
     name = "mbv3"
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28,
-                 width_mult: float = 1.0, num_layers: int = 8, dropout: float = 0.2) -> None:
+                 width_mult: float = 1.0, num_layers: int = 8, dropout: float = 0.2,
+                 dynamic: bool = False, act: str = "hswish") -> None:
         super().__init__(num_classes, in_chans, image_size)
         if num_layers < len(STAGE_WIDTHS):
             raise ValueError(f"num_layers must be at least {len(STAGE_WIDTHS)} (one per stage), got {num_layers}")
         if width_mult <= 0:
             raise ValueError(f"width_mult must be positive, got {width_mult}")
-        self.width_mult, self.num_layers, self.dropout = width_mult, num_layers, dropout
+        if act not in ("hswish", "relu"):
+            raise ValueError(f"act must be 'hswish' or 'relu' (DyReLU is the _dr candidates with dynamic=true), got {act!r}")
+        self.width_mult, self.num_layers, self.dropout, self.dynamic = width_mult, num_layers, dropout, bool(dynamic)
+        self.act = act
         self.stem_channels = make_divisible(16 * width_mult)
         self.stem_stride = 1 if image_size <= 32 else 2
         self.last_channels = make_divisible(384 * width_mult)
@@ -81,7 +99,8 @@ class MobileNetV3Space(SearchSpace):
                 self.plan.append((channels, out, s, size))
                 channels, size = out, conv_out_size(size, 3, s)
         self.final_channels, self.final_size = channels, size
-        ir_options = tuple(option_name(k, e, se) for k in (3, 5, 7) for e in (3, 6) for se in (False, True))
+        variants = VARIANTS if self.dynamic else VARIANTS[:2]
+        ir_options = tuple(option_name(k, e, v) for k in (3, 5, 7) for e in (3, 6) for v in variants)
         for i, (cin, cout, stride, _) in enumerate(self.plan):
             options = ir_options + ((SKIP,) if stride == 1 and cin == cout else ())
             self.choices.append(Choice(f"layer{i + 1}", options))
@@ -90,7 +109,8 @@ class MobileNetV3Space(SearchSpace):
     @property
     def space_kwargs(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "in_chans": self.in_chans, "image_size": self.image_size,
-                "width_mult": self.width_mult, "num_layers": self.num_layers, "dropout": self.dropout}
+                "width_mult": self.width_mult, "num_layers": self.num_layers, "dropout": self.dropout,
+                "dynamic": self.dynamic, "act": self.act}
 
     def build_stem(self) -> nn.Module:
         return nn.Sequential(
@@ -105,8 +125,7 @@ class MobileNetV3Space(SearchSpace):
         if option == SKIP:
             return nn.Identity()
         cin, cout, stride, _ = self.plan[index]
-        k, e, se = parse_option(option)
-        return InvertedResidual(cin, cout, k, e, stride, se=se)
+        return candidate_block(cin, cout, stride, option, self.act)
 
     def fixed_macs(self) -> int:
         stem = self.build_stem()
@@ -119,9 +138,15 @@ class MobileNetV3Space(SearchSpace):
         size = self.plan[index][3]
         return module.macs(size, size) if isinstance(module, InvertedResidual) else 0
 
-    def to_timm(self, arch: Arch) -> list[list[str]]:
-        """timm ``arch_def`` (MobileNetV3 builder, hard-swish default act, SE gate hard-sigmoid)."""
+    def to_timm(self, arch: Arch) -> list[list[str]] | None:
+        """timm ``arch_def`` (MobileNetV3 builder, hard-swish default act, SE gate hard-sigmoid).
+
+        None when ``arch`` uses a dynamic block (timm has no dynamic convolution or DyReLU) or when
+        the blocks use ReLU (timm's builder would need a per-block activation override).
+        """
         arch = self.validate(arch)
+        if self.act != "hswish" or any(parse_option(o)[2] in ("dc", "dr") for o in arch.values() if o != SKIP):
+            return None
         stages: list[list[str]] = [[f"ds_r1_k3_s1_c{self.stem_channels}"]]
         previous_out = None
         for (cin, cout, stride, _), choice in zip(self.plan, self.choices):
@@ -131,8 +156,8 @@ class MobileNetV3Space(SearchSpace):
             option = arch[choice.label]
             if option == SKIP:
                 continue
-            k, e, se = parse_option(option)
-            stages[-1].append(f"ir_r1_k{k}_s{stride}_e{e}_c{cout}" + ("_se0.25" if se else ""))
+            k, e, variant = parse_option(option)
+            stages[-1].append(f"ir_r1_k{k}_s{stride}_e{e}_c{cout}" + ("_se0.25" if variant == "se" else ""))
         stages = [s for s in stages if s]
         stages.append([f"cn_r1_k1_s1_c{self.last_channels}"])
         return stages

@@ -24,6 +24,8 @@ from xsearch.data import ImageData, split_for_search
 from xsearch.search_spaces import format_flops
 from xsearch.training import (
     ClassSubset,
+    anneal_temperature,
+    channels_last,
     cosine_with_warmup,
     evaluate,
     load_checkpoint,
@@ -57,13 +59,15 @@ class DifferentiableSearch(Strategy):
     def __init__(self, epochs: int = 3, warmup_epochs: int = 3, train_samples: int | None = 20000,
                  batch_size: int = 128, lr: float = 0.1, weight_decay: float = 4e-5, arch_lr: float = 0.01,
                  arch_weight_decay: float = 1e-3, flops_weight: float = 0.2, path_mode: str = "weighted",
-                 seed: int = 0, device: str = "auto", show_progress: bool = True) -> None:
+                 temperature_epochs: float = 1.0, seed: int = 0, device: str = "auto",
+                 show_progress: bool = True) -> None:
         if path_mode not in ("weighted", "gated"):
             raise ValueError(f"search.path_mode must be 'weighted' or 'gated', got {path_mode!r}")
         self.epochs, self.warmup_epochs, self.train_samples = epochs, warmup_epochs, train_samples
         self.batch_size, self.lr, self.weight_decay = batch_size, lr, weight_decay
         self.arch_lr, self.arch_weight_decay, self.flops_weight = arch_lr, arch_weight_decay, flops_weight
         self.path_mode, self.seed, self.show_progress = path_mode, seed, show_progress
+        self.temperature_epochs = temperature_epochs
         self.device = resolve_device(device)
 
     # --- what subclasses decide -------------------------------------------------------
@@ -77,7 +81,7 @@ class DifferentiableSearch(Strategy):
         seed_everything(self.seed)
         w_idx, a_idx = split_for_search(data.train.targets, self.train_samples, self.seed)
         stages = self.stages(data.num_classes)
-        supernet = space.supernet().to(self.device).to(memory_format=torch.channels_last)
+        supernet = channels_last(space.supernet().to(self.device))
         w_opt = torch.optim.SGD(supernet.weight_parameters(), lr=self.lr * self.batch_size / 256, momentum=0.9,
                                 nesterov=True, weight_decay=self.weight_decay)
         a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
@@ -111,6 +115,7 @@ class DifferentiableSearch(Strategy):
         while state["step"] < len(steps):
             step = steps[state["step"]]
             t0 = time.time()
+            ctx.epochs_done = len(state["epochs"])
             if step[0] == "warmup":
                 state["epochs"].append(ctx.warmup_epoch(step[1]))
             elif step[0] == "rank":
@@ -161,6 +166,7 @@ class _Context:
         self.w_opt, self.a_opt, self.scheduler, self.generator = w_opt, a_opt, scheduler, generator
         self.max_flops, self.study = max_flops, study
         self.weights = list(supernet.weight_parameters())
+        self.epochs_done = 0  # training epochs finished so far (drives dynamic convolutions' temperature)
         self.alphas = supernet.arch_parameters()
 
     def _batches(self, indices: torch.Tensor, shuffle: bool = True, augment: bool = True):
@@ -180,7 +186,8 @@ class _Context:
         total = self.data.num_batches(len(self.w_idx), self.s.batch_size)
         bar = progress(self._batches(self.w_idx), total, f"single-path {epoch + 1}/{self.s.single_path_epochs()}",
                        self.s.show_progress)
-        for x, y in bar:
+        for i, (x, y) in enumerate(bar):
+            anneal_temperature(self.net, self.epochs_done + i / total, self.s.temperature_epochs)
             loss = nn.functional.cross_entropy(self.net(x), y)
             self.w_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -220,7 +227,8 @@ class _Context:
         desc = (f"stage {stage_index + 1}/{num_stages} epoch {epoch + 1}/{stage.epochs} "
                 f"({len(classes)} classes, {alive:.1f} cand/layer)")
         bar = progress(zip(self._batches(w_idx), self._batches(a_idx)), total, desc, self.s.show_progress)
-        for (xw, yw), (xa, ya) in bar:
+        for i, ((xw, yw), (xa, ya)) in enumerate(bar):
+            anneal_temperature(self.net, self.epochs_done + i / max(1, total), self.s.temperature_epochs)
             # weight step: training half, logits frozen
             self._requires_grad(self.alphas, False)
             logits, target = subset.apply(self.net(xw), yw)

@@ -293,4 +293,127 @@ def format_ranking_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-BENCHMARKS = {"search": bench_search, "strategies": bench_strategies, "ranking": bench_ranking}
+# --- xsearch bench blocks: what each block family brings ----------------------------------------
+
+BLOCK_SPACES = {"mbv3": ["space=mbv3"], "mbv3-dynamic": ["space=mbv3", "space.dynamic=true"],
+                "micronet": ["space=micronet"], "focalnet": ["space=focalnet"]}
+FIXED_VARIANTS = ("dynamic conv", "DyReLU", "ReLU")
+
+
+@torch.no_grad()
+def cpu_throughput(model: torch.nn.Module, input_shape: tuple[int, ...], batch_size: int = 256,
+                   repeats: int = 10) -> float:
+    """Inference images per second on the CPU (eval mode, all threads torch uses), after two warm-up batches."""
+    model = model.cpu().eval()
+    x = torch.randn(batch_size, *input_shape)
+    for _ in range(2):
+        model(x)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        model(x)
+    return batch_size * repeats / (time.perf_counter() - t0)
+
+
+def fixed_variant(arch: dict[str, str], variant: str) -> dict[str, str]:
+    """The same network with every inverted residual made dynamic ('_dc') or DyReLU ('_dr'); SE is dropped."""
+    from xsearch.search_spaces import SKIP
+    from xsearch.search_spaces.mbv3 import option_name, parse_option
+
+    suffix = {"dynamic conv": "dc", "DyReLU": "dr"}[variant]
+    out = {}
+    for label, option in arch.items():
+        if option == SKIP:
+            out[label] = option
+        else:
+            k, e, _ = parse_option(option)
+            out[label] = option_name(k, e, suffix)
+    return out
+
+
+def bench_blocks(overrides: list[str]) -> list[dict[str, Any]]:
+    """Block families on the same data, budgets and retraining recipe.
+
+    For each FLOPs budget in ``bench.blocks_budgets``: each space in ``bench.blocks_spaces`` is
+    searched with the configured strategy (default danas) under the budget and its found network
+    retrained; then the network found in ``mbv3`` is retrained again with every block's
+    convolutions made dynamic, with DyReLU, and with ReLU instead of h-swish (the same layers,
+    kernels and expansions), so static and dynamic operators are compared on one fixed network.
+    Rows: test accuracy (mean over ``bench.seeds``), FLOPs, parameters, CPU inference throughput.
+    """
+    from xsearch.strategies import Constraints
+
+    if any(o.split("=", 1)[0] in ("space", "constraints.flops") for o in overrides):
+        raise UserError("bench blocks runs every space in bench.blocks_spaces at every budget in bench.blocks_budgets; "
+                        "set those instead of space= or constraints.flops=")
+    base = validate(compose(overrides))
+    bench = base["bench"]
+    names = list(bench["blocks_spaces"])
+    unknown = [n for n in names if n not in BLOCK_SPACES]
+    if unknown:
+        raise UserError(f"bench.blocks_spaces: unknown {unknown}; valid: {list(BLOCK_SPACES)}")
+    budgets = [parse_count(b, "bench.blocks_budgets") for b in bench["blocks_budgets"]]
+    seeds = int(bench["seeds"])
+    data = build_data(base)
+    out = Path(base["out"]) if base.get("out") else None
+    rows: list[dict[str, Any]] = []
+
+    def retrain(cfg: dict[str, Any], space: Any, arch: dict[str, str], row: dict[str, Any]) -> None:
+        evaluator = build_evaluator(cfg)
+        accs = []
+        for seed in range(seeds):
+            print(f"[bench] {row['budget_label']} {row['network']}: retraining seed {seed + 1}/{seeds} ...", flush=True)
+            accs.append(evaluator.evaluate(space, arch, data, seed=seed)["test_accuracy"])
+        torch.manual_seed(0)
+        row.update(test_accuracy=statistics.mean(accs), test_accuracy_std=statistics.stdev(accs) if seeds > 1 else 0.0,
+                   test_accuracies=accs, flops=space.flops(arch), params=space.params(arch), arch=arch,
+                   space=space.name, space_kwargs=space.space_kwargs,
+                   images_per_second=cpu_throughput(space.build(arch), space.input_shape),
+                   train_epochs=cfg["train"]["epochs"], seeds=seeds, data=cfg["data"]["name"],
+                   machine=machine(), overrides=overrides)
+        rows.append(row)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_json(out, rows)
+        print(f"[bench] {row['budget_label']} {row['network']}: {100 * row['test_accuracy']:.2f} % test, "
+              f"{row['flops'] / 1e6:.2f}M MACs, {row['images_per_second']:.0f} img/s", flush=True)
+
+    for budget in budgets:
+        label = format_flops_m(budget)
+        found: dict[str, dict[str, str]] = {}
+        for name in names:
+            cfg = validate(compose(overrides + BLOCK_SPACES[name] + [f"constraints.flops={budget}"]))
+            space = build_space(cfg, data)
+            space.check_budget(budget)
+            print(f"[bench] {label} {name}: searching with {cfg['strategy']['name']} ...", flush=True)
+            t0 = time.time()
+            result = build_strategy(cfg).search(space, build_evaluator(cfg), data, Constraints(budget), None)
+            found[name] = result.arch
+            retrain(cfg, space, result.arch, {"flops_budget": budget, "budget_label": label, "network": f"{name} (found)",
+                                              "search_seconds": time.time() - t0,
+                                              "strategy": cfg["strategy"]["name"]})
+        if "mbv3" not in found:
+            continue
+        for variant in FIXED_VARIANTS:
+            extra = ["space.act=relu"] if variant == "ReLU" else ["space.dynamic=true"]
+            cfg = validate(compose(overrides + BLOCK_SPACES["mbv3"] + extra))
+            space = build_space(cfg, data)
+            arch = found["mbv3"] if variant == "ReLU" else fixed_variant(found["mbv3"], variant)
+            retrain(cfg, space, arch, {"flops_budget": budget, "budget_label": label,
+                                       "network": f"mbv3 (found), {variant}", "search_seconds": None})
+    print(format_blocks_table(rows))
+    return rows
+
+
+def format_blocks_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| budget | network | search (s) | test accuracy (%) | FLOPs (M) | params (K) | CPU img/s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        search = "-" if r.get("search_seconds") is None else f"{r['search_seconds']:.0f}"
+        std = f" +- {100 * r['test_accuracy_std']:.2f}" if r["seeds"] > 1 else ""
+        lines.append(f"| {r['budget_label']} | {r['network']} | {search} | {100 * r['test_accuracy']:.2f}{std} | "
+                     f"{r['flops'] / 1e6:.2f} | {r['params'] / 1e3:.1f} | {r['images_per_second']:.0f} |")
+    return "\n".join(lines)
+
+
+BENCHMARKS = {"search": bench_search, "strategies": bench_strategies, "ranking": bench_ranking,
+              "blocks": bench_blocks}

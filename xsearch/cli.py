@@ -15,14 +15,16 @@ commands:
   run resume=RUN_DIR           resume an interrupted run from its last checkpoint
   train ARCH_JSON [overrides]  retrain a found network from scratch (train.epochs=..., data=...)
   flops ARCH_JSON              FLOPs (MACs) and parameters of a found network, checked with fvcore
+  flops space=NAME [seed=N]    a space's FLOPs range and a sampled network's FLOPs, checked with fvcore
   list [spaces|strategies|datasets|evaluators|budgets]
   dashboard [STORAGE] [--port N] [--host H]   Optuna dashboard over the runs' studies
   bench search [overrides] [out=FILE.json]    danas vs dnas vs spos vs random, retrained with bench.seeds seeds
   bench strategies evaluator.table=PATH       random/evolution/tpe/nsga2 regret on the NAS-Bench-Macro table
   bench ranking [overrides]                   Kendall tau: inherited (danas, spos supernets) vs stand-alone accuracy
+  bench blocks [overrides]                    block families (static/dynamic conv, ReLU/DyReLU, micronet, focalnet)
 
 overrides use Hydra's grammar: key=value (seed=1, constraints.flops=5M, search.epochs=6) and
-group=option (space=mbv3|nasbench_macro, strategy=danas|dnas|spos|random|evolution|tpe|nsga2,
+group=option (space=mbv3|micronet|focalnet|dyhead|nasbench_macro, strategy=danas|dnas|spos|random|evolution|tpe|nsga2,
 data=fashion_mnist|digits|cifar10|cifar100|imagefolder, evaluator=classification|tabular|proxy,
 budget=smoke|demo|full). Defaults: budget=demo, data=fashion_mnist.
 Table search: xsearch run space=nasbench_macro strategy=evolution evaluator=tabular evaluator.table=PATH
@@ -132,18 +134,39 @@ def cmd_flops(args: list[str]) -> int:
 
     from .flops import fvcore_macs
 
-    if len(args) != 1:
-        raise UserError("usage: xsearch flops ARCH_JSON")
-    space, arch = load_arch(args[0])
+    if len(args) == 1 and "=" not in args[0]:
+        space, arch = load_arch(args[0])
+    elif args and all("=" in a for a in args) and any(a.startswith("space=") for a in args):
+        space, arch = _sampled_arch(args)
+    else:
+        raise UserError("usage: xsearch flops ARCH_JSON | xsearch flops space=NAME [space.KEY=VALUE ...] [seed=N]")
     table, counted = space.flops(arch), fvcore_macs(space.build(arch), space.input_shape)
     print(f"space     {space.name} {space.space_kwargs}")
     print(f"FLOPs     {table} MACs ({format_flops(table)}), from the space's table")
-    print(f"fvcore    {counted} MACs (conv + linear + matmul), {'equal' if counted == table else 'DIFFERENT'}")
+    print(f"fvcore    {counted} MACs (conv + linear + matmul + deform_conv2d), "
+          f"{'equal' if counted == table else 'DIFFERENT'}")
     print(f"params    {space.params(arch)} ({space.params(arch) / 1e6:.3f}M)")
     timm_def = space.to_timm(arch)
     if timm_def:
         print("timm      " + " | ".join(",".join(stage) for stage in timm_def))
     return 0 if counted == table else 1
+
+
+def _sampled_arch(overrides: list[str]):
+    """A space from config overrides and an architecture sampled from it (``seed``), with the space's range."""
+    from xsearch.search_spaces import format_flops
+
+    from .config import compose, validate
+    from .pipeline import build_space
+
+    cfg = validate(compose(overrides))
+    space = build_space(cfg, None)
+    arch = space.sample(seed=cfg["seed"], max_flops=cfg["constraints"]["flops"])
+    sizes = [len(c.options) for c in space.choices]
+    print(f"range     {format_flops(space.min_flops())} to {format_flops(space.max_flops())} MACs over "
+          f"{len(sizes)} choices of {min(sizes)} to {max(sizes)} options")
+    print(f"arch      (sampled, seed {cfg['seed']}) {arch}")
+    return space, arch
 
 
 def cmd_list(args: list[str]) -> int:

@@ -93,6 +93,29 @@ def evaluate(model: nn.Module, data: ImageData, split: str, indices: torch.Tenso
             "per_class_accuracy": per_class, "samples": n}
 
 
+def channels_last(model: nn.Module) -> nn.Module:
+    """Put every 4-D parameter and buffer in channels-last layout (the layout the batches come in).
+
+    ``Module.to(memory_format=...)`` refuses models with other ranks, such as the 5-D kernel bank
+    of a dynamic convolution; those keep their layout here.
+    """
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
+def anneal_temperature(model: nn.Module, epoch: float, anneal_epochs: float) -> None:
+    """Set the softmax temperature of every dynamic convolution in ``model`` for training progress ``epoch``.
+
+    Dynamic convolution trains its kernel attention with a temperature annealed from 30 to 1 over
+    the first ``anneal_epochs`` epochs (Chen et al. 2020); a model without one is left untouched.
+    """
+    from xsearch.search_spaces.blocks.dynamic import set_temperature, temperature_at
+
+    set_temperature(model, temperature_at(epoch, anneal_epochs))
+
+
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True):
     """A tqdm bar on stderr; disabled when ``enabled`` is false or XSEARCH_PROGRESS=0."""
     enabled = enabled and os.environ.get("XSEARCH_PROGRESS", "1") != "0"

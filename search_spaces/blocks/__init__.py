@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from .dyhead import DyHeadBlock
+from .dynamic import DynamicConv2d, DyReLU, set_temperature, temperature_at
+from .focal import DropPath, FocalModulation, FocalNetBlock, LayerNorm2d
 from .mbv3 import (
     ConvBNAct,
     DepthwiseSeparable,
@@ -10,12 +13,39 @@ from .mbv3 import (
     conv_out_size,
     make_divisible,
 )
+from .micronet import (
+    DynamicShiftMax,
+    MicroBlockA,
+    MicroBlockB,
+    MicroBlockC,
+    MicroDepthwiseConv,
+    MicroPointwiseConv,
+    channel_shuffle,
+    micro_groups,
+)
 
 __all__ = [
     "ConvBNAct",
     "DepthwiseSeparable",
+    "DropPath",
+    "DyHeadBlock",
+    "DyReLU",
+    "DynamicConv2d",
+    "DynamicShiftMax",
+    "FocalModulation",
+    "FocalNetBlock",
     "InvertedResidual",
+    "LayerNorm2d",
+    "MicroBlockA",
+    "MicroBlockB",
+    "MicroBlockC",
+    "MicroDepthwiseConv",
+    "MicroPointwiseConv",
     "SqueezeExcite",
+    "channel_shuffle",
     "conv_out_size",
     "make_divisible",
+    "micro_groups",
+    "set_temperature",
+    "temperature_at",
 ]

@@ -26,34 +26,53 @@ def conv_out_size(size: int, kernel_size: int, stride: int) -> int:
     return (size + 2 * pad - kernel_size) // stride + 1
 
 
-def _activation(name: str) -> nn.Module:
-    acts = {"relu": nn.ReLU, "hswish": nn.Hardswish}
-    if name not in acts:
-        raise ValueError(f"unknown activation {name!r}; valid: {sorted(acts)}")
-    return acts[name](inplace=True)
+ACTIVATIONS = ("relu", "hswish", "dyrelu")
+
+
+def _activation(name: str, channels: int) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "hswish":
+        return nn.Hardswish(inplace=True)
+    if name == "dyrelu":
+        from .dynamic import DyReLU
+
+        return DyReLU(channels)
+    raise ValueError(f"unknown activation {name!r}; valid: {list(ACTIVATIONS)}")
 
 
 class ConvBNAct(nn.Sequential):
-    """Convolution without bias, batch norm, optional activation."""
+    """Convolution without bias, batch norm, optional activation.
+
+    ``dynamic=True`` swaps the convolution for a ``DynamicConv2d`` (four kernels mixed per sample);
+    ``act="dyrelu"`` swaps the activation for a ``DyReLU``. Both add their attention branches' MACs.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
-                 groups: int = 1, act: str | None = "hswish") -> None:
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
-                      groups=groups, bias=False),
-            nn.BatchNorm2d(out_channels),
-        ]
+                 groups: int = 1, act: str | None = "hswish", dynamic: bool = False) -> None:
+        if dynamic:
+            from .dynamic import DynamicConv2d
+
+            conv: nn.Module = DynamicConv2d(in_channels, out_channels, kernel_size, stride, groups=groups)
+        else:
+            conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
+                             groups=groups, bias=False)
+        layers: list[nn.Module] = [conv, nn.BatchNorm2d(out_channels)]
         if act is not None:
-            layers.append(_activation(act))
+            layers.append(_activation(act, out_channels))
         super().__init__(*layers)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
+        self.kernel_size, self.stride, self.groups, self.dynamic = kernel_size, stride, groups, dynamic
 
     def macs(self, height: int, width: int) -> int:
         oh = conv_out_size(height, self.kernel_size, self.stride)
         ow = conv_out_size(width, self.kernel_size, self.stride)
-        per_pixel = self.out_channels * (self.in_channels // self.groups) * self.kernel_size ** 2
-        return oh * ow * per_pixel
+        if self.dynamic:
+            total = self[0].macs(height, width)
+        else:
+            total = oh * ow * self.out_channels * (self.in_channels // self.groups) * self.kernel_size ** 2
+        act = self[-1] if len(self) > 2 else None
+        return total + (act.macs(oh, ow) if hasattr(act, "macs") else 0)
 
 
 class SqueezeExcite(nn.Module):
@@ -78,19 +97,25 @@ class SqueezeExcite(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV3 block: 1x1 expand, kxk depthwise, optional SE, 1x1 project, residual if shapes allow."""
+    """MobileNetV3 block: 1x1 expand, kxk depthwise, optional SE, 1x1 project, residual if shapes allow.
+
+    ``dynamic=True`` makes all three convolutions dynamic (DY-MobileNetV3); ``act="dyrelu"`` uses
+    DyReLU after the expansion and the depthwise convolution.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, expansion: float,
-                 stride: int = 1, se: bool = False, act: str = "hswish") -> None:
+                 stride: int = 1, se: bool = False, act: str = "hswish", dynamic: bool = False) -> None:
         super().__init__()
         mid = make_divisible(in_channels * expansion, 8) if expansion != 1 else in_channels
-        self.expand = ConvBNAct(in_channels, mid, 1, act=act) if expansion != 1 else nn.Identity()
-        self.depthwise = ConvBNAct(mid, mid, kernel_size, stride, groups=mid, act=act)
+        self.expand = (ConvBNAct(in_channels, mid, 1, act=act, dynamic=dynamic) if expansion != 1
+                       else nn.Identity())
+        self.depthwise = ConvBNAct(mid, mid, kernel_size, stride, groups=mid, act=act, dynamic=dynamic)
         self.se = SqueezeExcite(mid) if se else nn.Identity()
-        self.project = ConvBNAct(mid, out_channels, 1, act=None)
+        self.project = ConvBNAct(mid, out_channels, 1, act=None, dynamic=dynamic)
         self.has_residual = stride == 1 and in_channels == out_channels
         self.in_channels, self.out_channels, self.mid_channels = in_channels, out_channels, mid
         self.kernel_size, self.expansion, self.stride, self.use_se = kernel_size, expansion, stride, se
+        self.act, self.dynamic = act, dynamic
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.depthwise(self.expand(x))))

@@ -1,0 +1,109 @@
+"""The block-zoo spaces: every option builds, counts FLOPs like fvcore, trains, and searches end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from xsearch.cli import main
+from xsearch.errors import UserError
+from xsearch.flops import fvcore_macs
+from xsearch.search_spaces import SKIP, get_space
+from xsearch.search_spaces.blocks import DynamicConv2d, DyReLU
+
+SPACES = [
+    ("mbv3", dict(dynamic=True)),
+    ("mbv3", dict(dynamic=True, act="relu", in_chans=3, image_size=32, num_classes=7)),
+    ("micronet", dict()),
+    ("micronet", dict(in_chans=3, image_size=32, num_classes=7)),
+    ("focalnet", dict()),
+    ("focalnet", dict(width_mult=0.5, depths=[1, 2, 2], image_size=8)),
+    ("dyhead", dict(image_size=64, channels=16, num_blocks=3)),
+]
+
+
+def covering_archs(space, extra: int = 3) -> list[dict[str, str]]:
+    """Architectures that use every option of every layer at least once, plus random ones."""
+    widest = max(len(c.options) for c in space.choices)
+    archs = [{c.label: c.options[i % len(c.options)] for c in space.choices} for i in range(widest)]
+    return archs + [space.sample(seed=s) for s in range(extra)]
+
+
+@pytest.mark.parametrize("name,kwargs", SPACES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SPACES)])
+def test_flops_and_params_tables_equal_fvcore_and_the_module(name, kwargs):
+    space = get_space(name, **kwargs)
+    for arch in covering_archs(space):
+        net = space.build(arch)
+        assert space.flops(arch) == fvcore_macs(net, space.input_shape), arch
+        assert space.params(arch) == sum(p.numel() for p in net.parameters()), arch
+
+
+@pytest.mark.parametrize("name,kwargs", SPACES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SPACES)])
+def test_every_space_trains_forward_and_backward(name, kwargs):
+    space = get_space(name, **kwargs)
+    net = space.build(space.sample(seed=0)).train()
+    out = net(torch.randn(2, *space.input_shape))
+    if space.task == "detection":
+        assert len(out) == 3 and all(cls.shape[1] == space.num_classes and box.shape[1] == 4 for cls, box in out)
+        loss = sum(cls.sum() + box.sum() for cls, box in out)
+    else:
+        assert out.shape == (2, space.num_classes)
+        loss = out.sum()
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_mbv3_dynamic_switch_adds_dynamic_conv_and_dyrelu_candidates():
+    static, dynamic = get_space("mbv3"), get_space("mbv3", dynamic=True)
+    for a, b in zip(static.choices, dynamic.choices):
+        assert set(a.options) < set(b.options)
+        assert len([o for o in b.options if o != SKIP]) == 24
+    dc = dynamic.build({c.label: "k3_e3_dc" for c in dynamic.choices})
+    dr = dynamic.build({c.label: "k3_e3_dr" for c in dynamic.choices})
+    assert sum(isinstance(m, DynamicConv2d) for m in dc.modules()) == 3 * len(dynamic.choices)
+    assert sum(isinstance(m, DyReLU) for m in dr.modules()) == 2 * len(dynamic.choices)
+    arch = {c.label: "k3_e3" for c in dynamic.choices}
+    assert dynamic.flops(arch) == static.flops(arch) and dynamic.to_timm(arch) == static.to_timm(arch)
+    assert dynamic.to_timm({c.label: "k3_e3_dc" for c in dynamic.choices}) is None
+
+
+def test_dyhead_space_is_refused_by_classification_evaluators(capsys):
+    assert main(["run", "space=dyhead", "data=digits", "budget=smoke", "progress=false"]) == 2
+    assert "detection" in capsys.readouterr().err
+    assert main(["flops", "space=dyhead", "space.num_blocks=2", "space.channels=16", "+space.image_size=64"]) == 0
+    assert "equal" in capsys.readouterr().out
+
+
+def test_focalnet_depth_is_searchable_but_each_stage_keeps_a_block():
+    space = get_space("focalnet")
+    firsts = [0, 2, 4]
+    for i, c in enumerate(space.choices):
+        assert (SKIP in c.options) == (i not in firsts)
+    with pytest.raises(UserError):
+        get_space("focalnet", depths=[0, 1, 1])
+
+
+def test_dynamic_temperature_is_annealed_by_retraining(digits):
+    from xsearch.evaluators import ClassificationEvaluator
+
+    space = get_space("mbv3", dynamic=True, num_classes=10, in_chans=1, image_size=8, num_layers=4)
+    arch = {c.label: "k3_e3_dc" for c in space.choices}
+    evaluator = ClassificationEvaluator(epochs=2, train_samples=256, test_samples=128, batch_size=64,
+                                        temperature_epochs=1.0, device="cpu", show_progress=False)
+    model, _, _ = evaluator._fit(space, arch, digits, torch.arange(256), 0, None)
+    temps = {m.temperature for m in model.modules() if isinstance(m, DynamicConv2d)}
+    assert temps == {1.0}
+
+
+@pytest.mark.parametrize("space", ["micronet", "focalnet", "mbv3"])
+def test_danas_searches_the_new_spaces_end_to_end(space, tmp_path):
+    extra = ["space.dynamic=true", "space.num_layers=4"] if space == "mbv3" else []
+    args = ["run", f"space={space}", "strategy=danas", "data=digits", "budget=smoke", "progress=false",
+            "search.train_samples=600", "train.epochs=1", *extra, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "r" / "arch.json").read_text())
+    rebuilt = get_space(space, **record["space_kwargs"])
+    assert rebuilt.flops(record["arch"]) == record["flops"]
+    assert 0.0 <= record["metrics"]["test_accuracy"] <= 1.0
