@@ -194,3 +194,22 @@ def test_dashboard_serves_the_studies_on_the_chosen_port(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_bench_blocks_compares_found_networks_and_fixed_variants(tmp_path, capsys):
+    out = tmp_path / "blocks.json"
+    assert main(["bench", "blocks", *SMOKE, "bench.seeds=1", "train.epochs=1", "search.train_samples=400",
+                 "bench.blocks_spaces=[mbv3,micronet]", "bench.blocks_budgets=[2M]", f"out={out}"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["network"] for r in rows] == ["mbv3 (found)", "micronet (found)", "mbv3 (found), dynamic conv",
+                                            "mbv3 (found), DyReLU", "mbv3 (found), ReLU"]
+    found = rows[0]["arch"]
+    for r in rows:
+        assert 0 <= r["test_accuracy"] <= 1 and r["images_per_second"] > 0 and r["params"] > 0
+        if r["network"].startswith("mbv3 (found),"):
+            # the same layers: only the operator variant changes
+            assert [o.split("_")[:2] for o in r["arch"].values()] == [o.split("_")[:2] for o in found.values()]
+    assert rows[0]["flops"] <= 2_000_000 and rows[1]["flops"] <= 2_000_000
+    assert "| 2M | micronet (found) |" in capsys.readouterr().out
+    assert main(["bench", "blocks", *SMOKE, "space=micronet"]) == 2
+    assert main(["bench", "blocks", *SMOKE, "bench.blocks_spaces=[resnet]"]) == 2
