@@ -213,3 +213,4 @@ def test_bench_blocks_compares_found_networks_and_fixed_variants(tmp_path, capsy
     assert "| 2M | micronet (found) |" in capsys.readouterr().out
     assert main(["bench", "blocks", *SMOKE, "space=micronet"]) == 2
     assert main(["bench", "blocks", *SMOKE, "bench.blocks_spaces=[resnet]"]) == 2
+    assert main(["bench", "blocks", *SMOKE, "bench.blocks_budgets=[1K]"]) == 2  # refused before any training

@@ -7,9 +7,18 @@ from xsearch.search_spaces import get_space
 from xsearch.supernets import Supernet
 
 
-@pytest.fixture(scope="module")
-def space():
-    return get_space("mbv3", num_classes=10, in_chans=1, image_size=16, num_layers=5, width_mult=0.5)
+SPACES = {
+    "mbv3": dict(num_layers=5, width_mult=0.5),
+    "mbv3-dynamic": dict(num_layers=5, width_mult=0.5, dynamic=True),
+    "micronet": dict(width_mult=0.5, depths=[1, 1, 2, 1]),
+    "focalnet": dict(width_mult=0.5, depths=[1, 2, 2]),
+}
+
+
+@pytest.fixture(scope="module", params=list(SPACES))
+def space(request):
+    name = request.param.split("-")[0]
+    return get_space(name, num_classes=10, in_chans=1, image_size=16, **SPACES[request.param])
 
 
 def test_extract_keeps_weights_and_matches_fixed_path(space):

@@ -354,6 +354,10 @@ def bench_blocks(overrides: list[str]) -> list[dict[str, Any]]:
     budgets = [parse_count(b, "bench.blocks_budgets") for b in bench["blocks_budgets"]]
     seeds = int(bench["seeds"])
     data = build_data(base)
+    configs = {name: validate(compose(overrides + BLOCK_SPACES[name])) for name in names}
+    for budget in budgets:  # fail before any training when a space cannot meet a budget
+        for cfg in configs.values():
+            build_space(cfg, data).check_budget(budget)
     out = Path(base["out"]) if base.get("out") else None
     rows: list[dict[str, Any]] = []
 
