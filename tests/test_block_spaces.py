@@ -107,3 +107,26 @@ def test_danas_searches_the_new_spaces_end_to_end(space, tmp_path):
     rebuilt = get_space(space, **record["space_kwargs"])
     assert rebuilt.flops(record["arch"]) == record["flops"]
     assert 0.0 <= record["metrics"]["test_accuracy"] <= 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,kwargs", SPACES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SPACES)])
+def test_every_space_runs_on_cuda_like_on_the_cpu(name, kwargs, dtype):
+    space = get_space(name, **kwargs)
+    torch.manual_seed(0)
+    for arch in covering_archs(space, extra=0)[:4]:
+        net = space.build(arch).to(dtype).eval()
+        x = torch.randn(2, *space.input_shape, dtype=dtype)
+        expected = net(x)
+        got = net.cuda()(x.cuda())
+        if space.task == "detection":
+            expected, got = [t for pair in expected for t in pair], [t.cpu() for pair in got for t in pair]
+        else:
+            expected, got = [expected], [got.cpu()]
+        tol = 1e-4 if dtype == torch.float32 else 1e-10
+        for e, g in zip(expected, got):
+            torch.testing.assert_close(g, e, rtol=tol, atol=tol)
+        net.train()
+        out = net(x.cuda())
+        (sum(a.sum() + b.sum() for a, b in out) if space.task == "detection" else out.sum()).backward()
