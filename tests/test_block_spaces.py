@@ -112,7 +112,9 @@ def test_danas_searches_the_new_spaces_end_to_end(space, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name,kwargs", SPACES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SPACES)])
-def test_every_space_runs_on_cuda_like_on_the_cpu(name, kwargs, dtype):
+def test_every_space_runs_on_cuda_like_on_the_cpu(name, kwargs, dtype, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # compare full float32, not TF32
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     space = get_space(name, **kwargs)
     torch.manual_seed(0)
     for arch in covering_archs(space, extra=0)[:4]:
