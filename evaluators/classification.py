@@ -1,7 +1,8 @@
 """Stand-alone classification training: the recipe every found network is retrained with.
 
 Recipe (documented in the README): SGD with Nesterov momentum 0.9, learning rate ``lr`` scaled by
-batch_size/256, one warm-up epoch (or 10% of training if shorter) then cosine decay to zero,
+batch_size/256 (AdamW with ``adamw_lr`` and ``adamw_weight_decay`` for spaces that ask for it, such
+as ``focalnet``, or with ``optimizer="adamw"``), one warm-up epoch (or 10% of training if shorter) then cosine decay to zero,
 weight decay ``weight_decay``, label smoothing 0.1, random-crop (zero padding) and, where the data
 allows, horizontal-flip augmentation. Test accuracy is measured once, after the last epoch, on the
 dataset's test split. ``score`` (what multi-trial searches maximize) trains the same way on the
@@ -22,6 +23,7 @@ from xsearch.data import ImageData, subset
 from xsearch.training import (
     anneal_temperature,
     channels_last,
+    check_optimizer,
     cosine_with_warmup,
     evaluate,
     load_checkpoint,
@@ -31,6 +33,7 @@ from xsearch.training import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    weight_optimizer,
 )
 
 from ._base import EVALUATORS, Evaluator
@@ -44,11 +47,14 @@ class ClassificationEvaluator(Evaluator):
 
     def __init__(self, epochs: int = 4, batch_size: int = 128, lr: float = 0.2, weight_decay: float = 5e-5,
                  label_smoothing: float = 0.1, train_samples: int | None = None, test_samples: int | None = None,
-                 val_samples: int = 5000, temperature_epochs: float = 1.0, device: str = "auto",
+                 val_samples: int = 5000, temperature_epochs: float = 1.0, optimizer: str = "auto",
+                 adamw_lr: float = 2e-3, adamw_weight_decay: float = 0.05, device: str = "auto",
                  show_progress: bool = True) -> None:
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.label_smoothing, self.train_samples, self.test_samples = label_smoothing, train_samples, test_samples
         self.val_samples, self.temperature_epochs = val_samples, temperature_epochs
+        self.optimizer = check_optimizer(optimizer)
+        self.adamw_lr, self.adamw_weight_decay = adamw_lr, adamw_weight_decay
         self.device = resolve_device(device)
         self.show_progress = show_progress
 
@@ -94,8 +100,8 @@ class ClassificationEvaluator(Evaluator):
              workdir: Path | None) -> tuple[nn.Module, list[dict[str, float]], float]:
         seed_everything(seed)
         model = channels_last(space.build(arch).to(self.device))
-        optimizer = torch.optim.SGD(model.parameters(), lr=self.lr * self.batch_size / 256, momentum=0.9,
-                                    nesterov=True, weight_decay=self.weight_decay)
+        optimizer = weight_optimizer(model.parameters(), self.optimizer, space, self.batch_size,
+                                     (self.lr, self.weight_decay), (self.adamw_lr, self.adamw_weight_decay))
         steps = data.num_batches(len(train_idx), self.batch_size)
         scheduler = cosine_with_warmup(optimizer, steps * self.epochs, warmup_steps=min(steps, steps * self.epochs // 10))
         criterion = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)

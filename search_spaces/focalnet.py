@@ -3,7 +3,8 @@
 Three stages of FocalNet blocks (focal modulation + MLP, pre-norm residuals) at widths 24/48/96
 (times ``width_mult``). A 3x3 stride-2 patch embedding opens the network, and each later stage
 opens with its own 3x3 stride-2 patch embedding (conv + channel LayerNorm), run as part of the
-stage's first layer. Each layer searches its focal level (1/2/3), focal window (3/5) and MLP
+stage's first layer. Layer scale is off by default (``layer_scale``): with short schedules gains
+starting at 0.01 leave the blocks near identity. Each layer searches its focal level (1/2/3), focal window (3/5) and MLP
 ratio (2/4), named ``l2_w3_m4``; every layer but a stage's first may also be ``skip``, which
 makes each stage's depth searchable (1 to ``depths[i]`` blocks). Head: LayerNorm, global
 average pool, linear classifier.
@@ -76,9 +77,10 @@ class FocalNetSpace(SearchSpace):
     """Hierarchical FocalNet with searchable focal level, focal window, MLP ratio and depth per stage."""
 
     name = "focalnet"
+    optimizer = "adamw"  # trainers' optimizer=auto: SGD trains this attention-like net poorly (see README)
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, width_mult: float = 1.0,
-                 depths: Sequence[int] = (2, 2, 3), dropout: float = 0.1, layer_scale: float | None = 1e-2) -> None:
+                 depths: Sequence[int] = (2, 2, 3), dropout: float = 0.1, layer_scale: float | None = None) -> None:
         super().__init__(num_classes, in_chans, image_size)
         depths = tuple(int(d) for d in depths)
         if len(depths) != 3 or min(depths) < 1:

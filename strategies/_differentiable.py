@@ -26,6 +26,7 @@ from xsearch.training import (
     ClassSubset,
     anneal_temperature,
     channels_last,
+    check_optimizer,
     cosine_with_warmup,
     evaluate,
     load_checkpoint,
@@ -35,6 +36,7 @@ from xsearch.training import (
     rng_state,
     save_checkpoint,
     seed_everything,
+    weight_optimizer,
     set_rng_state,
 )
 
@@ -59,7 +61,8 @@ class DifferentiableSearch(Strategy):
     def __init__(self, epochs: int = 3, warmup_epochs: int = 3, train_samples: int | None = 20000,
                  batch_size: int = 128, lr: float = 0.1, weight_decay: float = 4e-5, arch_lr: float = 0.01,
                  arch_weight_decay: float = 1e-3, flops_weight: float = 0.2, path_mode: str = "weighted",
-                 temperature_epochs: float = 1.0, seed: int = 0, device: str = "auto",
+                 temperature_epochs: float = 1.0, optimizer: str = "auto", adamw_lr: float = 2e-3,
+                 adamw_weight_decay: float = 0.05, seed: int = 0, device: str = "auto",
                  show_progress: bool = True) -> None:
         if path_mode not in ("weighted", "gated"):
             raise ValueError(f"search.path_mode must be 'weighted' or 'gated', got {path_mode!r}")
@@ -68,6 +71,8 @@ class DifferentiableSearch(Strategy):
         self.arch_lr, self.arch_weight_decay, self.flops_weight = arch_lr, arch_weight_decay, flops_weight
         self.path_mode, self.seed, self.show_progress = path_mode, seed, show_progress
         self.temperature_epochs = temperature_epochs
+        self.optimizer = check_optimizer(optimizer)
+        self.adamw_lr, self.adamw_weight_decay = adamw_lr, adamw_weight_decay
         self.device = resolve_device(device)
 
     # --- what subclasses decide -------------------------------------------------------
@@ -82,8 +87,8 @@ class DifferentiableSearch(Strategy):
         w_idx, a_idx = split_for_search(data.train.targets, self.train_samples, self.seed)
         stages = self.stages(data.num_classes)
         supernet = channels_last(space.supernet().to(self.device))
-        w_opt = torch.optim.SGD(supernet.weight_parameters(), lr=self.lr * self.batch_size / 256, momentum=0.9,
-                                nesterov=True, weight_decay=self.weight_decay)
+        w_opt = weight_optimizer(supernet.weight_parameters(), self.optimizer, space, self.batch_size,
+                                 (self.lr, self.weight_decay), (self.adamw_lr, self.adamw_weight_decay))
         a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
                                  weight_decay=self.arch_weight_decay)
         per_epoch = len(w_idx) / self.batch_size

@@ -132,3 +132,16 @@ def test_every_space_runs_on_cuda_like_on_the_cpu(name, kwargs, dtype, monkeypat
         net.train()
         out = net(x.cuda())
         (sum(a.sum() + b.sum() for a, b in out) if space.task == "detection" else out.sum()).backward()
+
+
+def test_optimizer_auto_follows_the_space_and_bad_names_are_refused():
+    from xsearch.training import weight_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    for name, kind, expected in [("focalnet", "auto", torch.optim.AdamW), ("mbv3", "auto", torch.optim.SGD),
+                                 ("focalnet", "sgd", torch.optim.SGD), ("mbv3", "adamw", torch.optim.AdamW)]:
+        opt = weight_optimizer(params, kind, get_space(name), 128, (0.2, 5e-5), (2e-3, 0.05))
+        assert type(opt) is expected, (name, kind)
+    sgd = weight_optimizer(params, "auto", get_space("mbv3"), 128, (0.2, 5e-5), (2e-3, 0.05))
+    assert sgd.param_groups[0]["lr"] == pytest.approx(0.1) and sgd.param_groups[0]["nesterov"]
+    assert main(["run", "space=focalnet", "data=digits", "budget=smoke", "train.optimizer=adam"]) == 2
