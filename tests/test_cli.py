@@ -211,6 +211,13 @@ def test_bench_blocks_compares_found_networks_and_fixed_variants(tmp_path, capsy
             assert [o.split("_")[:2] for o in r["arch"].values()] == [o.split("_")[:2] for o in found.values()]
     assert rows[0]["flops"] <= 2_000_000 and rows[1]["flops"] <= 2_000_000
     assert "| 2M | micronet (found) |" in capsys.readouterr().out
+    rows[0]["images_per_second"] = -1.0
+    out.write_text(json.dumps(rows))
+    assert main(["bench", "throughput", f"out={out}"]) == 0
+    again = json.loads(out.read_text())
+    assert all(r["images_per_second"] > 0 for r in again) and [r["test_accuracy"] for r in again] == \
+        [r["test_accuracy"] for r in rows]
+    assert main(["bench", "throughput", f"out={tmp_path / 'missing.json'}"]) == 2
     assert main(["bench", "blocks", *SMOKE, "space=micronet"]) == 2
     assert main(["bench", "blocks", *SMOKE, "bench.blocks_spaces=[resnet]"]) == 2
     assert main(["bench", "blocks", *SMOKE, "bench.blocks_budgets=[1K]"]) == 2  # refused before any training

@@ -22,6 +22,7 @@ commands:
   bench strategies evaluator.table=PATH       random/evolution/tpe/nsga2 regret on the NAS-Bench-Macro table
   bench ranking [overrides]                   Kendall tau: inherited (danas, spos supernets) vs stand-alone accuracy
   bench blocks [overrides]                    block families (static/dynamic conv, ReLU/DyReLU, micronet, focalnet)
+  bench throughput out=FILE.json              re-measure the CPU throughput of a bench blocks file's networks here
 
 overrides use Hydra's grammar: key=value (seed=1, constraints.flops=5M, search.epochs=6) and
 group=option (space=mbv3|micronet|focalnet|dyhead|nasbench_macro, strategy=danas|dnas|spos|random|evolution|tpe|nsga2,
