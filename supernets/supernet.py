@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from torch import nn
 
+from xsearch.search_spaces.blocks import DynamicConv2d, DynamicShiftMax
+
 from ._execution import Executor, naive_mixed_forward
+from .fused import dynamic_conv_kernel, fused_mixed_forward, shift_max_kernel
 from .mixed import PATH_MODES, MixedLayer
 
 if TYPE_CHECKING:
@@ -20,9 +23,15 @@ class Supernet(nn.Module):
     ``arch_parameters()`` are the logits (one vector per layer), ``weight_parameters()`` everything
     else, so a strategy can update them on different data. ``extract(arch)`` returns the standalone
     network of ``space.build(arch)`` carrying the supernet's weights.
+
+    Execution: ``fused=True`` (the default) runs each mixed layer's active candidates through
+    ``fused_mixed_forward`` (horizontally fused, same weights, same results up to float rounding);
+    ``fused=False`` through ``naive_mixed_forward`` (one candidate at a time). The switch can be
+    flipped at any time (``supernet.fused = False``); an explicit ``executor`` overrides it.
     """
 
-    def __init__(self, space: "SearchSpace", mode: str = "weighted", executor: Executor = naive_mixed_forward) -> None:
+    def __init__(self, space: "SearchSpace", mode: str = "weighted", executor: Executor | None = None,
+                 fused: bool = True) -> None:
         super().__init__()
         self.space = space
         self.stem = space.build_stem()
@@ -35,7 +44,8 @@ class Supernet(nn.Module):
         for layer in self.layers:
             table = space.flops_table[layer.label]
             layer.register_buffer("flops", torch.tensor([float(table[o]) for o in layer.options]))
-        self.set_executor(executor)
+        self.set_executor(executor if executor is not None else
+                          (fused_mixed_forward if fused else naive_mixed_forward))
         self.set_mode(mode)
 
     # --- execution --------------------------------------------------------------------
@@ -54,9 +64,36 @@ class Supernet(nn.Module):
         self.mode = mode
 
     def set_executor(self, executor: Executor) -> None:
-        """The seam: the function every mixed layer runs its candidates through."""
+        """The seam: the function every mixed layer runs its candidates through.
+
+        With ``fused_mixed_forward`` the fused operator kernels are installed too (see ``fused``).
+        """
         for layer in self.layers:
             layer.executor = executor
+        self.executor = executor
+        fused = executor is fused_mixed_forward
+        for module in self.modules():
+            if isinstance(module, DynamicConv2d):
+                module.kernel = dynamic_conv_kernel if fused else None
+            elif isinstance(module, DynamicShiftMax):
+                module.kernel = shift_max_kernel if fused else None
+
+    @property
+    def fused(self) -> bool:
+        """True (the default) for fused execution; assign ``False`` for the plain per-candidate one.
+
+        Fused: mixed layers run through ``fused_mixed_forward``, and every ``DynamicConv2d`` and
+        ``DynamicShiftMax`` gets ``kernels.dynamic_conv`` / ``kernels.shift_max`` as its ``kernel``
+        (with ``fused.KERNEL_BACKEND = "auto"``: Triton on CUDA when Triton imports, the blocks' own
+        PyTorch arithmetic elsewhere). Plain:
+        ``naive_mixed_forward`` and the blocks' own forward. Same weights, same results up to float
+        rounding, so the two can be compared on one supernet.
+        """
+        return self.executor is fused_mixed_forward
+
+    @fused.setter
+    def fused(self, value: bool) -> None:
+        self.set_executor(fused_mixed_forward if value else naive_mixed_forward)
 
     def set_arch(self, arch: "Arch") -> None:
         """Run only the candidates of ``arch`` (path mode ``fixed``)."""

@@ -6,6 +6,20 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("XSEARCH_PROGRESS", "0")
+
+
+def _no_cuda() -> bool:
+    """No usable GPU, judged without importing torch (whose import may pull in Triton)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return True
+    return not any(Path(p).exists() for p in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg"))
+
+
+# Without a GPU the Triton kernels run through Triton's interpreter. The switch must be set before
+# anything imports Triton: Triton's own library functions (tl.sum, tl.maximum, ...) are jitted at
+# its import, compiled or interpreted according to this variable at that moment.
+if _no_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 NAS_BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "nas-bench-macro"
 

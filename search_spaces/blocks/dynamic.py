@@ -13,6 +13,7 @@ training code never has to import this module's classes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,10 @@ class DynamicConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_kernels, out_channels, in_channels // groups,
                                                kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(num_kernels, out_channels)) if bias else None
+        # the seam for a fused implementation of aggregation + convolution, called as
+        # kernel(x, attention, weight, bias, stride, groups); None runs the PyTorch code below
+        # (a supernet with fused=True installs xsearch.supernets.kernels.dynamic_conv here)
+        self.kernel: Callable[..., torch.Tensor] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -102,6 +107,8 @@ class DynamicConv2d(nn.Module):
         b, c, h, w = x.shape
         k, out, ks = self.num_kernels, self.out_channels, self.kernel_size
         attn = self.attention(x)
+        if self.kernel is not None:
+            return self.kernel(x, attn, self.weight, self.bias, self.stride, self.groups)
         weight = (attn @ self.weight.view(k, -1)).view(b * out, c // self.groups, ks, ks)
         bias = (attn @ self.bias).view(b * out) if self.bias is not None else None
         y = F.conv2d(x.reshape(1, b * c, h, w), weight, bias, self.stride, ks // 2, 1, b * self.groups)

@@ -17,6 +17,7 @@ offending widths, so a search space can filter its candidates by catching it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -174,6 +175,9 @@ class DynamicShiftMax(nn.Module):
         init[0, 0] = 1.0
         self.register_buffer("init_coeffs", init, persistent=False)
         self.channels, self.groups, self.shifts, self.pieces = channels, groups, shifts, pieces
+        # the seam for a fused implementation, called as kernel(x, coefficients, step); None runs the
+        # PyTorch code of forward (a supernet with fused=True installs supernets.kernels.shift_max)
+        self.kernel: Callable[..., torch.Tensor] | None = None
         self.coeff_range = coeff_range
 
     def coefficients(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,8 +187,10 @@ class DynamicShiftMax(nn.Module):
         return a.view(x.shape[0], self.channels, self.shifts, self.pieces) + self.init_coeffs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.coefficients(x)[..., None, None]  # B, C, J, K, 1, 1
         step = self.channels // self.groups
+        if self.kernel is not None:
+            return self.kernel(x, self.coefficients(x), step)
+        a = self.coefficients(x)[..., None, None]  # B, C, J, K, 1, 1
         shifted = [x if j == 0 else torch.roll(x, -j * step, dims=1) for j in range(self.shifts)]
         out = None
         for k in range(self.pieces):
