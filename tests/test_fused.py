@@ -62,7 +62,7 @@ def _step(net: Supernet, x: torch.Tensor, target: torch.Tensor, seed: int):
 
 
 def _compare(space, mode: str, seed: int, dtype=torch.float32, train: bool = True,
-             channels_last: bool = False) -> None:
+             channels_last: bool = False, size: int = 16) -> None:
     torch.manual_seed(seed)
     naive = space.supernet(mode=mode, fused=False)
     _randomise(naive, seed)
@@ -72,7 +72,7 @@ def _compare(space, mode: str, seed: int, dtype=torch.float32, train: bool = Tru
     assert not naive.fused and fused.fused
     for net in (naive, fused):
         net.train(train)
-    x = torch.randn(4, 1, 16, 16, dtype=dtype)
+    x = torch.randn(4, 1, size, size, dtype=dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
         naive, fused = naive.to(memory_format=torch.channels_last), fused.to(memory_format=torch.channels_last)
@@ -176,3 +176,37 @@ def test_switch_and_default(space):
     net.set_executor(fused_mixed_forward)
     assert net.fused
     assert not Supernet(space, executor=naive_mixed_forward).fused
+
+
+OPERATOR_SPACES = {
+    "mbv3-dynamic": dict(name="mbv3", num_layers=4, width_mult=0.5, dynamic=True),
+    "micronet": dict(name="micronet", width_mult=0.5, depths=[1, 1, 1, 1]),
+}
+
+
+@pytest.mark.parametrize("which", sorted(OPERATOR_SPACES))
+def test_fused_equals_naive_with_operator_kernels(which):
+    """Spaces with dynamic convolutions and Dynamic Shift-Max: a fused supernet runs them through the
+    kernels it installs (``supernets.kernels``, here their PyTorch paths), the plain one through the
+    blocks' own forward; in float64 outputs, gradients and buffers agree to 1e-10. (The Triton paths
+    of those kernels are checked against the same references in test_kernels.py, on tiny shapes:
+    Triton's interpreter takes about 0.1 s per program, too slow for a whole supernet.)"""
+    kwargs = dict(OPERATOR_SPACES[which])
+    space = get_space(kwargs.pop("name"), num_classes=10, in_chans=1, image_size=8, **kwargs)
+    _compare(space, "weighted", 13, size=8, dtype=torch.float64)
+    _compare(space, "gated", 14, size=8, dtype=torch.float64)
+
+
+def test_fused_installs_operator_kernels():
+    from xsearch.search_spaces.blocks import DynamicConv2d, DynamicShiftMax
+
+    for name, kwargs in (("mbv3", dict(num_layers=4, dynamic=True)), ("micronet", {})):
+        net = get_space(name, **kwargs).supernet()
+        ops = [m for m in net.modules() if isinstance(m, (DynamicConv2d, DynamicShiftMax))]
+        assert ops and all(m.kernel in (fused_module.dynamic_conv_kernel, fused_module.shift_max_kernel)
+                           for m in ops)
+        net.fused = False
+        assert all(m.kernel is None for m in ops)
+        # an extracted network is standalone: the blocks' own forward
+        extracted = net.extract(net.space.sample(seed=0))
+        assert all(m.kernel is None for m in extracted.modules() if isinstance(m, (DynamicConv2d, DynamicShiftMax)))

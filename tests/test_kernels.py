@@ -1,21 +1,16 @@
 """Triton kernels against their PyTorch references, forward and backward.
 
-Without a GPU the kernels run on the CPU through Triton's interpreter. ``TRITON_INTERPRET`` is read
-when a kernel is first launched (``triton.jit`` is deferred until then), so setting it here, at
-collection, is early enough even when another module imported Triton before. With CUDA the kernels
-run compiled on the GPU and the variable is left alone.
+Without a GPU the kernels run on the CPU through Triton's interpreter: ``conftest.py`` sets
+``TRITON_INTERPRET=1`` before anything imports Triton (Triton's own library functions are jitted,
+compiled or interpreted, at its import). With CUDA the kernels run compiled on the GPU.
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest.importorskip("triton", reason="triton is not installed")
 
@@ -24,6 +19,8 @@ from xsearch.search_spaces.blocks.micronet import DynamicShiftMax
 from xsearch.supernets.kernels import (
     dynamic_conv,
     dynamic_conv_reference,
+    mixconv_depthwise,
+    mixconv_depthwise_reference,
     mixed_depthwise_conv,
     mixed_depthwise_reference,
     shift_max,
@@ -146,3 +143,23 @@ def test_shift_max_reference_matches_block():
     x = torch.randn(2, 8, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(shift_max_reference(x, block.coefficients(x), 4), block(x))
+
+
+@pytest.mark.parametrize("sizes", [(3, 5, 7), (7, 3), (5,)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_mixconv_depthwise(sizes, stride):
+    """Channel blocks with their own kernel sizes, against one F.conv2d per block at its own size."""
+    torch.manual_seed(0)
+    widths = [2, 3, 1][:len(sizes)]
+    x = _leaf(2, sum(widths), 7, 7)
+    ks = [_leaf(c, 1, k, k) for c, k in zip(widths, sizes)]
+
+    def per_block():
+        parts = x.split(widths, 1)
+        return torch.cat([torch.nn.functional.conv2d(p, k, None, stride, k.shape[-1] // 2, 1, p.shape[1])
+                          for p, k in zip(parts, ks)], 1)
+
+    _check(lambda: mixconv_depthwise(x, ks, stride, backend="triton"), per_block, [x, *ks])
+    _check(lambda: mixconv_depthwise_reference(x, ks, stride), per_block, [x, *ks])
+    with pytest.raises(ValueError, match="channels"):
+        mixconv_depthwise(x[:, :1], ks, stride)
