@@ -221,3 +221,25 @@ def test_bench_blocks_compares_found_networks_and_fixed_variants(tmp_path, capsy
     assert main(["bench", "blocks", *SMOKE, "space=micronet"]) == 2
     assert main(["bench", "blocks", *SMOKE, "bench.blocks_spaces=[resnet]"]) == 2
     assert main(["bench", "blocks", *SMOKE, "bench.blocks_budgets=[1K]"]) == 2  # refused before any training
+
+
+@pytest.mark.parametrize("space", [["space=mbv3", "space.num_layers=4", "space.width_mult=0.5"],
+                                   ["space=micronet", "space.width_mult=0.5"]])
+def test_bench_supernet_times_naive_and_fused_on_the_same_weights(tmp_path, capsys, space):
+    out = tmp_path / "supernet.json"
+    assert main(["bench", "supernet", *space, "bench.supernet_batch=4", "bench.supernet_steps=1",
+                 "bench.supernet_warmup=0", f"out={out}"]) == 0
+    p = json.loads(out.read_text())
+    assert p["naive_step_seconds"] > 0 and p["fused_step_seconds"] > 0
+    assert p["fused_over_naive"] == pytest.approx(p["fused_step_seconds"] / p["naive_step_seconds"])
+    assert p["shapes"]["input"][0] == 4 and len(p["shapes"]["candidates_per_layer"]) == p["shapes"]["layers"]
+    # same weights, same batch, same dropout draws: the two executions agree
+    assert p["max_abs_diff"] <= 1e-4 * max(p["output_scale"], 1e-2) and p["max_grad_rel_diff"] <= 1e-4
+    if p["gpu"] is None:
+        assert "not measured" in p["gpu_note"] and "GPU: no CUDA device" in capsys.readouterr().out
+
+
+def test_bench_supernet_rejects_bad_settings(capsys):
+    assert main(["bench", "supernet", "bench.supernet_batch=0"]) != 0
+    err = capsys.readouterr().err
+    assert "bench.supernet_batch" in err and "Traceback" not in err

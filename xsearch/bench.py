@@ -459,5 +459,11 @@ def format_blocks_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def bench_supernet(overrides: list[str]) -> dict[str, Any]:
+    from .bench_supernet import bench_supernet as run
+
+    return run(overrides)
+
+
 BENCHMARKS = {"search": bench_search, "strategies": bench_strategies, "ranking": bench_ranking,
-              "blocks": bench_blocks, "throughput": bench_throughput}
+              "blocks": bench_blocks, "throughput": bench_throughput, "supernet": bench_supernet}

@@ -23,6 +23,7 @@ commands:
   bench ranking [overrides]                   Kendall tau: inherited (danas, spos supernets) vs stand-alone accuracy
   bench blocks [overrides]                    block families (static/dynamic conv, ReLU/DyReLU, micronet, focalnet)
   bench throughput out=FILE.json              re-measure the CPU throughput of a bench blocks file's networks here
+  bench supernet [overrides] [out=FILE.json]  supernet training step, naive vs fused (CPU; GPU and Triton kernels on CUDA)
 
 overrides use Hydra's grammar: key=value (seed=1, constraints.flops=5M, search.epochs=6) and
 group=option (space=mbv3|micronet|focalnet|dyhead|nasbench_macro, strategy=danas|dnas|spos|random|evolution|tpe|nsga2,

@@ -1,0 +1,228 @@
+"""``xsearch bench supernet``: the cost of one supernet training step, plain versus fused execution.
+
+CPU (always): the configured space's supernet (default ``mbv3``, every candidate alive, weighted
+path mode, channels-last batches of ``bench.supernet_batch`` images of the space's input size) is
+trained one SGD step at a time, plain (``fused=False``) and fused (``fused=True``) on the same
+weights, the two steps interleaved so that both see the same machine state; the median step of
+each is reported, with the largest difference of their outputs and gradients on one batch.
+
+CUDA (when a GPU is visible): the same two steps on the GPU, a training step of the single largest
+candidate network alone (the fused step's target is within 1.5x of it), and each Triton kernel
+(forward and backward) against the PyTorch code it replaces and against cuDNN where cuDNN has the
+operation, on shapes from the supernet's layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+
+def _sgd_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(net(x), y).backward()
+    opt.step()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(nets: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int,
+               warmup: int) -> dict[str, float]:
+    """Median seconds of one SGD training step of each net, steps interleaved across the nets."""
+    opts = {k: torch.optim.SGD(n.parameters(), lr=0.01, momentum=0.9) for k, n in nets.items()}
+    times: dict[str, list[float]] = {k: [] for k in nets}
+    for i in range(warmup + steps):
+        for k, net in nets.items():
+            _sync(x.device)
+            t0 = time.perf_counter()
+            _sgd_step(net, opts[k], x, y)
+            _sync(x.device)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def compare_outputs(naive: torch.nn.Module, fused: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Largest output difference, and largest gradient difference relative to that gradient's scale."""
+    outs, grads = [], []
+    for net in (naive, fused):
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same dropout draws in both
+        out = net(x)
+        F.cross_entropy(out, y).backward()
+        outs.append(out.detach())
+        grads.append([p.grad for p in net.parameters()])
+    rel = 0.0
+    for g_n, g_f in zip(*grads):
+        if g_n is not None and g_f is not None:
+            rel = max(rel, float((g_f - g_n).abs().max() / g_n.abs().max().clamp_min(1e-2)))
+    return {"max_abs_diff": float((outs[1] - outs[0]).abs().max()),
+            "output_scale": float(outs[0].abs().max()), "max_grad_rel_diff": rel}
+
+
+def largest_arch(space: Any) -> dict[str, str]:
+    """Per layer the option with the most MACs: the single largest candidate network."""
+    return {c.label: max(c.options, key=lambda o: space.flops_table[c.label][o]) for c in space.choices}
+
+
+def _cuda_ms(fn: Callable[[], torch.Tensor], reps: int = 20) -> float:
+    """Median milliseconds of forward + backward (CUDA events), after warm-up."""
+    def run() -> None:
+        out = fn()
+        out.backward(torch.ones_like(out))
+
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def kernel_rows(batch: int, device: torch.device) -> list[dict[str, Any]]:
+    """Each Triton kernel against the PyTorch code it replaces (and cuDNN where it applies), on CUDA."""
+    from xsearch.supernets.kernels import (
+        dynamic_conv,
+        dynamic_conv_reference,
+        mixconv_depthwise,
+        mixed_depthwise_conv,
+        shift_max,
+        shift_max_reference,
+    )
+
+    def leaf(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device).requires_grad_()
+
+    rows = []
+    for c, size, stride in [(144, 28, 2), (216, 14, 1), (360, 7, 1), (1008, 4, 1)]:
+        # mbv3 fused depthwise pass: one block per kernel size 3/5/7, c channels each
+        x = leaf(batch, 3 * c, size, size)
+        ks = [leaf(c, 1, k, k) for k in (3, 5, 7)]
+        parts = lambda: x.split(c, 1)  # noqa: E731
+        rows.append({"kernel": "mixconv_depthwise", "shape": f"{batch}x{3 * c}x{size}x{size} k3/5/7 s{stride}",
+                     "triton_ms": _cuda_ms(lambda: mixconv_depthwise(x, ks, stride, backend="triton")),
+                     "reference_ms": _cuda_ms(lambda: torch.cat(
+                         [F.conv2d(p, k, None, stride, k.shape[-1] // 2, 1, c) for p, k in zip(parts(), ks)], 1)),
+                     "cudnn_ms": _cuda_ms(lambda: mixconv_depthwise(x, ks, stride, backend="torch"))})
+        x = leaf(batch, c, size, size)
+        w = torch.softmax(torch.randn(3, device=device), 0).requires_grad_()
+        rows.append({"kernel": "mixed_depthwise_conv", "shape": f"{batch}x{c}x{size}x{size} k3+5+7 s{stride}",
+                     "triton_ms": _cuda_ms(lambda: mixed_depthwise_conv(x, ks, w, stride, backend="triton")),
+                     "reference_ms": _cuda_ms(lambda: sum(w[i] * F.conv2d(x, k, None, stride, k.shape[-1] // 2, 1, c)
+                                                          for i, k in enumerate(ks))),
+                     "cudnn_ms": _cuda_ms(lambda: mixed_depthwise_conv(x, ks, w, stride, backend="torch"))})
+    for cin, cout, k, groups, size in [(72, 72, 3, 72, 14), (72, 72, 7, 72, 14), (24, 144, 1, 1, 14), (240, 40, 1, 1, 7)]:
+        x = leaf(batch, cin, size, size)
+        pi = torch.softmax(torch.randn(batch, 4, device=device), 1).requires_grad_()
+        bank = leaf(4, cout, cin // groups, k, k)
+        rows.append({"kernel": "dynamic_conv", "shape": f"{batch}x{cin}x{size}x{size} -> {cout} k{k} g{groups}",
+                     "triton_ms": _cuda_ms(lambda: dynamic_conv(x, pi, bank, None, 1, groups, backend="triton")),
+                     "reference_ms": _cuda_ms(lambda: dynamic_conv_reference(x, pi, bank, None, 1, groups)),
+                     "cudnn_ms": None})
+    for c, size in [(96, 14), (240, 7)]:
+        x = leaf(batch, c, size, size)
+        a = leaf(batch, c, 2, 2)
+        rows.append({"kernel": "shift_max", "shape": f"{batch}x{c}x{size}x{size} J=K=2",
+                     "triton_ms": _cuda_ms(lambda: shift_max(x, a, c // 4, backend="triton")),
+                     "reference_ms": _cuda_ms(lambda: shift_max_reference(x, a, c // 4)), "cudnn_ms": None})
+    for row in rows:
+        row["speedup_vs_reference"] = row["reference_ms"] / row["triton_ms"]
+    return rows
+
+
+def supernet_rows(space: Any, batch: int, steps: int, warmup: int, device: torch.device) -> dict[str, Any]:
+    """Plain and fused step times of ``space``'s supernet on ``device`` (and, on CUDA, the largest network's)."""
+    from .training import channels_last
+
+    c, h = space.in_chans, space.image_size
+    torch.manual_seed(0)
+    naive = channels_last(space.supernet(mode="weighted", fused=False).to(device)).train()
+    fused = copy.deepcopy(naive)
+    fused.fused = True
+    x = torch.randn(batch, c, h, h, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, space.num_classes, (batch,), device=device)
+    result: dict[str, Any] = compare_outputs(naive, fused, x, y)
+    nets: dict[str, torch.nn.Module] = {"naive": naive, "fused": fused}
+    if device.type == "cuda":
+        nets["largest"] = channels_last(space.build(largest_arch(space)).to(device)).train()
+    seconds = time_steps(nets, x, y, steps, warmup)
+    result.update(naive_step_seconds=seconds["naive"], fused_step_seconds=seconds["fused"],
+                  fused_over_naive=seconds["fused"] / seconds["naive"])
+    if "largest" in seconds:
+        result.update(largest_network_step_seconds=seconds["largest"],
+                      fused_over_largest=seconds["fused"] / seconds["largest"])
+    return result
+
+
+def bench_supernet(overrides: list[str]) -> dict[str, Any]:
+    """Run the benchmark (see the module docstring), print its table, write ``out=FILE.json``."""
+    from .bench import machine
+    from .config import compose, validate
+    from .pipeline import build_space
+    from .records import write_json
+
+    cfg = validate(compose(overrides))
+    bench = cfg["bench"]
+    batch, steps, warmup = int(bench["supernet_batch"]), int(bench["supernet_steps"]), int(bench["supernet_warmup"])
+    if batch < 1 or steps < 1 or warmup < 0:
+        raise UserError(f"bench.supernet_batch and bench.supernet_steps must be at least 1 and bench.supernet_warmup "
+                        f"at least 0; got {batch}, {steps}, {warmup}")
+    space = build_space(cfg, None)
+    shapes = {"space": space.name, "input": [batch, space.in_chans, space.image_size, space.image_size],
+              "layers": len(space.choices), "candidates_per_layer": [len(c.options) for c in space.choices],
+              "path_mode": "weighted", "memory_format": "channels_last"}
+    print(f"[bench] supernet {space.name}: batch {batch}, {steps} timed steps after {warmup}, on the CPU ...", flush=True)
+    cpu = supernet_rows(space, batch, steps, warmup, torch.device("cpu"))
+    payload: dict[str, Any] = {"machine": machine(), "device": "cpu", "cpu_threads": torch.get_num_threads(),
+                               "shapes": shapes, **cpu, "gpu": None}
+    if torch.cuda.is_available():
+        dev = torch.device("cuda")
+        print(f"[bench] supernet {space.name} on {torch.cuda.get_device_name(0)} ...", flush=True)
+        gpu = supernet_rows(space, batch, steps, warmup, dev)
+        gpu.update(name=torch.cuda.get_device_name(0), kernels=kernel_rows(batch, dev))
+        payload["gpu"] = gpu
+    else:
+        payload["gpu_note"] = "no CUDA device visible: GPU step times and Triton kernel timings not measured"
+    print(format_supernet(payload))
+    if cfg.get("out"):
+        write_json(Path(cfg["out"]), payload)
+        print(f"[bench] wrote {cfg['out']}")
+    return payload
+
+
+def format_supernet(p: dict[str, Any]) -> str:
+    lines = [f"machine: {p['machine']}; {p['shapes']['space']} supernet, input {p['shapes']['input']}, "
+             f"candidates per layer {p['shapes']['candidates_per_layer']}", "",
+             "| device | naive step (s) | fused step (s) | fused / naive | largest net alone (s) | max abs diff |",
+             "|---|---|---|---|---|---|",
+             f"| CPU, {p['cpu_threads']} threads | {p['naive_step_seconds']:.3f} | {p['fused_step_seconds']:.3f} | "
+             f"{p['fused_over_naive']:.2f} | - | {p['max_abs_diff']:.2g} |"]
+    g = p.get("gpu")
+    if g:
+        lines.append(f"| {g['name']} | {g['naive_step_seconds']:.4f} | {g['fused_step_seconds']:.4f} | "
+                     f"{g['fused_over_naive']:.2f} | {g['largest_network_step_seconds']:.4f} | {g['max_abs_diff']:.2g} |")
+        lines += ["", "| kernel | shape | Triton (ms) | PyTorch it replaces (ms) | cuDNN (ms) | speed-up |",
+                  "|---|---|---|---|---|---|"]
+        for r in g["kernels"]:
+            cudnn = f"{r['cudnn_ms']:.3f}" if r["cudnn_ms"] is not None else "-"
+            lines.append(f"| {r['kernel']} | {r['shape']} | {r['triton_ms']:.3f} | {r['reference_ms']:.3f} | "
+                         f"{cudnn} | {r['speedup_vs_reference']:.2f}x |")
+    else:
+        lines.append(f"\nGPU: {p.get('gpu_note')}")
+    return "\n".join(lines)
