@@ -51,7 +51,7 @@ _ELEMENTWISE_ACTS = (nn.Hardswish, nn.ReLU)
 # kernel size, no padding) instead of all candidates in one block with centre-padded kernels.
 # On the CPU one wide depthwise pass is slower than narrower ones (its backward grows faster than
 # linearly in the channel count at small spatial sizes, and padding 3x3 kernels to 7x7 multiplies
-# their work); scripts/time_fused.py measures the whole step.
+# their work); ``xsearch bench supernet`` measures the whole step.
 GROUP_BY_KERNEL: dict[str, bool] = {"cpu": True}
 
 # Per device type: the largest expanded activation (bytes) one fused block may produce; a group
@@ -59,8 +59,8 @@ GROUP_BY_KERNEL: dict[str, bool] = {"cpu": True}
 # candidate runs as in the naive path); None means no cap. On the CPU wide tensors were slower per
 # element than the per-candidate ones: above glibc's mmap threshold (32 MiB at most) every
 # allocation is mapped fresh and page-faulted in, and the depthwise backward grows faster than
-# linearly in the channel count once a tensor leaves the cache. Measured on a 2-core CPU with
-# scripts/time_fused.py, fused / naive step time was 1.7 with no cap (GROUP_BY_KERNEL off: worse),
+# linearly in the channel count once a tensor leaves the cache. Measured on a 2-core CPU with a
+# one-off timing script (since replaced by ``xsearch bench supernet``), fused / naive step time was 1.7 with no cap (GROUP_BY_KERNEL off: worse),
 # 1.4 with 32 MiB, about 1.3 with 8-16 MiB and 1.0-1.06 with 4 MiB (at batch 128 and 28x28 that
 # cap leaves only the small deep layers fused): on such a CPU the fusion brings no gain, and the
 # cap keeps it from costing much.
