@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from xsearch.data import augment_batch, load_dataset, split_for_search
+from xsearch.data import augment_batch, channels_last_tensor, load_dataset, split_for_search
 from xsearch.errors import UserError
 
 
@@ -16,6 +16,28 @@ def test_fashion_mnist_is_the_real_thing(fashion_root):
     assert torch.bincount(data.train.targets).tolist() == [6000] * 10
     x, y = next(data.batches("train", batch_size=256))
     assert x.shape == (256, 1, 28, 28) and abs(float(x.mean())) < 0.3 and 0.7 < float(x.std()) < 1.3
+
+
+def test_one_channel_batches_and_models_run_channels_last(fashion_root):
+    """Fashion-MNIST has one channel: its batches and the stem's weight must still carry NHWC
+    strides, or every convolution after them runs in NCHW (``contiguous(channels_last)`` leaves
+    such tensors with their NCHW strides)."""
+    from xsearch.search_spaces import get_space
+    from xsearch.training import channels_last
+
+    data = load_dataset("fashion_mnist", root=str(fashion_root))
+    x, _ = next(data.batches("train", batch_size=8))
+    assert x.stride() == (784, 1, 28, 1)
+    seen = []
+    net = channels_last(get_space("mbv3").supernet())
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda m, i, o: seen.append(o.stride(1) == 1 and o.shape[1] > 1))
+    net(x)
+    assert seen and all(seen)
+    t = torch.randn(2, 3, 5, 5)
+    cl = channels_last_tensor(t)
+    assert torch.equal(cl, t) and cl.stride() == (75, 1, 15, 3) and channels_last_tensor(cl) is cl
 
 
 def test_search_split_is_stratified_disjoint_and_never_touches_test(fashion_root):

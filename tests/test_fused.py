@@ -7,9 +7,11 @@ import copy
 import pytest
 import torch
 
+from xsearch.data import channels_last_tensor
 from xsearch.search_spaces import get_space
 from xsearch.supernets import Supernet, fused_batch_norm, fused_mixed_forward, naive_mixed_forward
 from xsearch.supernets import fused as fused_module
+from xsearch.training import channels_last as to_channels_last
 
 TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
 
@@ -73,9 +75,9 @@ def _compare(space, mode: str, seed: int, dtype=torch.float32, train: bool = Tru
     for net in (naive, fused):
         net.train(train)
     x = torch.randn(4, 1, size, size, dtype=dtype)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
-        naive, fused = naive.to(memory_format=torch.channels_last), fused.to(memory_format=torch.channels_last)
+    if channels_last:  # true NHWC strides (one input channel: Module.to(memory_format) would keep NCHW)
+        x = channels_last_tensor(x)
+        naive, fused = to_channels_last(naive), to_channels_last(fused)
     target = torch.randn(4, 10, dtype=dtype)
     tol = TOL[dtype]
     with torch.set_grad_enabled(train):

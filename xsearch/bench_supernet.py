@@ -148,6 +148,7 @@ def kernel_rows(batch: int, device: torch.device) -> list[dict[str, Any]]:
 
 def supernet_rows(space: Any, batch: int, steps: int, warmup: int, device: torch.device) -> dict[str, Any]:
     """Plain and fused step times of ``space``'s supernet on ``device`` (and, on CUDA, the largest network's)."""
+    from .data import channels_last_tensor
     from .training import channels_last
 
     c, h = space.in_chans, space.image_size
@@ -155,7 +156,7 @@ def supernet_rows(space: Any, batch: int, steps: int, warmup: int, device: torch
     naive = channels_last(space.supernet(mode="weighted", fused=False).to(device)).train()
     fused = copy.deepcopy(naive)
     fused.fused = True
-    x = torch.randn(batch, c, h, h, device=device).contiguous(memory_format=torch.channels_last)
+    x = channels_last_tensor(torch.randn(batch, c, h, h, device=device))
     y = torch.randint(0, space.num_classes, (batch,), device=device)
     result: dict[str, Any] = compare_outputs(naive, fused, x, y)
     nets: dict[str, torch.nn.Module] = {"naive": naive, "fused": fused}

@@ -96,11 +96,26 @@ class ImageData:
             x, y = data.batch(indices[start:start + batch_size])
             if augment:
                 x = augment_batch(x, self.crop_padding, self.flip, generator)
-            x = ((x - mean) / std).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            x = channels_last_tensor(((x - mean) / std).to(device, non_blocking=True))
             yield x, y.to(device, non_blocking=True)
 
     def num_batches(self, n: int, batch_size: int) -> int:
         return (n + batch_size - 1) // batch_size
+
+
+def channels_last_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (N, C, H, W) with NHWC strides, so that the convolutions it meets run channels-last.
+
+    ``t.contiguous(memory_format=torch.channels_last)`` leaves a tensor with one channel (or
+    1x1 spatial size) as it is: its NCHW strides already count as channels-last, but PyTorch's
+    convolutions then pick their layout from the strides and run in NCHW, and so does every layer
+    after them. Here the channel stride is always 1 (one copy when it is not already).
+    """
+    n, c, h, w = t.shape
+    strides = (h * w * c, 1, w * c, c)
+    if t.stride() == strides:
+        return t
+    return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device).copy_(t)
 
 
 def augment_batch(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import ImageData
+from .data import ImageData, channels_last_tensor
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -121,11 +121,13 @@ def channels_last(model: nn.Module) -> nn.Module:
     """Put every 4-D parameter and buffer in channels-last layout (the layout the batches come in).
 
     ``Module.to(memory_format=...)`` refuses models with other ranks, such as the 5-D kernel bank
-    of a dynamic convolution; those keep their layout here.
+    of a dynamic convolution; those keep their layout here. Weights with one input channel (the
+    stem of a one-channel space, every depthwise kernel) get true NHWC strides too
+    (``data.channels_last_tensor``), which ``Module.to`` would leave ambiguous.
     """
     for tensor in list(model.parameters()) + list(model.buffers()):
         if tensor.dim() == 4:
-            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+            tensor.data = channels_last_tensor(tensor.data)
     return model
 
 
