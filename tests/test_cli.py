@@ -232,6 +232,7 @@ def test_bench_supernet_times_naive_and_fused_on_the_same_weights(tmp_path, caps
     p = json.loads(out.read_text())
     assert p["naive_step_seconds"] > 0 and p["fused_step_seconds"] > 0
     assert p["fused_over_naive"] == pytest.approx(p["fused_step_seconds"] / p["naive_step_seconds"])
+    assert p["channels_last_speedup"] == pytest.approx(p["naive_nchw_step_seconds"] / p["naive_step_seconds"])
     assert p["shapes"]["input"][0] == 4 and len(p["shapes"]["candidates_per_layer"]) == p["shapes"]["layers"]
     # same weights, same batch, same dropout draws: the two executions agree
     assert p["max_abs_diff"] <= 1e-4 * max(p["output_scale"], 1e-2) and p["max_grad_rel_diff"] <= 1e-4

@@ -3,8 +3,9 @@
 CPU (always): the configured space's supernet (default ``mbv3``, every candidate alive, weighted
 path mode, channels-last batches of ``bench.supernet_batch`` images of the space's input size) is
 trained one SGD step at a time, plain (``fused=False``) and fused (``fused=True``) on the same
-weights, the two steps interleaved so that both see the same machine state; the median step of
-each is reported, with the largest difference of their outputs and gradients on one batch.
+weights, and plain again in NCHW layout (weights and batches contiguous), the steps interleaved so
+that all see the same machine state; the median step of each is reported, with the largest
+difference of the plain and fused outputs and gradients on one batch.
 
 CUDA (when a GPU is visible): the same two steps on the GPU, a training step of the single largest
 candidate network alone (the fused step's target is within 1.5x of it), and each Triton kernel
@@ -37,17 +38,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(nets: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int,
+def time_steps(nets: dict[str, torch.nn.Module], inputs: dict[str, torch.Tensor], y: torch.Tensor, steps: int,
                warmup: int) -> dict[str, float]:
-    """Median seconds of one SGD training step of each net, steps interleaved across the nets."""
+    """Median seconds of one SGD training step of each net on its input, steps interleaved across the nets."""
     opts = {k: torch.optim.SGD(n.parameters(), lr=0.01, momentum=0.9) for k, n in nets.items()}
     times: dict[str, list[float]] = {k: [] for k in nets}
     for i in range(warmup + steps):
         for k, net in nets.items():
-            _sync(x.device)
+            _sync(y.device)
             t0 = time.perf_counter()
-            _sgd_step(net, opts[k], x, y)
-            _sync(x.device)
+            _sgd_step(net, opts[k], inputs[k], y)
+            _sync(y.device)
             if i >= warmup:
                 times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
@@ -69,6 +70,18 @@ def compare_outputs(naive: torch.nn.Module, fused: torch.nn.Module, x: torch.Ten
             rel = max(rel, float((g_f - g_n).abs().max() / g_n.abs().max().clamp_min(1e-2)))
     return {"max_abs_diff": float((outs[1] - outs[0]).abs().max()),
             "output_scale": float(outs[0].abs().max()), "max_grad_rel_diff": rel}
+
+
+def _nchw_tensor(t: torch.Tensor) -> torch.Tensor:
+    # explicit NCHW strides: ``contiguous()`` keeps the NHWC strides of a one-channel tensor
+    return torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t)
+
+
+def _nchw(model: torch.nn.Module) -> torch.nn.Module:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.dim() == 4:
+            tensor.data = _nchw_tensor(tensor.data)
+    return model
 
 
 def largest_arch(space: Any) -> dict[str, str]:
@@ -160,11 +173,19 @@ def supernet_rows(space: Any, batch: int, steps: int, warmup: int, device: torch
     y = torch.randint(0, space.num_classes, (batch,), device=device)
     result: dict[str, Any] = compare_outputs(naive, fused, x, y)
     nets: dict[str, torch.nn.Module] = {"naive": naive, "fused": fused}
+    inputs = {"naive": x, "fused": x}
+    if device.type == "cpu":  # the plain step in NCHW: what channels-last batches and weights save
+        nets["naive_nchw"] = _nchw(copy.deepcopy(naive))
+        inputs["naive_nchw"] = _nchw_tensor(x)
     if device.type == "cuda":
         nets["largest"] = channels_last(space.build(largest_arch(space)).to(device)).train()
-    seconds = time_steps(nets, x, y, steps, warmup)
+        inputs["largest"] = x
+    seconds = time_steps(nets, inputs, y, steps, warmup)
     result.update(naive_step_seconds=seconds["naive"], fused_step_seconds=seconds["fused"],
                   fused_over_naive=seconds["fused"] / seconds["naive"])
+    if "naive_nchw" in seconds:
+        result.update(naive_nchw_step_seconds=seconds["naive_nchw"],
+                      channels_last_speedup=seconds["naive_nchw"] / seconds["naive"])
     if "largest" in seconds:
         result.update(largest_network_step_seconds=seconds["largest"],
                       fused_over_largest=seconds["fused"] / seconds["largest"])
@@ -210,13 +231,14 @@ def bench_supernet(overrides: list[str]) -> dict[str, Any]:
 def format_supernet(p: dict[str, Any]) -> str:
     lines = [f"machine: {p['machine']}; {p['shapes']['space']} supernet, input {p['shapes']['input']}, "
              f"candidates per layer {p['shapes']['candidates_per_layer']}", "",
-             "| device | naive step (s) | fused step (s) | fused / naive | largest net alone (s) | max abs diff |",
-             "|---|---|---|---|---|---|",
-             f"| CPU, {p['cpu_threads']} threads | {p['naive_step_seconds']:.3f} | {p['fused_step_seconds']:.3f} | "
-             f"{p['fused_over_naive']:.2f} | - | {p['max_abs_diff']:.2g} |"]
+             "| device | naive step, NCHW (s) | naive step (s) | fused step (s) | fused / naive | "
+             "largest net alone (s) | max abs diff |",
+             "|---|---|---|---|---|---|---|",
+             f"| CPU, {p['cpu_threads']} threads | {p['naive_nchw_step_seconds']:.3f} | {p['naive_step_seconds']:.3f} | "
+             f"{p['fused_step_seconds']:.3f} | {p['fused_over_naive']:.2f} | - | {p['max_abs_diff']:.2g} |"]
     g = p.get("gpu")
     if g:
-        lines.append(f"| {g['name']} | {g['naive_step_seconds']:.4f} | {g['fused_step_seconds']:.4f} | "
+        lines.append(f"| {g['name']} | - | {g['naive_step_seconds']:.4f} | {g['fused_step_seconds']:.4f} | "
                      f"{g['fused_over_naive']:.2f} | {g['largest_network_step_seconds']:.4f} | {g['max_abs_diff']:.2g} |")
         lines += ["", "| kernel | shape | Triton (ms) | PyTorch it replaces (ms) | cuDNN (ms) | speed-up |",
                   "|---|---|---|---|---|---|"]
