@@ -54,22 +54,41 @@ def time_steps(nets: dict[str, torch.nn.Module], inputs: dict[str, torch.Tensor]
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def compare_outputs(naive: torch.nn.Module, fused: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Largest output difference, and largest gradient difference relative to that gradient's scale."""
-    outs, grads = [], []
-    for net in (naive, fused):
-        net.zero_grad(set_to_none=True)
-        torch.manual_seed(0)  # the same dropout draws in both
-        out = net(x)
-        F.cross_entropy(out, y).backward()
-        outs.append(out.detach())
-        grads.append([p.grad for p in net.parameters()])
+def _output_and_grads(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list]:
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(0)  # the same dropout draws in every net
+    out = net(x)
+    F.cross_entropy(out, y).backward()
+    return out.detach(), [p.grad for p in net.parameters()]
+
+
+def _grad_rel_diff(grads: list, reference: list) -> float:
+    """Largest gradient difference, each relative to the largest entry of that reference gradient (at least 1e-2)."""
     rel = 0.0
-    for g_n, g_f in zip(*grads):
-        if g_n is not None and g_f is not None:
-            rel = max(rel, float((g_f - g_n).abs().max() / g_n.abs().max().clamp_min(1e-2)))
-    return {"max_abs_diff": float((outs[1] - outs[0]).abs().max()),
-            "output_scale": float(outs[0].abs().max()), "max_grad_rel_diff": rel}
+    for g, r in zip(grads, reference):
+        if g is not None and r is not None:
+            rel = max(rel, float((g.double() - r.double()).abs().max() / r.abs().max().clamp_min(1e-2)))
+    return rel
+
+
+def compare_outputs(naive: torch.nn.Module, fused: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    float64: bool = False) -> dict[str, float]:
+    """Largest output difference, and largest gradient difference relative to that gradient's scale.
+
+    With ``float64``, both are also compared with the plain net run in float64 on the same batch:
+    the float32 rounding error each execution has on its own, the scale against which their
+    difference from each other is read.
+    """
+    out_n, grads_n = _output_and_grads(naive, x, y)
+    out_f, grads_f = _output_and_grads(fused, x, y)
+    result = {"max_abs_diff": float((out_f - out_n).abs().max()), "output_scale": float(out_n.abs().max()),
+              "max_grad_rel_diff": _grad_rel_diff(grads_f, grads_n)}
+    if float64:
+        reference = copy.deepcopy(naive).double()
+        _, grads_64 = _output_and_grads(reference, x.double(), y)
+        result.update(naive_vs_float64_grad_rel_diff=_grad_rel_diff(grads_n, grads_64),
+                      fused_vs_float64_grad_rel_diff=_grad_rel_diff(grads_f, grads_64))
+    return result
 
 
 def _nchw_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -171,7 +190,7 @@ def supernet_rows(space: Any, batch: int, steps: int, warmup: int, device: torch
     fused.fused = True
     x = channels_last_tensor(torch.randn(batch, c, h, h, device=device))
     y = torch.randint(0, space.num_classes, (batch,), device=device)
-    result: dict[str, Any] = compare_outputs(naive, fused, x, y)
+    result: dict[str, Any] = compare_outputs(naive, fused, x, y, float64=device.type == "cpu")
     nets: dict[str, torch.nn.Module] = {"naive": naive, "fused": fused}
     inputs = {"naive": x, "fused": x}
     if device.type == "cpu":  # the plain step in NCHW: what channels-last batches and weights save
@@ -236,6 +255,11 @@ def format_supernet(p: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|",
              f"| CPU, {p['cpu_threads']} threads | {p['naive_nchw_step_seconds']:.3f} | {p['naive_step_seconds']:.3f} | "
              f"{p['fused_step_seconds']:.3f} | {p['fused_over_naive']:.2f} | - | {p['max_abs_diff']:.2g} |"]
+    numerics = []
+    if "naive_vs_float64_grad_rel_diff" in p:
+        numerics = ["", f"gradients, largest difference relative to each gradient's scale (float32, CPU): fused vs "
+                        f"plain {p['max_grad_rel_diff']:.2g}; against the plain net in float64: plain "
+                        f"{p['naive_vs_float64_grad_rel_diff']:.2g}, fused {p['fused_vs_float64_grad_rel_diff']:.2g}"]
     g = p.get("gpu")
     if g:
         lines.append(f"| {g['name']} | - | {g['naive_step_seconds']:.4f} | {g['fused_step_seconds']:.4f} | "
@@ -248,4 +272,4 @@ def format_supernet(p: dict[str, Any]) -> str:
                          f"{cudnn} | {r['speedup_vs_reference']:.2f}x |")
     else:
         lines.append(f"\nGPU: {p.get('gpu_note')}")
-    return "\n".join(lines)
+    return "\n".join(lines + numerics)
