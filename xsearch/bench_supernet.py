@@ -96,13 +96,6 @@ def _nchw_tensor(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t)
 
 
-def _nchw(model: torch.nn.Module) -> torch.nn.Module:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.dim() == 4:
-            tensor.data = _nchw_tensor(tensor.data)
-    return model
-
-
 def largest_arch(space: Any) -> dict[str, str]:
     """Per layer the option with the most MACs: the single largest candidate network."""
     return {c.label: max(c.options, key=lambda o: space.flops_table[c.label][o]) for c in space.choices}
@@ -181,7 +174,7 @@ def kernel_rows(batch: int, device: torch.device) -> list[dict[str, Any]]:
 def supernet_rows(space: Any, batch: int, steps: int, warmup: int, device: torch.device) -> dict[str, Any]:
     """Plain and fused step times of ``space``'s supernet on ``device`` (and, on CUDA, the largest network's)."""
     from .data import channels_last_tensor
-    from .training import channels_last
+    from .training import channels_last, convert_4d
 
     c, h = space.in_chans, space.image_size
     torch.manual_seed(0)
@@ -194,7 +187,7 @@ def supernet_rows(space: Any, batch: int, steps: int, warmup: int, device: torch
     nets: dict[str, torch.nn.Module] = {"naive": naive, "fused": fused}
     inputs = {"naive": x, "fused": x}
     if device.type == "cpu":  # the plain step in NCHW: what channels-last batches and weights save
-        nets["naive_nchw"] = _nchw(copy.deepcopy(naive))
+        nets["naive_nchw"] = convert_4d(copy.deepcopy(naive), _nchw_tensor)
         inputs["naive_nchw"] = _nchw_tensor(x)
     if device.type == "cuda":
         nets["largest"] = channels_last(space.build(largest_arch(space)).to(device)).train()

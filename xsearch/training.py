@@ -10,7 +10,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -125,9 +125,14 @@ def channels_last(model: nn.Module) -> nn.Module:
     stem of a one-channel space, every depthwise kernel) get true NHWC strides too
     (``data.channels_last_tensor``), which ``Module.to`` would leave ambiguous.
     """
+    return convert_4d(model, channels_last_tensor)
+
+
+def convert_4d(model: nn.Module, convert: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
+    """Replace the data of every 4-D parameter and buffer of ``model`` by ``convert(data)``, in place."""
     for tensor in list(model.parameters()) + list(model.buffers()):
         if tensor.dim() == 4:
-            tensor.data = channels_last_tensor(tensor.data)
+            tensor.data = convert(tensor.data)
     return model
 
 
