@@ -19,18 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from xsearch.data import ImageData, subset
-from xsearch.training import (
+from xsearch.core.data import ImageData, subset
+from xsearch.core.checkpoint import load_checkpoint, save_checkpoint
+from xsearch.core.training import (
     anneal_temperature,
     channels_last,
     check_optimizer,
     cosine_with_warmup,
     evaluate,
-    load_checkpoint,
     progress,
     resolve_device,
     rng_state,
-    save_checkpoint,
     seed_everything,
     set_rng_state,
     weight_optimizer,

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from xsearch.training import evaluate, recalibrate_batchnorm
+from xsearch.core.training import evaluate, recalibrate_batchnorm
 
 from ._base import Evaluator
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xsearch.training import resolve_device, seed_everything
+from xsearch.core.training import resolve_device, seed_everything
 
 from ._base import EVALUATORS, Evaluator
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from xsearch.errors import UserError
+from xsearch.core.errors import UserError
 
 from ._base import EVALUATORS, Evaluator
 

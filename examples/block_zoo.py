@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xsearch.flops import fvcore_macs
+from xsearch.core.flops import fvcore_macs
 from xsearch.search_spaces import get_space
 from xsearch.search_spaces.blocks import (
     DynamicConv2d,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from xsearch.errors import UserError
+from xsearch.core.errors import UserError
 
 from . import dyhead, focalnet, mbv3, micronet, nasbench_macro  # noqa: F401  (registers the spaces)
 from ._base import SKIP, Arch, ChainNetwork, Choice, SearchSpace, format_flops

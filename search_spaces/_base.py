@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from xsearch.errors import UserError
+from xsearch.core.errors import UserError
 
 Arch = dict[str, str]
 SKIP = "skip"
@@ -177,12 +177,6 @@ class SearchSpace(ABC):
         arch = self.validate(arch)
         layers = [self.build_candidate(i, arch[c.label]) for i, c in enumerate(self.choices)]
         return ChainNetwork(self.build_stem(), layers, self.build_head())
-
-    def supernet(self, **kwargs: Any):
-        """A weight-sharing supernet holding every candidate of every layer."""
-        from xsearch.supernets import Supernet  # supernets sit above spaces; import on demand
-
-        return Supernet(self, **kwargs)
 
 
 def format_flops(value: float) -> str:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from xsearch._registry import Registry
+from xsearch.core.registry import Registry
 
 SPACES: Registry = Registry("space")

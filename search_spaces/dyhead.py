@@ -8,7 +8,7 @@ searchable (1 to ``num_blocks``); then a shared prediction head per level (3x3 c
 ``num_classes`` class logits and 4 box offsets per location, anchor-free as in ATSS/FCOS).
 
 The network maps an image to a list of ``(class_logits, boxes)`` per level. It builds and counts
-FLOPs (the deformable convolution through the project's own fvcore handle, see ``xsearch.flops``);
+FLOPs (the deformable convolution through the project's own fvcore handle, see ``xsearch.core.flops``);
 training it needs the detection evaluator, which is not built yet, so classification evaluators
 refuse this space (``task = "detection"``). ``channels`` is a space argument, not a per-layer
 choice: every block of a DyHead shares one width.

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from xsearch.errors import UserError
+from xsearch.core.errors import UserError
 
 from ._base import Arch, Choice, SearchSpace
 from ._registry import SPACES

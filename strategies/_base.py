@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from xsearch._registry import Registry
+from xsearch.core.registry import Registry
 
 STRATEGIES: Registry = Registry("strategy")
 

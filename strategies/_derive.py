@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xsearch.errors import UserError
+from xsearch.core.errors import UserError
 
 
 def best_under_budget(space: Any, scores: dict[str, dict[str, float]], max_flops: int | None) -> dict[str, str]:

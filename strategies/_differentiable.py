@@ -20,21 +20,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from xsearch.data import ImageData, split_for_search
+from xsearch.core.data import ImageData, split_for_search
 from xsearch.search_spaces import format_flops
-from xsearch.training import (
+from xsearch.core.checkpoint import load_checkpoint, save_checkpoint
+from xsearch.core.training import (
     ClassSubset,
     anneal_temperature,
     channels_last,
     check_optimizer,
     cosine_with_warmup,
     evaluate,
-    load_checkpoint,
     progress,
     recalibrate_batchnorm,
     resolve_device,
     rng_state,
-    save_checkpoint,
     seed_everything,
     weight_optimizer,
     set_rng_state,
@@ -42,6 +41,7 @@ from xsearch.training import (
 
 from ._base import Constraints, SearchResult, Strategy, record_trial
 from ._derive import best_under_budget
+from xsearch.supernets import Supernet
 
 
 @dataclass
@@ -86,7 +86,7 @@ class DifferentiableSearch(Strategy):
         seed_everything(self.seed)
         w_idx, a_idx = split_for_search(data.train.targets, self.train_samples, self.seed)
         stages = self.stages(data.num_classes)
-        supernet = channels_last(space.supernet().to(self.device))
+        supernet = channels_last(Supernet(space).to(self.device))
         w_opt = weight_optimizer(supernet.weight_parameters(), self.optimizer, space, self.batch_size,
                                  (self.lr, self.weight_decay), (self.adamw_lr, self.adamw_weight_decay))
         a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),

@@ -24,8 +24,8 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
-from xsearch.records import write_json
-from xsearch.training import progress, resolve_device
+from xsearch.core.io import write_json
+from xsearch.core.training import progress, resolve_device
 
 from ._base import Constraints, SearchResult, Strategy, record_trial
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from xsearch._registry import call_with_accepted
-from xsearch.data import stratified_head
+from xsearch.core.registry import call_with_accepted
+from xsearch.core.data import stratified_head
 from xsearch.evaluators import InheritedWeightsEvaluator
 
 from ._base import STRATEGIES, SearchResult

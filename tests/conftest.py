@@ -36,7 +36,7 @@ def fashion_root() -> Path:
 
 @pytest.fixture(scope="session")
 def digits():
-    from xsearch.data import load_dataset
+    from xsearch.core.data import load_dataset
 
     return load_dataset("digits")
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from xsearch.cli import main
-from xsearch.errors import UserError
-from xsearch.flops import fvcore_macs
+from xsearch.core.errors import UserError
+from xsearch.core.flops import fvcore_macs
 from xsearch.search_spaces import SKIP, get_space
 from xsearch.search_spaces.blocks import DynamicConv2d, DyReLU
 
@@ -135,7 +135,7 @@ def test_every_space_runs_on_cuda_like_on_the_cpu(name, kwargs, dtype, monkeypat
 
 
 def test_optimizer_auto_follows_the_space_and_bad_names_are_refused():
-    from xsearch.training import weight_optimizer
+    from xsearch.core.training import weight_optimizer
 
     params = [torch.nn.Parameter(torch.zeros(2))]
     for name, kind, expected in [("focalnet", "auto", torch.optim.AdamW), ("mbv3", "auto", torch.optim.SGD),

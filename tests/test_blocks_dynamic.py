@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xsearch.flops import fvcore_macs
+from xsearch.core.flops import fvcore_macs
 from xsearch.search_spaces.blocks.dynamic import DynamicConv2d, DyReLU, set_temperature, temperature_at
 
 CONV_CASES = [  # (in, out, kernel, stride, groups, bias)

@@ -11,7 +11,7 @@ from torch import nn
 
 from search_spaces.blocks.dyhead import DyHeadBlock
 from search_spaces.blocks.focal import DropPath, FocalModulation, FocalNetBlock, LayerNorm2d
-from xsearch.flops import COUNTED, DEFORM_CONV2D_OP, fvcore_macs
+from xsearch.core.flops import COUNTED, DEFORM_CONV2D_OP, fvcore_macs
 
 FLAGS = list(itertools.product([False, True], repeat=3))
 

@@ -17,7 +17,7 @@ from search_spaces.blocks.micronet import (
     channel_shuffle,
     micro_groups,
 )
-from xsearch.flops import fvcore_macs
+from xsearch.core.flops import fvcore_macs
 
 
 def randomize(module: nn.Module, seed: int = 0) -> nn.Module:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from xsearch.data import augment_batch, channels_last_tensor, load_dataset, split_for_search
-from xsearch.errors import UserError
+from xsearch.core.data import augment_batch, channels_last_tensor, load_dataset, split_for_search
+from xsearch.core.errors import UserError
+from xsearch.supernets import Supernet
 
 
 def test_fashion_mnist_is_the_real_thing(fashion_root):
@@ -23,13 +24,13 @@ def test_one_channel_batches_and_models_run_channels_last(fashion_root):
     strides, or every convolution after them runs in NCHW (``contiguous(channels_last)`` leaves
     such tensors with their NCHW strides)."""
     from xsearch.search_spaces import get_space
-    from xsearch.training import channels_last
+    from xsearch.core.training import channels_last
 
     data = load_dataset("fashion_mnist", root=str(fashion_root))
     x, _ = next(data.batches("train", batch_size=8))
     assert x.stride() == (784, 1, 28, 1)
     seen = []
-    net = channels_last(get_space("mbv3").supernet())
+    net = channels_last(Supernet(get_space("mbv3")))
     for m in net.modules():
         if isinstance(m, torch.nn.Conv2d):
             m.register_forward_hook(lambda m, i, o: seen.append(o.stride(1) == 1 and o.shape[1] > 1))

@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from xsearch.data import channels_last_tensor
+from xsearch.core.data import channels_last_tensor
 from xsearch.search_spaces import get_space
 from xsearch.supernets import Supernet, fused_batch_norm, fused_mixed_forward, naive_mixed_forward
 from xsearch.supernets import fused as fused_module
-from xsearch.training import channels_last as to_channels_last
+from xsearch.core.training import channels_last as to_channels_last
 
 TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
 
@@ -66,7 +66,7 @@ def _step(net: Supernet, x: torch.Tensor, target: torch.Tensor, seed: int):
 def _compare(space, mode: str, seed: int, dtype=torch.float32, train: bool = True,
              channels_last: bool = False, size: int = 16) -> None:
     torch.manual_seed(seed)
-    naive = space.supernet(mode=mode, fused=False)
+    naive = Supernet(space, mode=mode, fused=False)
     _randomise(naive, seed)
     fused = copy.deepcopy(naive)
     fused.fused = True
@@ -136,7 +136,7 @@ def test_all_alive_and_single_paths(space, monkeypatch):
     monkeypatch.setattr(fused_module, "_fused_inverted_residuals",
                         lambda x, blocks, w: calls.append(len(blocks)) or inner(x, blocks, w))
     torch.manual_seed(0)
-    naive = space.supernet(fused=False)
+    naive = Supernet(space, fused=False)
     fused = copy.deepcopy(naive)
     fused.fused = True
     x, target = torch.randn(3, 1, 16, 16), torch.randn(3, 10)
@@ -171,7 +171,7 @@ def test_cumulative_momentum_with_unequal_counts():
 
 
 def test_switch_and_default(space):
-    net = space.supernet()
+    net = Supernet(space)
     assert net.fused and all(layer.executor is fused_mixed_forward for layer in net.layers)
     net.fused = False
     assert not net.fused and all(layer.executor is naive_mixed_forward for layer in net.layers)
@@ -203,7 +203,7 @@ def test_fused_installs_operator_kernels():
     from xsearch.search_spaces.blocks import DynamicConv2d, DynamicShiftMax
 
     for name, kwargs in (("mbv3", dict(num_layers=4, dynamic=True)), ("micronet", {})):
-        net = get_space(name, **kwargs).supernet()
+        net = Supernet(get_space(name, **kwargs))
         ops = [m for m in net.modules() if isinstance(m, (DynamicConv2d, DynamicShiftMax))]
         assert ops and all(m.kernel in (fused_module.dynamic_conv_kernel, fused_module.shift_max_kernel)
                            for m in ops)

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from xsearch.cli import main
-from xsearch.errors import UserError
+from xsearch.core.errors import UserError
 from xsearch.evaluators import TabularEvaluator
 from xsearch.search_spaces import get_space
 from xsearch.strategies import STRATEGIES, Constraints, mutate

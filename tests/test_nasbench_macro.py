@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from xsearch.errors import UserError
-from xsearch.flops import fvcore_macs
+from xsearch.core.errors import UserError
+from xsearch.core.flops import fvcore_macs
 from xsearch.search_spaces import get_space, list_spaces
 
 

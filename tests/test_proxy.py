@@ -12,7 +12,7 @@ from xsearch.evaluators.proxy import PROXIES, naswot_kernel, stratified_indices
 
 @pytest.fixture(scope="module")
 def fashion(fashion_root):
-    from xsearch.data import load_dataset
+    from xsearch.core.data import load_dataset
 
     return load_dataset("fashion_mnist", root=str(fashion_root))
 

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from xsearch.errors import UserError
-from xsearch.flops import fvcore_macs
+from xsearch.core.errors import UserError
+from xsearch.core.flops import fvcore_macs
 from xsearch.search_spaces import SKIP, get_space, list_spaces, load_arch, save_arch
 
 SHAPES = [dict(num_classes=10, in_chans=1, image_size=28), dict(num_classes=100, in_chans=3, image_size=32),

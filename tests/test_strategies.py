@@ -6,9 +6,10 @@ import random
 import pytest
 import torch
 
-from xsearch.errors import UserError
+from xsearch.core.errors import UserError
 from xsearch.search_spaces import get_space
 from xsearch.strategies import STRATEGIES, Constraints, ProgressiveDataAdaptedPruning, best_under_budget, prune
+from xsearch.supernets import Supernet
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_stages_grow_classes_and_split_epochs():
 
 def test_pruning_keeps_the_most_probable_sixty_percent():
     space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=4)
-    net = space.supernet()
+    net = Supernet(space)
     torch.manual_seed(0)
     with torch.no_grad():
         for layer in net.layers:
@@ -69,7 +70,7 @@ def test_pruning_keeps_the_most_probable_sixty_percent():
 
 def test_pruning_never_makes_the_budget_unreachable():
     space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=4)
-    net = space.supernet()
+    net = Supernet(space)
     with torch.no_grad():  # make the most expensive candidates the most probable
         for layer in net.layers:
             layer.alpha.copy_(layer.flops / layer.flops.max() * 5)
@@ -167,12 +168,13 @@ def test_spos_trains_single_path_then_exports_the_best_queried_architecture(digi
 
 
 def test_inherited_score_equals_the_extracted_network_after_the_same_recalibration(digits, tmp_path):
-    from xsearch.data import split_for_search
+    from xsearch.core.data import split_for_search
     from xsearch.evaluators import InheritedWeightsEvaluator
-    from xsearch.training import evaluate, load_checkpoint, recalibrate_batchnorm
+    from xsearch.core.checkpoint import load_checkpoint
+    from xsearch.core.training import evaluate, recalibrate_batchnorm
 
     space, result = _search("spos", digits, None, tmp_path, max_trials=2, population_size=2, sample_size=1)
-    net = space.supernet()
+    net = Supernet(space)
     net.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt")["supernet"])
     w_idx, a_idx = split_for_search(digits.train.targets, 600, 0)
     got = InheritedWeightsEvaluator(net, w_idx, a_idx, 50, recalibration_batches=3).score(space, result.arch, digits, 5)

@@ -23,7 +23,7 @@ def space(request):
 
 def test_extract_keeps_weights_and_matches_fixed_path(space):
     torch.manual_seed(0)
-    net = space.supernet()
+    net = Supernet(space)
     with torch.no_grad():  # give every batch norm non-trivial statistics
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -47,7 +47,7 @@ def test_extract_keeps_weights_and_matches_fixed_path(space):
 
 
 def test_pruned_candidates_are_never_run_and_get_zero_probability(space):
-    net = space.supernet()
+    net = Supernet(space)
     calls: dict[tuple[str, str], int] = {}
     for layer in net.layers:
         for option, cand in zip(layer.options, layer.candidates):
@@ -68,7 +68,7 @@ def test_pruned_candidates_are_never_run_and_get_zero_probability(space):
 
 
 def test_expected_flops_is_exact_for_a_one_hot_distribution(space):
-    net = space.supernet()
+    net = Supernet(space)
     arch = space.sample(seed=2)
     with torch.no_grad():
         for layer in net.layers:
@@ -80,7 +80,7 @@ def test_expected_flops_is_exact_for_a_one_hot_distribution(space):
 @pytest.mark.parametrize("mode,expects_grad", [("weighted", True), ("gated", True), ("single", False)])
 def test_logit_gradients_by_path_mode(space, mode, expects_grad):
     torch.manual_seed(0)
-    net = space.supernet(mode=mode)
+    net = Supernet(space, mode=mode)
     net(torch.randn(4, 1, 16, 16)).logsumexp(1).sum().backward()
     grads = [a.grad for a in net.arch_parameters()]
     if expects_grad:

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from .config import compose, parse_count, validate
-from .errors import UserError
-from .pipeline import build_data, build_evaluator, build_space, build_strategy
-from .records import write_json
+from .core.errors import UserError
+from .config import build_data, build_evaluator, build_space, build_strategy
+from .core.io import write_json
+from xsearch.supernets import Supernet
 
 
 def machine() -> str:
@@ -172,7 +173,7 @@ def _strategy_defaults(name: str) -> dict[str, Any]:
 def _construct_strategy(name: str, knobs: dict[str, Any]) -> Any:
     from xsearch.strategies import STRATEGIES
 
-    from .pipeline import _construct
+    from .config import _construct
 
     return _construct(STRATEGIES.get(name), "strategy", name, knobs, {})
 
@@ -206,10 +207,10 @@ def bench_ranking(overrides: list[str]) -> dict[str, Any]:
 
     from scipy.stats import kendalltau, spearmanr
 
-    from xsearch.data import split_for_search, stratified_head
+    from xsearch.core.data import split_for_search, stratified_head
     from xsearch.evaluators import ClassificationEvaluator, InheritedWeightsEvaluator
     from xsearch.strategies import Constraints
-    from xsearch.training import load_checkpoint
+    from xsearch.core.checkpoint import load_checkpoint
 
     if any(o.split("=", 1)[0] == "strategy" for o in overrides):
         raise UserError("bench ranking trains both the danas and the spos supernet; drop strategy=")
@@ -235,7 +236,7 @@ def bench_ranking(overrides: list[str]) -> dict[str, Any]:
             strategy = build_strategy(cfg)
             strategy.search(space, None, data, Constraints(budget), None, checkpoint=ckpt)
             seconds[name] = time.time() - t0
-            net = space.supernet().to(strategy.device)
+            net = Supernet(space).to(strategy.device)
             net.load_state_dict(load_checkpoint(ckpt)["supernet"])
             supernets[name] = (net, cfg, strategy)
     danas_net = supernets["danas"][0]

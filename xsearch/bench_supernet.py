@@ -24,7 +24,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from .core.errors import UserError
+from xsearch.supernets import Supernet
 
 
 def _sgd_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -173,12 +174,12 @@ def kernel_rows(batch: int, device: torch.device) -> list[dict[str, Any]]:
 
 def supernet_rows(space: Any, batch: int, steps: int, warmup: int, device: torch.device) -> dict[str, Any]:
     """Plain and fused step times of ``space``'s supernet on ``device`` (and, on CUDA, the largest network's)."""
-    from .data import channels_last_tensor
-    from .training import channels_last, convert_4d
+    from .core.data import channels_last_tensor
+    from .core.training import channels_last, convert_4d
 
     c, h = space.in_chans, space.image_size
     torch.manual_seed(0)
-    naive = channels_last(space.supernet(mode="weighted", fused=False).to(device)).train()
+    naive = channels_last(Supernet(space, mode="weighted", fused=False).to(device)).train()
     fused = copy.deepcopy(naive)
     fused.fused = True
     x = channels_last_tensor(torch.randn(batch, c, h, h, device=device))
@@ -208,8 +209,8 @@ def bench_supernet(overrides: list[str]) -> dict[str, Any]:
     """Run the benchmark (see the module docstring), print its table, write ``out=FILE.json``."""
     from .bench import machine
     from .config import compose, validate
-    from .pipeline import build_space
-    from .records import write_json
+    from .config import build_space
+    from .core.io import write_json
 
     cfg = validate(compose(overrides))
     bench = cfg["bench"]

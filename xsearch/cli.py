@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .core.errors import UserError
 
 USAGE = """usage: xsearch COMMAND [ARGS]
 
@@ -103,8 +103,9 @@ def cmd_train(args: list[str]) -> int:
     from xsearch.search_spaces import format_flops, load_arch, save_arch
 
     from .config import compose, validate
-    from .pipeline import build_data, build_evaluator
-    from .records import new_run_dir, write_json
+    from .config import build_data, build_evaluator
+    from .core.io import write_json
+    from .records import new_run_dir
 
     if not args or "=" in args[0]:
         raise UserError("usage: xsearch train ARCH_JSON [overrides]; ARCH_JSON is a run's arch.json")
@@ -134,7 +135,7 @@ def cmd_train(args: list[str]) -> int:
 def cmd_flops(args: list[str]) -> int:
     from xsearch.search_spaces import format_flops, load_arch
 
-    from .flops import fvcore_macs
+    from .core.flops import fvcore_macs
 
     if len(args) == 1 and "=" not in args[0]:
         space, arch = load_arch(args[0])
@@ -159,7 +160,7 @@ def _sampled_arch(overrides: list[str]):
     from xsearch.search_spaces import format_flops
 
     from .config import compose, validate
-    from .pipeline import build_space
+    from .config import build_space
 
     cfg = validate(compose(overrides))
     space = build_space(cfg, None)
@@ -172,7 +173,7 @@ def _sampled_arch(overrides: list[str]):
 
 
 def cmd_list(args: list[str]) -> int:
-    from xsearch.data import DATASETS
+    from xsearch.core.data import DATASETS
     from xsearch.evaluators import list_evaluators
     from xsearch.search_spaces import list_spaces
     from xsearch.strategies import list_strategies

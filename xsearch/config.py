@@ -12,7 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import UserError
+from .core.data import ImageData, load_dataset
+from .core.errors import UserError
+from .core.registry import call_with_accepted
 
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("space", "strategy", "data", "evaluator", "budget")
@@ -140,3 +142,50 @@ def _whole(value: Any, name: str, minimum: int) -> int:
     if number < minimum:
         raise UserError(f"{name}={value!r} must be at least {minimum}")
     return number
+
+
+# --- building the configured components -------------------------------------------------
+def build_data(cfg: dict[str, Any]) -> ImageData:
+    kwargs = {k: v for k, v in cfg["data"].items() if k != "name"}
+    return load_dataset(cfg["data"]["name"], **kwargs)
+
+
+def build_space(cfg: dict[str, Any], data: ImageData | None):
+    """The configured space, sized for ``data`` (or at the space's own defaults when there is no data)."""
+    from xsearch.search_spaces import get_space
+
+    kwargs = {k: v for k, v in cfg["space"].items() if k != "name"}
+    if data is not None:
+        c, h, _ = data.input_shape
+        kwargs = {"num_classes": data.num_classes, "in_chans": c, "image_size": h, **kwargs}
+    return get_space(cfg["space"]["name"], **kwargs)
+
+
+def _construct(factory: Any, kind: str, name: str, knobs: dict[str, Any], extra: dict[str, Any]) -> Any:
+    """Call ``factory`` with the knobs it accepts (budgets set knobs shared by several strategies)."""
+    try:
+        return call_with_accepted(factory, {**knobs, **extra})
+    except ValueError as exc:
+        raise UserError(f"{kind} {name!r}: {exc}") from None
+
+
+def build_strategy(cfg: dict[str, Any]):
+    from xsearch.strategies import STRATEGIES
+
+    name = cfg["strategy"]["name"]
+    return _construct(STRATEGIES.get(name), "strategy", name, cfg.get("search", {}),
+                      {"seed": cfg["seed"], "device": cfg["device"], "show_progress": cfg["progress"]})
+
+
+def build_evaluator(cfg: dict[str, Any]):
+    from xsearch.evaluators import EVALUATORS
+
+    name = cfg["evaluator"]["name"]
+    knobs = {**cfg.get("train", {}), **{k: v for k, v in cfg["evaluator"].items() if k != "name"}}
+    return _construct(EVALUATORS.get(name), "evaluator", name, knobs,
+                      {"device": cfg["device"], "show_progress": cfg["progress"]})
+
+
+def needs_data(strategy: Any, evaluator: Any) -> bool:
+    """Whether the run must load images: not when a table answers and the strategy only queries it."""
+    return bool(strategy.needs_data or evaluator.needs_data)

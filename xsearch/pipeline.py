@@ -9,56 +9,10 @@ from typing import Any
 
 import yaml
 
-from ._registry import call_with_accepted
-from .data import ImageData, load_dataset
-from .errors import UserError
-from .records import default_storage, new_run_dir, open_study, plot_search, write_json, write_tables
-
-
-def build_data(cfg: dict[str, Any]) -> ImageData:
-    kwargs = {k: v for k, v in cfg["data"].items() if k != "name"}
-    return load_dataset(cfg["data"]["name"], **kwargs)
-
-
-def build_space(cfg: dict[str, Any], data: ImageData | None):
-    """The configured space, sized for ``data`` (or at the space's own defaults when there is no data)."""
-    from xsearch.search_spaces import get_space
-
-    kwargs = {k: v for k, v in cfg["space"].items() if k != "name"}
-    if data is not None:
-        c, h, _ = data.input_shape
-        kwargs = {"num_classes": data.num_classes, "in_chans": c, "image_size": h, **kwargs}
-    return get_space(cfg["space"]["name"], **kwargs)
-
-
-def _construct(factory: Any, kind: str, name: str, knobs: dict[str, Any], extra: dict[str, Any]) -> Any:
-    """Call ``factory`` with the knobs it accepts (budgets set knobs shared by several strategies)."""
-    try:
-        return call_with_accepted(factory, {**knobs, **extra})
-    except ValueError as exc:
-        raise UserError(f"{kind} {name!r}: {exc}") from None
-
-
-def build_strategy(cfg: dict[str, Any]):
-    from xsearch.strategies import STRATEGIES
-
-    name = cfg["strategy"]["name"]
-    return _construct(STRATEGIES.get(name), "strategy", name, cfg.get("search", {}),
-                      {"seed": cfg["seed"], "device": cfg["device"], "show_progress": cfg["progress"]})
-
-
-def build_evaluator(cfg: dict[str, Any]):
-    from xsearch.evaluators import EVALUATORS
-
-    name = cfg["evaluator"]["name"]
-    knobs = {**cfg.get("train", {}), **{k: v for k, v in cfg["evaluator"].items() if k != "name"}}
-    return _construct(EVALUATORS.get(name), "evaluator", name, knobs,
-                      {"device": cfg["device"], "show_progress": cfg["progress"]})
-
-
-def needs_data(strategy: Any, evaluator: Any) -> bool:
-    """Whether the run must load images: not when a table answers and the strategy only queries it."""
-    return bool(strategy.needs_data or evaluator.needs_data)
+from .config import build_data, build_evaluator, build_space, build_strategy, needs_data
+from .core.errors import UserError
+from .core.io import write_json
+from .records import default_storage, new_run_dir, open_study, plot_search, write_tables
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:

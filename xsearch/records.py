@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from .errors import UserError
+from .core.errors import UserError
 
 
 def default_storage(runs_root: str | Path) -> str:
@@ -47,12 +46,6 @@ def open_study(storage: str, name: str) -> optuna.Study:
                         "sqlite:///runs/xsearch.db or postgresql://user:pass@host/db") from None
     except Exception as exc:  # SQLAlchemy errors: bad URL, unreachable server
         raise UserError(f"cannot open Optuna storage {storage!r}: {type(exc).__name__}: {exc}") from None
-
-
-def write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def write_tables(run_dir: Path, history: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> None:

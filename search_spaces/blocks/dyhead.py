@@ -29,7 +29,7 @@ So every flag combination is well defined, and all three off is the identity.
 ``macs(sizes)`` counts one image under the project's convention (convolutions and linear layers,
 including the deformable conv as ``out_channels * in_channels/groups * kh * kw`` per output pixel;
 mask multiply, bilinear sampling, upsampling, pooling and activations not counted), the number
-``xsearch.flops.fvcore_macs`` gives with its ``deform_conv2d`` handle.
+``xsearch.core.flops.fvcore_macs`` gives with its ``deform_conv2d`` handle.
 """
 
 from __future__ import annotations

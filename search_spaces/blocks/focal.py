@@ -8,7 +8,7 @@ keeps NCHW layout like the rest of the project.
 
 ``macs(height, width)`` follows the project's FLOPs convention (convolutions and linear layers,
 one image; norms, activations, pooling and elementwise products not counted), the same number
-``xsearch.flops.fvcore_macs`` gives.
+``xsearch.core.flops.fvcore_macs`` gives.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ with circular channel shifts of itself.
 
 Every module here has ``macs(height, width)``: MACs of one image of that input size under the
 project's convention (convolutions and linear layers only; batch norm, activations, pooling,
-channel shuffles and element-wise products not counted), equal to what ``xsearch.flops.fvcore_macs``
+channel shuffles and element-wise products not counted), equal to what ``xsearch.core.flops.fvcore_macs``
 counts. Nothing hard-codes a device or dtype.
 
 Group settings are validated at construction; impossible ones raise ``ValueError`` naming the

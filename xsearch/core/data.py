@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ._registry import Registry
+from .registry import Registry
 from .errors import UserError
 
 DATASETS: Registry[Callable[..., "ImageData"]] = Registry("dataset")

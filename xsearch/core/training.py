@@ -1,6 +1,6 @@
 """Training utilities shared by supernet search and stand-alone retraining.
 
-A leaf module (torch and ``xsearch.data`` only), so every layer may use it.
+A leaf module (torch and ``xsearch.core.data`` only), so every layer may use it.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import math
 import os
 import random
 import sys
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -168,21 +167,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically, so a kill mid-write never leaves a broken checkpoint."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    path = Path(path)
-    if not path.is_file():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 @torch.no_grad()

@@ -1,0 +1,37 @@
+"""Atomic file writes: a temporary file beside the target, then ``os.replace``.
+
+A kill or a full disk during a write leaves the previous file intact, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = False) -> Path:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, then move it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text))
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """``payload`` as indented JSON (non-JSON values through ``str``), atomically."""
+    return write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
