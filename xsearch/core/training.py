@@ -135,14 +135,37 @@ def convert_4d(model: nn.Module, convert: Callable[[torch.Tensor], torch.Tensor]
     return model
 
 
+def temperature_at(epoch: float, anneal_epochs: float, start: float = 30.0, end: float = 1.0) -> float:
+    """Softmax temperature at ``epoch``: linear from ``start`` to ``end`` over ``anneal_epochs``, then ``end``.
+
+    A high early temperature keeps the kernel attention near uniform, so all kernels get trained
+    before the attention sharpens (the paper anneals 30 -> 1 over the first epochs).
+    """
+    if anneal_epochs <= 0 or epoch >= anneal_epochs:
+        return float(end)
+    progress = max(0.0, float(epoch)) / float(anneal_epochs)
+    return float(start + (end - start) * progress)
+
+
+def set_temperature(model: nn.Module, value: float) -> int:
+    """Set ``.temperature`` on every submodule that declares ``anneal_temperature = True``; return how many.
+
+    Duck-typed on that class attribute (``DynamicConv2d`` declares it), so this layer needs no block classes.
+    """
+    count = 0
+    for module in model.modules():
+        if getattr(module, "anneal_temperature", False) is True:
+            module.temperature = float(value)
+            count += 1
+    return count
+
+
 def anneal_temperature(model: nn.Module, epoch: float, anneal_epochs: float) -> None:
     """Set the softmax temperature of every dynamic convolution in ``model`` for training progress ``epoch``.
 
     Dynamic convolution trains its kernel attention with a temperature annealed from 30 to 1 over
     the first ``anneal_epochs`` epochs (Chen et al. 2020); a model without one is left untouched.
     """
-    from xsearch.search_spaces.blocks.dynamic import set_temperature, temperature_at
-
     set_temperature(model, temperature_at(epoch, anneal_epochs))
 
 
