@@ -18,14 +18,18 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .core.errors import UserError
+from xsearch.config import build_space
+from xsearch.core.errors import UserError
 from xsearch.supernets import Supernet
+
+from ._harness import configure, machine, markdown_table, output_path, write_rows
 
 
 def _sgd_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -121,6 +125,18 @@ def _cuda_ms(fn: Callable[[], torch.Tensor], reps: int = 20) -> float:
     return statistics.median(times)
 
 
+def _mixconv_reference(x: torch.Tensor, ks: list[torch.Tensor], stride: int) -> torch.Tensor:
+    """What ``mixconv_depthwise`` replaces: one depthwise conv per channel group, concatenated."""
+    c = ks[0].shape[0]
+    return torch.cat([F.conv2d(p, k, None, stride, k.shape[-1] // 2, 1, c) for p, k in zip(x.split(c, 1), ks)], 1)
+
+
+def _mixed_reference(x: torch.Tensor, ks: list[torch.Tensor], w: torch.Tensor, stride: int) -> torch.Tensor:
+    """What ``mixed_depthwise_conv`` replaces: the weighted sum of one depthwise conv per kernel size."""
+    c = x.shape[1]
+    return sum(w[i] * F.conv2d(x, k, None, stride, k.shape[-1] // 2, 1, c) for i, k in enumerate(ks))
+
+
 def kernel_rows(batch: int, device: torch.device) -> list[dict[str, Any]]:
     """Each Triton kernel against the PyTorch code it replaces (and cuDNN where it applies), on CUDA."""
     from xsearch.supernets.kernels import (
@@ -140,33 +156,30 @@ def kernel_rows(batch: int, device: torch.device) -> list[dict[str, Any]]:
         # mbv3 fused depthwise pass: one block per kernel size 3/5/7, c channels each
         x = leaf(batch, 3 * c, size, size)
         ks = [leaf(c, 1, k, k) for k in (3, 5, 7)]
-        parts = lambda: x.split(c, 1)  # noqa: E731
         rows.append({"kernel": "mixconv_depthwise", "shape": f"{batch}x{3 * c}x{size}x{size} k3/5/7 s{stride}",
-                     "triton_ms": _cuda_ms(lambda: mixconv_depthwise(x, ks, stride, backend="triton")),
-                     "reference_ms": _cuda_ms(lambda: torch.cat(
-                         [F.conv2d(p, k, None, stride, k.shape[-1] // 2, 1, c) for p, k in zip(parts(), ks)], 1)),
-                     "cudnn_ms": _cuda_ms(lambda: mixconv_depthwise(x, ks, stride, backend="torch"))})
+                     "triton_ms": _cuda_ms(partial(mixconv_depthwise, x, ks, stride, backend="triton")),
+                     "reference_ms": _cuda_ms(partial(_mixconv_reference, x, ks, stride)),
+                     "cudnn_ms": _cuda_ms(partial(mixconv_depthwise, x, ks, stride, backend="torch"))})
         x = leaf(batch, c, size, size)
         w = torch.softmax(torch.randn(3, device=device), 0).requires_grad_()
         rows.append({"kernel": "mixed_depthwise_conv", "shape": f"{batch}x{c}x{size}x{size} k3+5+7 s{stride}",
-                     "triton_ms": _cuda_ms(lambda: mixed_depthwise_conv(x, ks, w, stride, backend="triton")),
-                     "reference_ms": _cuda_ms(lambda: sum(w[i] * F.conv2d(x, k, None, stride, k.shape[-1] // 2, 1, c)
-                                                          for i, k in enumerate(ks))),
-                     "cudnn_ms": _cuda_ms(lambda: mixed_depthwise_conv(x, ks, w, stride, backend="torch"))})
+                     "triton_ms": _cuda_ms(partial(mixed_depthwise_conv, x, ks, w, stride, backend="triton")),
+                     "reference_ms": _cuda_ms(partial(_mixed_reference, x, ks, w, stride)),
+                     "cudnn_ms": _cuda_ms(partial(mixed_depthwise_conv, x, ks, w, stride, backend="torch"))})
     for cin, cout, k, groups, size in [(72, 72, 3, 72, 14), (72, 72, 7, 72, 14), (24, 144, 1, 1, 14), (240, 40, 1, 1, 7)]:
         x = leaf(batch, cin, size, size)
         pi = torch.softmax(torch.randn(batch, 4, device=device), 1).requires_grad_()
         bank = leaf(4, cout, cin // groups, k, k)
         rows.append({"kernel": "dynamic_conv", "shape": f"{batch}x{cin}x{size}x{size} -> {cout} k{k} g{groups}",
-                     "triton_ms": _cuda_ms(lambda: dynamic_conv(x, pi, bank, None, 1, groups, backend="triton")),
-                     "reference_ms": _cuda_ms(lambda: dynamic_conv_reference(x, pi, bank, None, 1, groups)),
+                     "triton_ms": _cuda_ms(partial(dynamic_conv, x, pi, bank, None, 1, groups, backend="triton")),
+                     "reference_ms": _cuda_ms(partial(dynamic_conv_reference, x, pi, bank, None, 1, groups)),
                      "cudnn_ms": None})
     for c, size in [(96, 14), (240, 7)]:
         x = leaf(batch, c, size, size)
         a = leaf(batch, c, 2, 2)
         rows.append({"kernel": "shift_max", "shape": f"{batch}x{c}x{size}x{size} J=K=2",
-                     "triton_ms": _cuda_ms(lambda: shift_max(x, a, c // 4, backend="triton")),
-                     "reference_ms": _cuda_ms(lambda: shift_max_reference(x, a, c // 4)), "cudnn_ms": None})
+                     "triton_ms": _cuda_ms(partial(shift_max, x, a, c // 4, backend="triton")),
+                     "reference_ms": _cuda_ms(partial(shift_max_reference, x, a, c // 4)), "cudnn_ms": None})
     for row in rows:
         row["speedup_vs_reference"] = row["reference_ms"] / row["triton_ms"]
     return rows
@@ -174,8 +187,8 @@ def kernel_rows(batch: int, device: torch.device) -> list[dict[str, Any]]:
 
 def supernet_rows(space: Any, batch: int, steps: int, warmup: int, device: torch.device) -> dict[str, Any]:
     """Plain and fused step times of ``space``'s supernet on ``device`` (and, on CUDA, the largest network's)."""
-    from .core.data import channels_last_tensor
-    from .core.training import channels_last, convert_4d
+    from xsearch.core.data import channels_last_tensor
+    from xsearch.core.training import channels_last, convert_4d
 
     c, h = space.in_chans, space.image_size
     torch.manual_seed(0)
@@ -206,13 +219,8 @@ def supernet_rows(space: Any, batch: int, steps: int, warmup: int, device: torch
 
 
 def bench_supernet(overrides: list[str]) -> dict[str, Any]:
-    """Run the benchmark (see the module docstring), print its table, write ``out=FILE.json``."""
-    from .bench import machine
-    from .config import compose, validate
-    from .config import build_space
-    from .core.io import write_json
-
-    cfg = validate(compose(overrides))
+    """Time plain and fused supernet steps (see the module docstring); table printed, JSON to ``out=FILE.json``."""
+    cfg = configure(overrides)
     bench = cfg["bench"]
     batch, steps, warmup = int(bench["supernet_batch"]), int(bench["supernet_steps"]), int(bench["supernet_warmup"])
     if batch < 1 or steps < 1 or warmup < 0:
@@ -235,35 +243,36 @@ def bench_supernet(overrides: list[str]) -> dict[str, Any]:
     else:
         payload["gpu_note"] = "no CUDA device visible: GPU step times and Triton kernel timings not measured"
     print(format_supernet(payload))
-    if cfg.get("out"):
-        write_json(Path(cfg["out"]), payload)
+    out = output_path(cfg)
+    if out is not None:
+        write_rows(out, payload)
         print(f"[bench] wrote {cfg['out']}")
     return payload
 
 
 def format_supernet(p: dict[str, Any]) -> str:
-    lines = [f"machine: {p['machine']}; {p['shapes']['space']} supernet, input {p['shapes']['input']}, "
-             f"candidates per layer {p['shapes']['candidates_per_layer']}", "",
-             "| device | naive step, NCHW (s) | naive step (s) | fused step (s) | fused / naive | "
-             "largest net alone (s) | max abs diff |",
-             "|---|---|---|---|---|---|---|",
-             f"| CPU, {p['cpu_threads']} threads | {p['naive_nchw_step_seconds']:.3f} | {p['naive_step_seconds']:.3f} | "
-             f"{p['fused_step_seconds']:.3f} | {p['fused_over_naive']:.2f} | - | {p['max_abs_diff']:.2g} |"]
-    numerics = []
-    if "naive_vs_float64_grad_rel_diff" in p:
-        numerics = ["", f"gradients, largest difference relative to each gradient's scale (float32, CPU): fused vs "
-                        f"plain {p['max_grad_rel_diff']:.2g}; against the plain net in float64: plain "
-                        f"{p['naive_vs_float64_grad_rel_diff']:.2g}, fused {p['fused_vs_float64_grad_rel_diff']:.2g}"]
+    """The README tables of a ``bench supernet`` payload: step times per device, then (CUDA) the kernels."""
+    steps = [[f"CPU, {p['cpu_threads']} threads", f"{p['naive_nchw_step_seconds']:.3f}", f"{p['naive_step_seconds']:.3f}",
+              f"{p['fused_step_seconds']:.3f}", f"{p['fused_over_naive']:.2f}", "-", f"{p['max_abs_diff']:.2g}"]]
     g = p.get("gpu")
     if g:
-        lines.append(f"| {g['name']} | - | {g['naive_step_seconds']:.4f} | {g['fused_step_seconds']:.4f} | "
-                     f"{g['fused_over_naive']:.2f} | {g['largest_network_step_seconds']:.4f} | {g['max_abs_diff']:.2g} |")
-        lines += ["", "| kernel | shape | Triton (ms) | PyTorch it replaces (ms) | cuDNN (ms) | speed-up |",
-                  "|---|---|---|---|---|---|"]
-        for r in g["kernels"]:
-            cudnn = f"{r['cudnn_ms']:.3f}" if r["cudnn_ms"] is not None else "-"
-            lines.append(f"| {r['kernel']} | {r['shape']} | {r['triton_ms']:.3f} | {r['reference_ms']:.3f} | "
-                         f"{cudnn} | {r['speedup_vs_reference']:.2f}x |")
+        steps.append([g["name"], "-", f"{g['naive_step_seconds']:.4f}", f"{g['fused_step_seconds']:.4f}",
+                      f"{g['fused_over_naive']:.2f}", f"{g['largest_network_step_seconds']:.4f}",
+                      f"{g['max_abs_diff']:.2g}"])
+    lines = [(f"machine: {p['machine']}; {p['shapes']['space']} supernet, input {p['shapes']['input']}, "
+              f"candidates per layer {p['shapes']['candidates_per_layer']}"), "",
+             markdown_table(["device", "naive step, NCHW (s)", "naive step (s)", "fused step (s)", "fused / naive",
+                             "largest net alone (s)", "max abs diff"], "lllllll", steps)]
+    if g:
+        kernels = [[r["kernel"], r["shape"], f"{r['triton_ms']:.3f}", f"{r['reference_ms']:.3f}",
+                    "-" if r["cudnn_ms"] is None else f"{r['cudnn_ms']:.3f}", f"{r['speedup_vs_reference']:.2f}x"]
+                   for r in g["kernels"]]
+        lines += ["", markdown_table(["kernel", "shape", "Triton (ms)", "PyTorch it replaces (ms)", "cuDNN (ms)",
+                                      "speed-up"], "llllll", kernels)]
     else:
         lines.append(f"\nGPU: {p.get('gpu_note')}")
-    return "\n".join(lines + numerics)
+    if "naive_vs_float64_grad_rel_diff" in p:
+        lines += ["", (f"gradients, largest difference relative to each gradient's scale (float32, CPU): fused vs "
+                       f"plain {p['max_grad_rel_diff']:.2g}; against the plain net in float64: plain "
+                       f"{p['naive_vs_float64_grad_rel_diff']:.2g}, fused {p['fused_vs_float64_grad_rel_diff']:.2g}")]
+    return "\n".join(lines)

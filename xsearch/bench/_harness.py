@@ -1,0 +1,116 @@
+"""What every benchmark shares: configure, search like the pipeline, retrain with seeds, write rows, tables.
+
+A benchmark module composes its configurations here, so an override means the same thing in
+``xsearch bench`` as in ``xsearch run``, and its rows and tables keep one format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xsearch.config import build_evaluator, build_space, build_strategy, compose, validate
+from xsearch.core.errors import UserError
+from xsearch.core.io import write_json
+
+
+def machine() -> str:
+    """The machine a timing was taken on, for the rows and the README tables."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
+
+
+def refuse(overrides: list[str], keys: tuple[str, ...], message: str) -> None:
+    """Raise UserError(message) when an override sets one of ``keys`` (the benchmark sets those itself)."""
+    if any(o.split("=", 1)[0] in keys for o in overrides):
+        raise UserError(message)
+
+
+def configure(overrides: list[str], *extra: str) -> dict[str, Any]:
+    """The validated configuration of ``overrides`` followed by ``extra`` (a plain dict, as ``xsearch run`` has)."""
+    return validate(compose([*overrides, *extra]))
+
+
+def retraining_seeds(cfg: dict[str, Any]) -> int:
+    """``bench.seeds``, checked: the number of retrainings each found network gets."""
+    seeds = int(cfg["bench"]["seeds"])
+    if seeds < 1:
+        raise UserError(f"bench.seeds must be at least 1, got {seeds}")
+    return seeds
+
+
+def output_path(cfg: dict[str, Any]) -> Path | None:
+    """Where ``out=FILE.json`` asks for the rows, or None."""
+    return Path(cfg["out"]) if cfg.get("out") else None
+
+
+def write_rows(out: Path | None, rows: Any) -> None:
+    """Write ``rows`` to ``out`` as JSON, atomically (after every row, so a long benchmark keeps what it has)."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, rows)
+
+
+@dataclass
+class Search:
+    """One finished search: its configuration, space, strategy, result and wall time."""
+
+    cfg: dict[str, Any]
+    space: Any
+    strategy: Any
+    result: Any
+    seconds: float
+
+
+def search(cfg: dict[str, Any], data: Any, checkpoint: Path | None = None) -> Search:
+    """Search as ``xsearch run`` does (same builders, budget checks and contract), timing strategy and search."""
+    from xsearch.strategies import Constraints
+
+    space = build_space(cfg, data)
+    budget = cfg["constraints"]["flops"]
+    space.check_budget(budget)
+    t0 = time.time()
+    strategy = build_strategy(cfg)
+    evaluator = build_evaluator(cfg)
+    evaluator.check(space)
+    result = strategy.search(space, evaluator, data, Constraints(budget), None, checkpoint=checkpoint)
+    seconds = time.time() - t0
+    if budget is not None and result.flops > budget:  # the contract every strategy must keep
+        raise RuntimeError(f"strategy returned {result.flops} MACs over the budget {budget}")
+    return Search(cfg, space, strategy, result, seconds)
+
+
+def history_rows(result: Any) -> list[dict[str, Any]]:
+    """A search's history as plain dicts, whether its rows are dicts or typed records (dataclasses)."""
+    return [h if isinstance(h, dict) else dataclasses.asdict(h) for h in result.history]
+
+
+def retrain(cfg: dict[str, Any], space: Any, arch: dict[str, str], data: Any, seeds: int,
+            label: str) -> dict[str, Any]:
+    """Retrain ``arch`` from scratch with seeds 0..seeds-1; the mean, std and every test accuracy."""
+    evaluator = build_evaluator(cfg)
+    accs = []
+    for seed in range(seeds):
+        print(f"[bench] {label}: retraining seed {seed + 1}/{seeds} ...", flush=True)
+        accs.append(evaluator.evaluate(space, arch, data, seed=seed)["test_accuracy"])
+    return {"test_accuracy": statistics.mean(accs), "test_accuracy_std": statistics.stdev(accs) if seeds > 1 else 0.0,
+            "test_accuracies": accs}
+
+
+def format_flops_m(value: int) -> str:
+    """5_000_000 -> '5M': how budgets are labelled in rows and tables."""
+    return f"{value / 1e6:g}M"
+
+
+def markdown_table(header: list[str], align: str, rows: list[list[str]]) -> str:
+    """A Markdown table (what goes in the README); ``align`` has one letter per column, l(eft) or r(ight)."""
+    rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
+    return "\n".join(["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(r) + " |" for r in rows])
