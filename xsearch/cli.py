@@ -2,40 +2,56 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from .core.errors import UserError
 
-USAGE = """usage: xsearch COMMAND [ARGS]
+COMMAND_LINES = (
+    ("run [options]", "search, retrain the found network, report (e.g. space=mbv3 strategy=danas)"),
+    ("run resume=RUN_DIR", "resume an interrupted run from its last checkpoint"),
+    ("train ARCH_JSON [options]", "retrain a found network from scratch (train.epochs=..., data=...)"),
+    ("flops ARCH_JSON", "FLOPs (MACs) and parameters of a found network, checked with fvcore"),
+    ("flops space=NAME [seed=N]", "a space's FLOPs range and a sampled network's FLOPs, checked with fvcore"),
+    ("list [WHAT]", "what there is, with one line each: spaces|strategies|datasets|evaluators|budgets"),
+    ("list settings [options]", "every setting and its value for the chosen components (space=, strategy=, ...)"),
+    ("dashboard [STORAGE] [port=N] [host=H]", "Optuna dashboard over the runs' studies (default runs/xsearch.db)"),
+    ("bench NAME [options] [out=FILE.json]", "a benchmark (below); its rows go to out="),
+)
 
-commands:
-  run [overrides]              search, retrain the found network, report (e.g. space=mbv3 strategy=danas)
-  run resume=RUN_DIR           resume an interrupted run from its last checkpoint
-  train ARCH_JSON [overrides]  retrain a found network from scratch (train.epochs=..., data=...)
-  flops ARCH_JSON              FLOPs (MACs) and parameters of a found network, checked with fvcore
-  flops space=NAME [seed=N]    a space's FLOPs range and a sampled network's FLOPs, checked with fvcore
-  list [spaces|strategies|datasets|evaluators|budgets]
-  dashboard [STORAGE] [--port N] [--host H]   Optuna dashboard over the runs' studies
-  bench search [overrides] [out=FILE.json]    danas vs dnas vs spos vs random, retrained with bench.seeds seeds
-  bench strategies evaluator.table=PATH       random/evolution/tpe/nsga2 regret on the NAS-Bench-Macro table
-  bench ranking [overrides]                   Kendall tau: inherited (danas, spos supernets) vs stand-alone accuracy
-  bench blocks [overrides]                    block families (static/dynamic conv, ReLU/DyReLU, micronet, focalnet)
-  bench throughput out=FILE.json              re-measure the CPU throughput of a bench blocks file's networks here
-  bench supernet [overrides] [out=FILE.json]  supernet training step, naive vs fused (CPU; GPU and Triton kernels on CUDA)
 
-overrides use Hydra's grammar: key=value (seed=1, constraints.flops=5M, search.epochs=6) and
-group=option (space=mbv3|micronet|focalnet|dyhead|nasbench_macro, strategy=danas|dnas|spos|random|evolution|tpe|nsga2,
-data=fashion_mnist|digits|cifar10|cifar100|imagefolder, evaluator=classification|tabular|proxy,
-budget=smoke|demo|full). Defaults: budget=demo, data=fashion_mnist.
-Table search: xsearch run space=nasbench_macro strategy=evolution evaluator=tabular evaluator.table=PATH
-              constraints.flops=40M search.max_trials=100
-"""
+def _first_line(obj: object) -> str:
+    import inspect
+
+    doc = inspect.getdoc(obj) or ""
+    return doc.splitlines()[0].rstrip(".") if doc else ""
+
+
+def usage() -> str:
+    """The help text, with the valid names read from the registries (never listed by hand)."""
+    from .bench import BENCHMARKS
+    from .config import DEFAULT_CHOICES, GROUPS, RunConfig, group_options
+
+    width = max(len(c) for c, _ in COMMAND_LINES) + 2
+    lines = ["usage: xsearch COMMAND [FILE] [options]", "", "commands:"]
+    lines += [f"  {command:<{width}}{text}" for command, text in COMMAND_LINES]
+    lines += ["", "benchmarks (xsearch bench NAME):"]
+    lines += [f"  {name:<12}{_first_line(function)}" for name, function in BENCHMARKS.items()]
+    lines += ["", "options: one grammar for every command (Hydra's): key=value sets a setting (seed=1,",
+              "constraints.flops=5M, search.epochs=6, train.lr=0.1, port=8080) and group=option picks a component:"]
+    lines += [f"  {group}={'|'.join(group_options(group))}" for group in (*GROUPS, "budget")]
+    lines += ["A component's settings live under space.*, search.* (the strategy), data.*, and train.* (an evaluator",
+              "that trains) or evaluator.*; 'xsearch list settings strategy=evolution' shows them with their defaults.",
+              "A budget presets run lengths (search.epochs, train.epochs, ...) on the keys the chosen components have;",
+              "your own key=value wins. Defaults: " + " ".join(f"{g}={o}" for g, o in DEFAULT_CHOICES.items())
+              + f" budget={RunConfig.budget}.",
+              "Table search: xsearch run space=nasbench_macro strategy=evolution evaluator=tabular evaluator.table=PATH",
+              "              constraints.flops=40M search.max_trials=100"]
+    return "\n".join(lines)
 
 
 def _fmt_seconds(s: float) -> str:
-    m, s = divmod(int(round(s)), 60)
+    m, s = divmod(round(s), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
@@ -159,8 +175,7 @@ def _sampled_arch(overrides: list[str]):
     """A space from config overrides and an architecture sampled from it (``seed``), with the space's range."""
     from xsearch.search_spaces import format_flops
 
-    from .config import compose, validate
-    from .config import build_space
+    from .config import build_space, compose, validate
 
     cfg = validate(compose(overrides))
     space = build_space(cfg, None)
@@ -173,29 +188,55 @@ def _sampled_arch(overrides: list[str]):
 
 
 def cmd_list(args: list[str]) -> int:
-    from xsearch.core.data import DATASETS
-    from xsearch.evaluators import list_evaluators
-    from xsearch.search_spaces import list_spaces
-    from xsearch.strategies import list_strategies
+    import yaml
 
-    from .config import group_options
+    from .config import KINDS, compose, group_options, validate
 
-    what = {"spaces": list_spaces, "strategies": list_strategies, "datasets": DATASETS.names,
-            "evaluators": list_evaluators, "budgets": lambda: group_options("budget")}
+    if args and args[0] == "settings":
+        cfg = validate(compose(args[1:]))
+        shown = {k: v for k, v in cfg.items() if k in (*KINDS, "search", "train", "budget", "constraints")}
+        print(yaml.safe_dump(shown, sort_keys=False).rstrip())
+        return 0
+
+    def described(group: str) -> list[tuple[str, str]]:
+        if group == "budget":
+            return [(name, _budget_line(name)) for name in group_options("budget")]
+        return [(name, _first_line(KINDS[group].registry.get(name))) for name in group_options(group)]
+
+    what = {"spaces": "space", "strategies": "strategy", "datasets": "data", "evaluators": "evaluator",
+            "budgets": "budget"}
     if len(args) > 1 or (args and args[0] not in what):
-        raise UserError(f"usage: xsearch list [{'|'.join(what)}]; got {' '.join(args)!r}")
+        raise UserError(f"usage: xsearch list [{'|'.join(what)}] | xsearch list settings [options]; "
+                        f"got {' '.join(args)!r}")
     for key in args or list(what):
-        print(f"{key}: {', '.join(what[key]())}")
+        items = described(what[key])
+        width = max(len(name) for name, _ in items) + 2
+        print(f"{key} ({what[key]}=NAME):")
+        for name, line in items:
+            print(f"  {name:<{width}}{line}")
     return 0
 
 
+def _budget_line(name: str) -> str:
+    """A budget preset's description: the first comment line of its file."""
+    from .config import CONF_DIR
+
+    for line in (CONF_DIR / "budget" / f"{name}.yaml").read_text().splitlines():
+        if line.startswith("#") and "@package" not in line:
+            return line.lstrip("# ").strip()
+    return ""
+
+
 def cmd_dashboard(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="xsearch dashboard")
-    parser.add_argument("storage", nargs="?", default=None, help="Optuna storage URL (default: runs/xsearch.db)")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--host", default="127.0.0.1")
-    ns = parser.parse_args(args)
-    storage = ns.storage
+    from .config import compose
+
+    if any(a.startswith("--") for a in args):
+        raise UserError("xsearch dashboard takes key=value options like every xsearch command: write port=8080 "
+                        "host=127.0.0.1, not --port 8080")
+    if args and ("=" not in args[0] or "://" in args[0]):  # the storage URL or file, as run prints it
+        args = [f"storage={args[0]}", *args[1:]]
+    cfg = compose(args, config="dashboard")
+    storage = cfg.storage
     if storage is None:
         db = Path("runs/xsearch.db")
         if not db.exists():
@@ -208,8 +249,8 @@ def cmd_dashboard(args: list[str]) -> int:
         storage = f"sqlite:///{Path(storage).resolve()}"
     from optuna_dashboard import run_server
 
-    print(f"Optuna dashboard on http://{ns.host}:{ns.port} for {storage} (Ctrl-C to stop)", flush=True)
-    run_server(storage, host=ns.host, port=ns.port)
+    print(f"Optuna dashboard on http://{cfg.host}:{cfg.port} for {storage} (Ctrl-C to stop)", flush=True)
+    run_server(storage, host=cfg.host, port=cfg.port)
     return 0
 
 
@@ -217,7 +258,7 @@ def cmd_bench(args: list[str]) -> int:
     from .bench import BENCHMARKS
 
     if not args or args[0] not in BENCHMARKS:
-        raise UserError(f"usage: xsearch bench NAME [overrides] [out=FILE.json]; available benchmarks: "
+        raise UserError(f"usage: xsearch bench NAME [options] [out=FILE.json]; available benchmarks: "
                         f"{', '.join(BENCHMARKS)}")
     BENCHMARKS[args[0]](args[1:])
     return 0
@@ -230,11 +271,11 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "flops": cmd_flops, "list": cmd_
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"xsearch: error: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}.\n\n{USAGE}",
+        print(f"xsearch: error: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}.\n\n{usage()}",
               file=sys.stderr)
         return 2
     try:

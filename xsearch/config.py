@@ -1,4 +1,18 @@
-"""Configuration: Hydra's compose API over ``xsearch/conf``, with user-facing validation.
+"""Configuration: one typed schema per registered component, composed with Hydra, checked before any work.
+
+Every registered space, strategy, evaluator and dataset loader gets a dataclass derived from its
+constructor signature: the annotations are the types, the defaults the only defaults (nothing is
+repeated in YAML). The dataclasses live in Hydra's ConfigStore, one group per kind, so
+``space=mbv3`` selects the mbv3 schema for ``space.*``, ``strategy=danas`` the danas schema for
+``search.*``, ``data=cifar10`` the loader's for ``data.*`` and ``evaluator=classification`` the
+evaluator's for ``train.*`` (an evaluator that trains, i.e. takes ``epochs``) or ``evaluator.*``
+(one that does not: ``evaluator.proxy``, ``evaluator.table``). OmegaConf checks the types; the
+components' constructors check ranges when the builders below call them, which the pipeline does
+before it loads data or creates a run folder.
+
+Budgets (``conf/budget/*.yaml``) are presets, not schemas: ``budget=smoke`` sets the keys it names
+that the chosen components have (``search.epochs`` means nothing to ``strategy=evolution`` and is
+skipped), and the user's own ``key=value`` overrides win over it.
 
 Every mistake a user can make on the command line ends as a ``UserError`` whose message says what
 was wrong and what is valid.
@@ -6,21 +20,349 @@ was wrong and what is valid.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import inspect
+import math
 import re
+import types
+import typing
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import torch
+import yaml
+from hydra import compose as hydra_compose
+from hydra import initialize
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from .core.data import ImageData, load_dataset
+from xsearch.evaluators import EVALUATORS
+from xsearch.search_spaces import SPACES, get_space
+from xsearch.strategies import STRATEGIES
+
+from .core.data import DATASETS, ImageData, split_for_search, stratified_subset
 from .core.errors import UserError
-from .core.registry import call_with_accepted
+from .core.registry import Registry
 
 CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("space", "strategy", "data", "evaluator", "budget")
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_UNSET = object()
 
 
+# --- the schemas ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One component kind: its config group, registry, and the constructor arguments the run supplies itself."""
+
+    group: str
+    registry: Registry
+    supplied: frozenset[str]  # not user settings: taken from the top-level keys or from the data
+
+    def section(self, name: str) -> str:
+        """Where the settings of component ``name`` live (``search`` for strategies, ``train`` for trainers, ...)."""
+        if self.group == "strategy":
+            return "search"
+        if self.group == "evaluator":  # an evaluator that trains networks keeps today's train.* names
+            return "train" if "epochs" in parameters(self.registry.get(name)) else "evaluator"
+        return self.group
+
+
+# A space is sized for the data; these settings exist for ``xsearch flops space=NAME`` (no data) and
+# default to null, meaning "from the data", or the space's own default when there is no data.
+SIZED_BY_DATA = ("num_classes", "in_chans", "image_size")
+
+KINDS = {
+    "space": Kind("space", SPACES, frozenset()),
+    "strategy": Kind("strategy", STRATEGIES, frozenset({"seed", "device", "show_progress"})),
+    "data": Kind("data", DATASETS, frozenset()),
+    "evaluator": Kind("evaluator", EVALUATORS, frozenset({"device", "show_progress"})),
+}
+GROUPS = tuple(KINDS)  # the config groups: space=NAME, strategy=NAME, data=NAME, evaluator=NAME
+
+
+def parameters(factory: Any) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of ``factory``, following ``**kwargs`` up a class's bases (first default wins)."""
+    functions = ([klass.__init__ for klass in factory.__mro__ if "__init__" in vars(klass)]
+                 if inspect.isclass(factory) else [factory])
+    found: dict[str, inspect.Parameter] = {}
+    for function in functions:
+        hints = typing.get_type_hints(function)
+        params = list(inspect.signature(function).parameters.values())
+        for p in params:
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in found:
+                found[p.name] = p.replace(annotation=hints.get(p.name, Any))
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return found
+
+
+def _config_type(hint: Any) -> Any:
+    """The OmegaConf-supported type for a constructor annotation (``int | None`` -> int | None, Sequence -> List)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        base = _config_type(inner[0]) if len(inner) == 1 else Any
+        return base | None if type(None) in args else base
+    if origin is not None and isinstance(origin, type) and issubclass(origin, typing.Sequence) and origin is not str:
+        return list[_config_type(args[0]) if args else Any]  # type: ignore[misc]
+    return hint if hint in (int, float, str, bool) else Any
+
+
+def _field(param: inspect.Parameter, sized_by_data: bool = False) -> tuple[str, Any, Any]:
+    if sized_by_data:
+        return param.name, int | None, dataclasses.field(default=None)
+    default = param.default
+    if default is inspect.Parameter.empty:
+        spec: Any = dataclasses.field(default=dataclasses.MISSING)
+    elif isinstance(default, (list, tuple)):
+        spec = dataclasses.field(default_factory=lambda value=list(default): list(value))
+    else:
+        spec = dataclasses.field(default=default)
+    return param.name, _config_type(param.annotation), spec
+
+
+@cache
+def schema(group: str, name: str, named: bool = False) -> type:
+    """The dataclass of component ``name``'s settings: its constructor's keyword arguments (``named``: and ``name``)."""
+    kind = KINDS[group]
+    params = [p for p in parameters(kind.registry.get(name)).values() if p.name not in kind.supplied]
+    fields = [("name", str, dataclasses.field(default=name))] if named else []
+    return dataclasses.make_dataclass(
+        f"{group}_{name}", fields + [_field(p, group == "space" and p.name in SIZED_BY_DATA) for p in params])
+
+
+def settings(group: str, name: str) -> dict[str, Any]:
+    """Component ``name``'s settings and their defaults (what ``xsearch list`` shows)."""
+    return OmegaConf.to_container(OmegaConf.structured(schema(group, name)))  # type: ignore[return-value]
+
+
+@dataclasses.dataclass
+class ConstraintsConfig:
+    flops: Any = None  # hard limit on the found network's MACs: 5M, 300K, 1.2G or an integer
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """The ``xsearch bench`` settings (``bench.*``); ``xsearch run`` ignores them."""
+
+    seeds: int = 3  # bench search: retraining seeds per found network
+    strategies: list[str] = dataclasses.field(default_factory=lambda: ["danas", "dnas", "spos", "random"])
+    multi_trial: list[str] = dataclasses.field(default_factory=lambda: ["random", "evolution", "tpe", "nsga2"])
+    budgets: list[str] = dataclasses.field(default_factory=lambda: ["30M", "40M", "50M", "60M"])  # bench strategies
+    table_seeds: int = 10  # bench strategies: search seeds per strategy and budget
+    queries: list[int] = dataclasses.field(default_factory=lambda: [25, 50, 100])  # regret after these many queries
+    ranking_archs: int = 10  # bench ranking: architectures scored both ways
+    ranking_epochs: int = 2  # bench ranking: stand-alone training epochs per architecture
+    ranking_train_samples: int = 10000  # bench ranking: stand-alone training images
+    blocks_spaces: list[str] = dataclasses.field(default_factory=lambda: ["mbv3", "mbv3-dynamic", "micronet",
+                                                                          "focalnet"])
+    blocks_budgets: list[str] = dataclasses.field(default_factory=lambda: ["5M", "10M"])  # every space must fit
+    supernet_batch: int = 128  # bench supernet: images per training step
+    supernet_steps: int = 5  # bench supernet: timed steps (median reported)
+    supernet_warmup: int = 1  # bench supernet: untimed steps first
+
+
+DEFAULT_CHOICES = {"space": "mbv3", "strategy": "danas", "data": "fashion_mnist", "evaluator": "classification"}
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """``xsearch run`` / ``train`` / ``flops`` / ``bench``: the top-level keys; the groups fill the sections."""
+
+    defaults: list[Any] = dataclasses.field(default_factory=lambda: ["_self_", *({g: o} for g, o in
+                                                                                  DEFAULT_CHOICES.items())])
+    space: Any = None
+    strategy: Any = None
+    search: Any = None
+    data: Any = None
+    evaluator: Any = None
+    train: Any = None
+    budget: str = "demo"  # a preset of run lengths: conf/budget/NAME.yaml
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    storage: str | None = None  # any Optuna storage URL; null = sqlite:///<runs_root>/xsearch.db
+    runs_root: str = "runs"
+    run_dir: str | None = None  # null = <runs_root>/<time>-<space>-<strategy>
+    progress: bool = True
+    constraints: ConstraintsConfig = dataclasses.field(default_factory=ConstraintsConfig)
+    out: str | None = None  # xsearch bench: where to write (or, for throughput, read) the JSON rows
+    bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
+
+
+@dataclasses.dataclass
+class DashboardConfig:
+    """``xsearch dashboard``: the Optuna dashboard's storage and address."""
+
+    storage: str | None = None  # Optuna storage URL or SQLite file; null = runs/xsearch.db
+    port: int = 8080
+    host: str = "127.0.0.1"
+
+
+PRIMARY = {"run": RunConfig, "dashboard": DashboardConfig}
+
+
+def _group_node(group: str, name: str) -> dict[str, Any]:
+    """What ``group=name`` puts into the configuration (a package-global node)."""
+    section = KINDS[group].section(name)
+    if section != group:  # strategy -> search.*, a training evaluator -> train.*
+        return {group: {"name": name}, section: OmegaConf.structured(schema(group, name))}
+    return {group: OmegaConf.structured(schema(group, name, named=True)), **({"train": {}} if group == "evaluator" else {})}
+
+
+@cache
+def _register() -> None:
+    store = ConfigStore.instance()
+    for label, primary in PRIMARY.items():
+        store.store(name=label, node=primary)
+    for group, kind in KINDS.items():
+        for name in kind.registry.names():
+            store.store(group=group, name=name, node=_group_node(group, name), package="_global_")
+
+
+# --- composing -----------------------------------------------------------------------------
+def group_options(group: str) -> list[str]:
+    """The valid options of a group: the registry's names (and the budget presets' file names)."""
+    if group == "budget":
+        return sorted(p.stem for p in (CONF_DIR / "budget").glob("*.yaml"))
+    return KINDS[group].registry.names()
+
+
+def load_budget(name: str) -> dict[str, dict[str, Any]]:
+    """Budget preset ``name``: {section: {key: value}}."""
+    return yaml.safe_load((CONF_DIR / "budget" / f"{name}.yaml").read_text()) or {}
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _split(item: str) -> tuple[str, str]:
+    """(key, value) of ``key=value``; Hydra's ``+key``/``++key`` (add a key) read as ``key``: every key has a schema."""
+    if "=" not in item:
+        raise UserError(f"argument {item!r} is not an option; write key=value (e.g. seed=1) or group=option "
+                        f"(e.g. space=mbv3); groups: {', '.join(GROUPS)}")
+    key, value = item.split("=", 1)
+    key = key.removeprefix("++") if key.startswith("++") else key.removeprefix("+")
+    if not _KEY.fullmatch(key):
+        hint = " (xsearch options have no dashes: write port=8080, not --port 8080)" if key.startswith("-") else ""
+        raise UserError(f"{key!r} in {item!r} is not an option name; write key=value with a dotted name such as "
+                        f"search.epochs=6{hint}")
+    return key, value
+
+
+def compose(overrides: list[str], config: str = "run") -> DictConfig:
+    """The typed configuration for ``overrides`` (Hydra grammar: key=value, group=option), or a UserError.
+
+    ``config`` is ``run`` (every command that searches, trains or counts) or ``dashboard``.
+    """
+    _register()
+    keys = [_split(item) for item in overrides]
+    overrides = [f"{key}={value}" for key, value in keys]
+    choices = {g: o for g, o in DEFAULT_CHOICES.items()} if config == "run" else {}
+    for key, value in keys:
+        if config == "run" and key in (*GROUPS, "budget"):
+            if value not in group_options(key):
+                raise UserError(f"unknown {key} {value!r}; valid {key} options: {', '.join(group_options(key))}.")
+            choices[key] = value
+    base = _defaults(config, tuple(sorted(choices.items())))
+    for key, _ in keys:
+        if key not in choices or config != "run":
+            _check_key(base, key, choices)
+    cfg = _hydra(config, overrides, base)
+    if config == "run":
+        _apply_budget(cfg, {key for key, _ in keys})
+    return cfg
+
+
+def compose_defaults(choices: dict[str, str] | None = None) -> DictConfig:
+    """The configuration with only group choices applied (``{"strategy": "evolution"}``): what every key defaults to."""
+    _register()
+    merged = {**DEFAULT_CHOICES, **(choices or {})}
+    return copy.deepcopy(_defaults("run", tuple(sorted(merged.items()))))
+
+
+@lru_cache(maxsize=64)
+def _defaults(config: str, choices: tuple[tuple[str, str], ...]) -> DictConfig:
+    return _hydra(config, [f"{g}={o}" for g, o in choices])
+
+
+def _hydra(config: str, overrides: list[str], base: DictConfig | None = None) -> DictConfig:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize(config_path=None, version_base=None):  # structured configs only: conf/ holds presets
+            return hydra_compose(config, overrides=overrides)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:  # rewritten for the user
+        raise UserError(_explain(exc, overrides, base)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _owner(section: str, choices: dict[str, str]) -> str:
+    """Who owns the settings under ``section``: e.g. "strategy 'evolution'"."""
+    for group, kind in KINDS.items():
+        if group in choices and kind.section(choices[group]) == section:
+            return f"{group} {choices[group]!r}"
+    return ""
+
+
+def _check_key(base: DictConfig, key: str, choices: dict[str, str]) -> None:
+    """Refuse a key the configuration does not have, naming the valid keys where it was looked for."""
+    parent, _, leaf = key.rpartition(".")
+    if parent in GROUPS and leaf == "name":
+        raise UserError(f"choose the {parent} with {parent}=NAME, not {key}=; valid: {', '.join(group_options(parent))}")
+    node = OmegaConf.select(base, parent) if parent else base
+    if isinstance(node, DictConfig) and leaf in node and not isinstance(node[leaf], DictConfig):
+        return
+    if isinstance(node, DictConfig) and leaf in node:
+        valid = sorted(f"{key}.{k}" for k in node[leaf])
+        raise UserError(f"{key!r} is a section, not a setting; set its keys one by one: {', '.join(valid)}")
+    if not isinstance(node, DictConfig):
+        top = [k for k in base if k != "defaults"]
+        raise UserError(f"unknown configuration key {key!r}; valid keys at the top level: {', '.join(top)}; "
+                        f"groups: {', '.join(g for g in (*GROUPS, 'budget') if g in base)}.")
+    valid = ", ".join(sorted(str(k) for k in node if k != "name")) or "(none)"
+    where = f"under '{parent}'" if parent else "at the top level"
+    owner = _owner(parent, choices)
+    if parent == "train" and not len(node) and "evaluator" in choices:
+        own = ", ".join(f"evaluator.{k}" for k in base.evaluator if k != "name") or "none"
+        raise UserError(f"unknown configuration key {key!r}: evaluator {choices['evaluator']!r} trains nothing, so it "
+                        f"has no train.* settings; its settings: {own}. Pick a training evaluator with "
+                        f"evaluator=classification")
+    raise UserError(f"unknown configuration key {key!r}" + (f": {owner} has no such setting" if owner else "")
+                    + f"; valid keys {where}: {valid}. List options with 'xsearch list'.")
+
+
+def _explain(exc: Exception, overrides: list[str], base: DictConfig | None = None) -> str:
+    """One line for a Hydra/OmegaConf error: the option at fault, what went wrong, and the key's default."""
+    cause = exc.__cause__ or exc
+    text = str(cause).strip()
+    first = text.splitlines()[0] if text else type(cause).__name__
+    m = re.search(r"full_key: (\S+)", text)
+    if not m:
+        return f"invalid options {' '.join(overrides)}: {first}"
+    key = re.sub(r"\[\d+\]$", "", m.group(1))
+    given = next((o for o in overrides if o.split("=", 1)[0] == key), key)
+    default = OmegaConf.select(base, key, default=_UNSET) if base is not None else _UNSET
+    if isinstance(default, (DictConfig, ListConfig)):
+        default = OmegaConf.to_container(default)
+    hint = "" if default is _UNSET else f"; {key} defaults to {default!r}"
+    return f"{given} is not valid: {first}{hint}"
+
+
+def _apply_budget(cfg: DictConfig, explicit: set[str]) -> None:
+    """Set the budget preset's keys that the chosen components have and the user did not set."""
+    for section, values in load_budget(cfg.budget).items():
+        node = cfg.get(section)
+        for key, value in (values or {}).items():
+            if isinstance(node, DictConfig) and key in node and f"{section}.{key}" not in explicit:
+                node[key] = value
+
+
+# --- checking ------------------------------------------------------------------------------
 def parse_count(value: Any, what: str = "constraints.flops") -> int | None:
     """'5M' -> 5_000_000, '300K', '1.2G', 1200 -> int; None stays None."""
     if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
@@ -34,88 +376,50 @@ def parse_count(value: Any, what: str = "constraints.flops") -> int | None:
         if not m:
             raise UserError(f"{what}={value!r} is not a number; write e.g. 5M, 300K, 1.2G or 5000000")
         number = float(m.group(1)) * _SUFFIX.get(m.group(2).upper(), 1)
-    if number <= 0:
-        raise UserError(f"{what} must be positive, got {value!r}")
-    return int(round(number))
+    if not math.isfinite(number) or number <= 0 or number >= 2 ** 63:
+        raise UserError(f"{what} must be a positive, finite number of MACs, got {value!r}")
+    return round(number)
 
 
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+# Ranges by setting name: a name means the same thing in every component that has it (``lr`` is a
+# learning rate wherever it appears), so one table serves them all. What only one component knows
+# (danas's class_fractions, evolution's sample_size <= population_size) its constructor checks.
+AT_LEAST = {"epochs": 1, "batch_size": 1, "train_samples": 1, "test_samples": 1, "val_samples": 1, "max_trials": 1,
+            "population_size": 1, "sample_size": 1, "prescreen_factor": 1, "num_layers": 1, "num_blocks": 1,
+            "warmup_epochs": 0, "n_startup_trials": 0, "recalibration_batches": 0, "temperature_epochs": 0,
+            "weight_decay": 0, "arch_weight_decay": 0, "adamw_weight_decay": 0, "flops_weight": 0, "dropout": 0,
+            "label_smoothing": 0, "image_size": 1, "channels": 1}
+ABOVE = {"lr": 0, "arch_lr": 0, "adamw_lr": 0, "width_mult": 0, "backbone_width": 0, "keep_fraction": 0}
+BELOW = {"dropout": 1, "label_smoothing": 1}
+SETTING_SECTIONS = ("space", "search", "data", "train", "evaluator")
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """The resolved configuration for ``overrides`` (Hydra grammar), or a UserError."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"argument {item!r} is not an override; write key=value (e.g. seed=1) or "
-                            f"group=option (e.g. space=mbv3); groups: {', '.join(GROUPS)}")
-        key, value = item.split("=", 1)
-        group = key.lstrip("+~")
-        if group in GROUPS and value not in group_options(group):
-            raise UserError(f"unknown {group} {value!r}; valid {group} options: {', '.join(group_options(group))}.")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = hydra_compose("config", overrides=overrides)
-    except Exception as exc:  # Hydra's own exceptions: rewrite them for the user
-        raise UserError(_explain(exc, overrides)) from None
-    finally:
-        GlobalHydra.instance().clear()
-    return cfg
-
-
-def _explain(exc: Exception, overrides: list[str]) -> str:
-    text = str(exc)
-    m = re.search(r"Key '([^']+)' is not in struct", text) or re.search(r"Could not override '([^']+)'", text)
-    if m:
-        bad = next((o.split("=", 1)[0] for o in overrides if m.group(1) in o.split("=", 1)[0]), m.group(1))
-        parent = bad.rsplit(".", 1)[0] if "." in bad else ""
-        base = compose_defaults([o for o in overrides if o.split("=", 1)[0] in GROUPS])
-        node = OmegaConf.select(base, parent) if parent else base
-        keys = sorted(node.keys()) if isinstance(node, DictConfig) else []
-        where = f"under '{parent}'" if parent else "at the top level"
-        return (f"unknown configuration key {bad!r}; valid keys {where}: {', '.join(map(str, keys))}. "
-                f"Groups: {', '.join(GROUPS)} (e.g. space=mbv3). Check the spelling, or list options with "
-                f"'xsearch list'.")
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return f"invalid overrides {overrides}: {first}"
-
-
-def compose_defaults(group_overrides: list[str] | None = None) -> DictConfig:
-    """The configuration with only group choices applied: what every key defaults to."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = hydra_compose("config", overrides=group_overrides or [])
-    GlobalHydra.instance().clear()
-    return cfg
+def check_ranges(plain: dict[str, Any]) -> None:
+    """Refuse a component setting outside its range (see AT_LEAST, ABOVE, BELOW) or a float that is not finite."""
+    for section in SETTING_SECTIONS:
+        for key, value in (plain.get(section) or {}).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            name = f"{section}.{key}={value!r}"
+            if not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number")
+            if key in AT_LEAST and value < AT_LEAST[key]:
+                raise UserError(f"{name} must be at least {AT_LEAST[key]}")
+            if key in ABOVE and value <= ABOVE[key]:
+                raise UserError(f"{name} must be greater than {ABOVE[key]}")
+            if key in BELOW and value >= BELOW[key]:
+                raise UserError(f"{name} must be below {BELOW[key]}")
 
 
 def validate(cfg: DictConfig) -> dict[str, Any]:
-    """Check the values Hydra cannot type-check; returns the config as a plain dict with parsed numbers."""
-    plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    choices = [f"{g}={plain[g]['name']}" for g in ("space", "strategy", "data", "evaluator")]
-    defaults = OmegaConf.to_container(compose_defaults(choices), resolve=True)
-    for section in ("space", "search", "train", "data"):
-        for key, default in defaults.get(section, {}).items():  # type: ignore[union-attr]
-            value = plain.get(section, {}).get(key)
-            if isinstance(default, float) and not isinstance(value, bool) and value is not None:
-                try:
-                    plain[section][key] = float(value)
-                except (TypeError, ValueError):
-                    raise UserError(f"{section}.{key}={value!r} is not a number (default {default})") from None
-    plain["constraints"]["flops"] = parse_count(plain["constraints"].get("flops"))
+    """The composed configuration as a plain dict, with the checks types cannot express (ranges, FLOPs, device)."""
     try:
-        plain["seed"] = int(plain["seed"])
-    except (TypeError, ValueError):
-        raise UserError(f"seed={plain['seed']!r} is not an integer") from None
+        plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore
+    except OmegaConfBaseException as exc:  # a bad ${...} interpolation or a required value left unset
+        raise UserError(_explain(exc, [])) from None
+    plain.pop("defaults", None)
+    check_ranges(plain)
+    plain["constraints"]["flops"] = parse_count(plain["constraints"].get("flops"))
     if plain["device"] not in ("auto", "cpu", "cuda"):
         raise UserError(f"device={plain['device']!r} is not valid; use auto, cpu or cuda")
     if plain["device"] == "cuda":
@@ -123,69 +427,104 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
 
         if not torch.cuda.is_available():
             raise UserError("device=cuda but no CUDA GPU is visible to torch; use device=cpu or device=auto")
-    minimum = {"warmup_epochs": 0}
-    for section in ("search", "train"):
-        for key in ("epochs", "warmup_epochs", "batch_size", "train_samples", "test_samples", "max_trials"):
-            value = plain.get(section, {}).get(key)
-            if value is not None:
-                plain[section][key] = _whole(value, f"{section}.{key}", minimum.get(key, 1))
     return plain
 
 
-def _whole(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise UserError(f"{name}={value!r} is not a whole number (at least {minimum})")
+# --- building the configured components ----------------------------------------------------
+def _settings_of(cfg: dict[str, Any], group: str) -> tuple[str, dict[str, Any]]:
+    """(name, settings) of the configured component of ``group``, refusing settings it does not take."""
+    name = cfg[group]["name"]
+    kind = KINDS[group]
+    section = kind.section(name)
+    knobs = {k: v for k, v in (cfg.get(section) or {}).items() if not (section == group and k == "name")}
+    valid = {f.name for f in dataclasses.fields(schema(group, name))}
+    unknown = sorted(set(knobs) - valid)
+    if unknown:
+        raise UserError(f"{group} {name!r} has no setting {', '.join(f'{section}.{k}' for k in unknown)}; "
+                        f"valid keys under '{section}': {', '.join(sorted(valid)) or '(none)'}")
+    return name, knobs
+
+
+def _construct(group: str, name: str, knobs: dict[str, Any]) -> Any:
+    """Call component ``name`` of ``group`` with ``knobs``; its own checks (ranges) become UserErrors."""
     try:
-        number = int(value)
-    except ValueError:
-        raise UserError(f"{name}={value!r} is not a whole number (at least {minimum})") from None
-    if number < minimum:
-        raise UserError(f"{name}={value!r} must be at least {minimum}")
-    return number
+        return KINDS[group].registry.get(name)(**knobs)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{group} {name!r}: {exc}") from None
 
 
-# --- building the configured components -------------------------------------------------
 def build_data(cfg: dict[str, Any]) -> ImageData:
-    kwargs = {k: v for k, v in cfg["data"].items() if k != "name"}
-    return load_dataset(cfg["data"]["name"], **kwargs)
+    """The configured dataset, checked against the configured sample counts before any search or training."""
+    name, knobs = _settings_of(cfg, "data")
+    data = _construct("data", name, knobs)
+    check_sample_counts(cfg, data)
+    return data
 
 
 def build_space(cfg: dict[str, Any], data: ImageData | None):
     """The configured space, sized for ``data`` (or at the space's own defaults when there is no data)."""
-    from xsearch.search_spaces import get_space
-
-    kwargs = {k: v for k, v in cfg["space"].items() if k != "name"}
+    name, kwargs = _settings_of(cfg, "space")
+    kwargs = {k: v for k, v in kwargs.items() if not (k in SIZED_BY_DATA and v is None)}
     if data is not None:
         c, h, _ = data.input_shape
-        kwargs = {"num_classes": data.num_classes, "in_chans": c, "image_size": h, **kwargs}
-    return get_space(cfg["space"]["name"], **kwargs)
+        sized = dict(zip(SIZED_BY_DATA, (data.num_classes, c, h)))
+        clash = [f"space.{k}={v} (data: {sized[k]})" for k, v in kwargs.items() if k in sized and v != sized[k]]
+        if clash:
+            raise UserError(f"{', '.join(clash)} does not fit data={data.name}; leave it unset (null): the space "
+                            "is sized for the data")
+        kwargs = {**kwargs, **sized}
+    return get_space(name, **kwargs)
 
 
-def _construct(factory: Any, kind: str, name: str, knobs: dict[str, Any], extra: dict[str, Any]) -> Any:
-    """Call ``factory`` with the knobs it accepts (budgets set knobs shared by several strategies)."""
-    try:
-        return call_with_accepted(factory, {**knobs, **extra})
-    except ValueError as exc:
-        raise UserError(f"{kind} {name!r}: {exc}") from None
+def _run_wide(group: str, name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The top-level settings (seed, device, progress) that component ``name`` takes."""
+    values = {"seed": cfg["seed"], "device": cfg["device"], "show_progress": cfg["progress"]}
+    taken = parameters(KINDS[group].registry.get(name))
+    return {k: v for k, v in values.items() if k in KINDS[group].supplied and k in taken}
 
 
 def build_strategy(cfg: dict[str, Any]):
-    from xsearch.strategies import STRATEGIES
-
-    name = cfg["strategy"]["name"]
-    return _construct(STRATEGIES.get(name), "strategy", name, cfg.get("search", {}),
-                      {"seed": cfg["seed"], "device": cfg["device"], "show_progress": cfg["progress"]})
+    """The configured strategy (``search.*`` settings; seed, device and progress from the top level)."""
+    name, knobs = _settings_of(cfg, "strategy")
+    return _construct("strategy", name, {**knobs, **_run_wide("strategy", name, cfg)})
 
 
 def build_evaluator(cfg: dict[str, Any]):
-    from xsearch.evaluators import EVALUATORS
-
-    name = cfg["evaluator"]["name"]
-    knobs = {**cfg.get("train", {}), **{k: v for k, v in cfg["evaluator"].items() if k != "name"}}
-    return _construct(EVALUATORS.get(name), "evaluator", name, knobs,
-                      {"device": cfg["device"], "show_progress": cfg["progress"]})
+    """The configured evaluator (``train.*`` or ``evaluator.*`` settings; device and progress from the top level)."""
+    name, knobs = _settings_of(cfg, "evaluator")
+    return _construct("evaluator", name, {**knobs, **_run_wide("evaluator", name, cfg)})
 
 
 def needs_data(strategy: Any, evaluator: Any) -> bool:
     """Whether the run must load images: not when a table answers and the strategy only queries it."""
     return bool(strategy.needs_data or evaluator.needs_data)
+
+
+def _smallest(total: int, works: Any) -> int:
+    """The smallest n in [1, total] for which ``works(n)`` holds (monotone), or total + 1 when none does."""
+    low, high = 1, total + 1
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if works(mid) else (mid + 1, high)
+    return low
+
+
+def check_sample_counts(cfg: dict[str, Any], data: ImageData) -> None:
+    """Refuse sample counts too small to give every class of ``data`` a place (found by the samplers themselves)."""
+    targets = data.train.targets
+    classes = len(torch.unique(targets))
+
+    def search_split(n: int) -> bool:  # both search halves hold every class
+        return all(len(torch.unique(targets[part])) == classes for part in split_for_search(targets, n, 0))
+
+    def train_subset(n: int) -> bool:
+        return len(torch.unique(targets[stratified_subset(targets, n, 0)])) == classes
+
+    checks = [("search", "train_samples", search_split, "split into the two search halves (weights, architecture)"),
+              ("train", "train_samples", train_subset, "train on")]
+    for section, key, works, purpose in checks:
+        value = (cfg.get(section) or {}).get(key)
+        if value is not None and value < len(targets) and not works(value):
+            least = _smallest(len(targets), works)
+            raise UserError(f"{section}.{key}={value} is too few to {purpose} with every one of the {classes} "
+                            f"classes of data={data.name}; use at least {least}, or null for all {len(targets)}")

@@ -193,7 +193,7 @@ def _find(root: Path, stem: str) -> Path | None:
 
 
 @DATASETS.register("fashion_mnist")
-def load_fashion_mnist(root: str | None = None, **_: Any) -> ImageData:
+def load_fashion_mnist(root: str | None = None) -> ImageData:
     """Fashion-MNIST from its IDX files (Debian package ``dataset-fashion-mnist`` or torchvision's raw/ folder)."""
     base = Path(root or "/usr/share/datasets/fashion-mnist")
     stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -212,7 +212,7 @@ def load_fashion_mnist(root: str | None = None, **_: Any) -> ImageData:
 
 
 @DATASETS.register("digits")
-def load_digits_data(root: str | None = None, **_: Any) -> ImageData:
+def load_digits_data(root: str | None = None) -> ImageData:
     """scikit-learn's 8x8 digits (1,797 images, shipped with scikit-learn); a fixed stratified 80/20 split."""
     from sklearn.datasets import load_digits
 
@@ -262,20 +262,20 @@ def _cifar(name: str, root: str | None, folder: str, train_files: list[str], tes
 
 
 @DATASETS.register("cifar10")
-def load_cifar10(root: str | None = None, **_: Any) -> ImageData:
+def load_cifar10(root: str | None = None) -> ImageData:
     """CIFAR-10 from the python-pickle release (``cifar-10-batches-py/``)."""
     return _cifar("cifar10", root, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
                   "labels", "batches.meta", "label_names")
 
 
 @DATASETS.register("cifar100")
-def load_cifar100(root: str | None = None, **_: Any) -> ImageData:
+def load_cifar100(root: str | None = None) -> ImageData:
     """CIFAR-100 from the python-pickle release (``cifar-100-python/``), fine labels."""
     return _cifar("cifar100", root, "cifar-100-python", ["train"], "test", "fine_labels", "meta", "fine_label_names")
 
 
 @DATASETS.register("imagefolder")
-def load_imagefolder(root: str | None = None, image_size: int = 64, **_: Any) -> ImageData:
+def load_imagefolder(root: str | None = None, image_size: int = 64) -> ImageData:
     """An ImageNet-style folder: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``."""
     if not root or not (Path(root) / "train").is_dir() or not (Path(root) / "val").is_dir():
         raise UserError(f"data=imagefolder needs data.root=DIR with DIR/train/<class>/ and DIR/val/<class>/ image "
