@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from xsearch.core.errors import UserError
+
+from .blocks.mbv3 import conv_out_size
 
 Arch = dict[str, str]
 SKIP = "skip"
@@ -22,6 +26,20 @@ class Choice:
 
     label: str
     options: tuple[str, ...]
+
+
+class PlannedLayer(NamedTuple):
+    """Where one searchable layer of a chain sits: widths, stride and input size (square)."""
+
+    in_channels: int
+    out_channels: int
+    stride: int
+    size: int
+
+    @property
+    def keeps_shape(self) -> bool:
+        """Stride 1 and equal widths: the layer may be skipped (depth search) or be residual."""
+        return self.stride == 1 and self.in_channels == self.out_channels
 
 
 class ChainNetwork(nn.Module):
@@ -64,11 +82,6 @@ class SearchSpace(ABC):
         self.fixed_params = 0
 
     # --- what a subclass provides -------------------------------------------------------
-    @property
-    @abstractmethod
-    def space_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments that rebuild this space with ``get_space(name, **kwargs)``."""
-
     @abstractmethod
     def build_stem(self) -> nn.Module: ...
 
@@ -93,12 +106,39 @@ class SearchSpace(ABC):
 
     # --- provided -----------------------------------------------------------------------
     @property
+    def space_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this space with ``get_space(name, **kwargs)`` (JSON-ready).
+
+        Read from the constructor's signature: a subclass stores every argument under its own name
+        (sequences come back as lists).
+        """
+        names = [p.name for p in inspect.signature(type(self)).parameters.values()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        values = {name: getattr(self, name) for name in names}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.in_chans, self.image_size, self.image_size)
 
     @property
     def labels(self) -> list[str]:
         return [c.label for c in self.choices]
+
+    def _plan_layers(self, channels: int, size: int, stages: Iterable[tuple[int, int, int]]) -> None:
+        """Fill ``plan`` (one ``PlannedLayer`` per searchable layer), ``final_channels`` and ``final_size``.
+
+        ``stages``: ``(width, stride, depth)`` each, only a stage's first layer striding; ``channels``
+        and ``size`` are the stem's output. Sizes follow a 3x3 conv with padding 1, which every
+        candidate of the chain spaces matches.
+        """
+        self.plan: list[PlannedLayer] = []
+        for width, stride, depth in stages:
+            for j in range(depth):
+                s = stride if j == 0 else 1
+                self.plan.append(PlannedLayer(channels, width, s, size))
+                channels, size = width, conv_out_size(size, 3, s)
+        self.final_channels, self.final_size = channels, size
 
     def _build_tables(self) -> None:
         self.fixed_flops = self.fixed_macs()

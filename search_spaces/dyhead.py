@@ -17,7 +17,6 @@ choice: every block of a DyHead shares one width.
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Any
 
 import torch
 from torch import nn
@@ -111,11 +110,6 @@ class DyHeadSpace(SearchSpace):
         for i in range(num_blocks):
             self.choices.append(Choice(f"block{i + 1}", options + ((SKIP,) if i > 0 else ())))
         self._build_tables()
-
-    @property
-    def space_kwargs(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "in_chans": self.in_chans, "image_size": self.image_size,
-                "channels": self.channels, "num_blocks": self.num_blocks, "backbone_width": self.backbone_width}
 
     def build_stem(self) -> PyramidBackbone:
         return PyramidBackbone(self.in_chans, self.channels, self.backbone_width)

@@ -13,13 +13,13 @@ average pool, linear classifier.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import nn
 
 from ._base import SKIP, Choice, SearchSpace
 from ._registry import SPACES
 from .blocks.focal import FocalNetBlock, LayerNorm2d
+from .blocks.head import ClassifierHead
 from .blocks.mbv3 import conv_out_size
 
 LEVELS, WINDOWS, MLP_RATIOS = (1, 2, 3), (3, 5), (2, 4)
@@ -61,17 +61,6 @@ class DownsampleBlock(nn.Module):
         return self.embed.macs(height, width) + self.block.macs(h, w)
 
 
-class _Head(nn.Module):
-    def __init__(self, channels: int, num_classes: int, dropout: float) -> None:
-        super().__init__()
-        self.norm = LayerNorm2d(channels)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(channels, num_classes)
-
-    def forward(self, x):
-        return self.classifier(self.dropout(self.norm(x).mean((2, 3))))
-
-
 @SPACES.register("focalnet")
 class FocalNetSpace(SearchSpace):
     """Hierarchical FocalNet with searchable focal level, focal window, MLP ratio and depth per stage."""
@@ -89,43 +78,27 @@ class FocalNetSpace(SearchSpace):
             raise ValueError(f"width_mult must be positive, got {width_mult}")
         self.width_mult, self.depths, self.dropout, self.layer_scale = width_mult, depths, dropout, layer_scale
         self.widths = tuple(max(8, round(w * width_mult / 8) * 8) for w in (24, 48, 96))
-        # layer plan: (in_channels, out_channels, downsample, input size)
-        self.plan: list[tuple[int, int, bool, int]] = []
-        size = conv_out_size(image_size, 3, 2)
-        channels = self.widths[0]
-        for stage, (width, depth) in enumerate(zip(self.widths, depths)):
-            for j in range(depth):
-                down = stage > 0 and j == 0
-                self.plan.append((channels, width, down, size))
-                if down:
-                    size = conv_out_size(size, 3, 2)
-                channels = width
-        self.final_channels, self.final_size = channels, size
+        # each later stage opens with a stride-2 patch embedding inside its first layer
+        self._plan_layers(self.widths[0], conv_out_size(image_size, 3, 2), zip(self.widths, (1, 2, 2), depths))
         options = tuple(option_name(lv, w, m) for lv in LEVELS for w in WINDOWS for m in MLP_RATIOS)
         first_of_stage = {sum(depths[:s]) for s in range(3)}
         for i in range(len(self.plan)):
             self.choices.append(Choice(f"layer{i + 1}", options + (() if i in first_of_stage else (SKIP,))))
         self._build_tables()
 
-    @property
-    def space_kwargs(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "in_chans": self.in_chans, "image_size": self.image_size,
-                "width_mult": self.width_mult, "depths": list(self.depths), "dropout": self.dropout,
-                "layer_scale": self.layer_scale}
-
     def build_stem(self) -> nn.Module:
         return PatchEmbed(self.in_chans, self.widths[0])
 
     def build_head(self) -> nn.Module:
-        return _Head(self.final_channels, self.num_classes, self.dropout)
+        return ClassifierHead(self.final_channels, self.num_classes, dropout=self.dropout)
 
     def build_candidate(self, index: int, option: str) -> nn.Module:
         if option == SKIP:
             return nn.Identity()
-        cin, cout, down, _ = self.plan[index]
+        cin, cout, stride, _ = self.plan[index]
         level, window, mlp = parse_option(option)
         block = FocalNetBlock(cout, level, window, float(mlp), layer_scale=self.layer_scale)
-        return DownsampleBlock(PatchEmbed(cin, cout), block) if down else block
+        return DownsampleBlock(PatchEmbed(cin, cout), block) if stride == 2 else block
 
     def fixed_macs(self) -> int:
         return self.build_stem().macs(self.image_size, self.image_size) + self.final_channels * self.num_classes

@@ -13,30 +13,14 @@ as in MobileNetV3.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from ._base import SKIP, Arch, Choice, SearchSpace
 from ._registry import SPACES
-from .blocks import ConvBNAct, DepthwiseSeparable, InvertedResidual, conv_out_size, make_divisible
+from .blocks import ClassifierHead, ConvBNAct, DepthwiseSeparable, InvertedResidual, conv_out_size, make_divisible
 
 STAGE_WIDTHS = (24, 40, 80, 112)
 STAGE_STRIDES = (2, 2, 2, 1)
-
-
-class _Head(nn.Module):
-    def __init__(self, in_channels: int, last_channels: int, hidden: int, num_classes: int, dropout: float):
-        super().__init__()
-        self.conv = ConvBNAct(in_channels, last_channels, 1)
-        self.fc = nn.Linear(last_channels, hidden)
-        self.act = nn.Hardswish(inplace=True)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden, num_classes)
-
-    def forward(self, x):
-        x = self.conv(x).mean((2, 3))
-        return self.classifier(self.dropout(self.act(self.fc(x))))
 
 
 VARIANTS = ("", "se", "dc", "dr")  # plain, squeeze-excite, dynamic convolution, DyReLU
@@ -88,29 +72,15 @@ class MobileNetV3Space(SearchSpace):
         self.stem_stride = 1 if image_size <= 32 else 2
         self.last_channels = make_divisible(384 * width_mult)
         self.head_hidden = 512
-        # layer plan: (in_channels, out_channels, stride, input size)
-        self.plan: list[tuple[int, int, int, int]] = []
-        channels = self.stem_channels
-        size = conv_out_size(image_size, 3, self.stem_stride)
-        for width, stride, depth in zip(STAGE_WIDTHS, STAGE_STRIDES, split_layers(num_layers, len(STAGE_WIDTHS))):
-            out = make_divisible(width * width_mult)
-            for j in range(depth):
-                s = stride if j == 0 else 1
-                self.plan.append((channels, out, s, size))
-                channels, size = out, conv_out_size(size, 3, s)
-        self.final_channels, self.final_size = channels, size
+        widths = [make_divisible(w * width_mult) for w in STAGE_WIDTHS]
+        depths = split_layers(num_layers, len(STAGE_WIDTHS))
+        self._plan_layers(self.stem_channels, conv_out_size(image_size, 3, self.stem_stride),
+                          zip(widths, STAGE_STRIDES, depths))
         variants = VARIANTS if self.dynamic else VARIANTS[:2]
         ir_options = tuple(option_name(k, e, v) for k in (3, 5, 7) for e in (3, 6) for v in variants)
-        for i, (cin, cout, stride, _) in enumerate(self.plan):
-            options = ir_options + ((SKIP,) if stride == 1 and cin == cout else ())
-            self.choices.append(Choice(f"layer{i + 1}", options))
+        for i, layer in enumerate(self.plan):
+            self.choices.append(Choice(f"layer{i + 1}", ir_options + ((SKIP,) if layer.keeps_shape else ())))
         self._build_tables()
-
-    @property
-    def space_kwargs(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "in_chans": self.in_chans, "image_size": self.image_size,
-                "width_mult": self.width_mult, "num_layers": self.num_layers, "dropout": self.dropout,
-                "dynamic": self.dynamic, "act": self.act}
 
     def build_stem(self) -> nn.Module:
         return nn.Sequential(
@@ -119,7 +89,8 @@ class MobileNetV3Space(SearchSpace):
         )
 
     def build_head(self) -> nn.Module:
-        return _Head(self.final_channels, self.last_channels, self.head_hidden, self.num_classes, self.dropout)
+        return ClassifierHead(self.final_channels, self.num_classes, self.last_channels, act="hswish",
+                              hidden=self.head_hidden, dropout=self.dropout)
 
     def build_candidate(self, index: int, option: str) -> nn.Module:
         if option == SKIP:

@@ -13,12 +13,12 @@ its shape. Head: 1x1 conv to 384 channels, global pool, dropout, linear classifi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import nn
 
 from ._base import SKIP, Choice, SearchSpace
 from ._registry import SPACES
+from .blocks.head import ClassifierHead
 from .blocks.mbv3 import ConvBNAct, conv_out_size, make_divisible
 from .blocks.micronet import MicroBlockA, MicroBlockB, MicroBlockC
 
@@ -47,17 +47,6 @@ def micro_block(cin: int, cout: int, stride: int, option: str) -> nn.Module:
     return MicroBlockC(cin, cout, k, stride, expansion=e, use_dsm=dsm)
 
 
-class _Head(nn.Module):
-    def __init__(self, in_channels: int, last_channels: int, num_classes: int, dropout: float) -> None:
-        super().__init__()
-        self.conv = ConvBNAct(in_channels, last_channels, 1, act="relu")
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(last_channels, num_classes)
-
-    def forward(self, x):
-        return self.classifier(self.dropout(self.conv(x).mean((2, 3))))
-
-
 @SPACES.register("micronet")
 class MicroNetSpace(SearchSpace):
     """Micro-Blocks A/B/C with searchable type, kernel, expansion, Dynamic Shift-Max and depth."""
@@ -76,32 +65,21 @@ class MicroNetSpace(SearchSpace):
         self.stem_channels = make_divisible(24 * width_mult, 8)
         self.stem_stride = 2 if image_size > 16 else 1
         self.last_channels = make_divisible(384 * width_mult, 8)
-        # layer plan: (in_channels, out_channels, stride, input size)
-        self.plan: list[tuple[int, int, int, int]] = []
-        channels, size = self.stem_channels, conv_out_size(image_size, 3, self.stem_stride)
-        for width, stride, depth in zip(STAGE_WIDTHS, STAGE_STRIDES, depths):
-            out = make_divisible(width * width_mult, 8)
-            for j in range(depth):
-                s = stride if j == 0 else 1
-                self.plan.append((channels, out, s, size))
-                channels, size = out, conv_out_size(size, 3, s)
-        self.final_channels, self.final_size = channels, size
+        widths = [make_divisible(w * width_mult, 8) for w in STAGE_WIDTHS]
+        self._plan_layers(self.stem_channels, conv_out_size(image_size, 3, self.stem_stride),
+                          zip(widths, STAGE_STRIDES, depths))
         options = tuple(option_name(b, k, e, d) for b in BLOCK_TYPES for k in KERNELS for e in EXPANSIONS
                         for d in (False, True))
-        for i, (cin, cout, stride, _) in enumerate(self.plan):
-            self.choices.append(Choice(f"layer{i + 1}", options + ((SKIP,) if stride == 1 and cin == cout else ())))
+        for i, layer in enumerate(self.plan):
+            self.choices.append(Choice(f"layer{i + 1}", options + ((SKIP,) if layer.keeps_shape else ())))
         self._build_tables()
-
-    @property
-    def space_kwargs(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "in_chans": self.in_chans, "image_size": self.image_size,
-                "width_mult": self.width_mult, "depths": list(self.depths), "dropout": self.dropout}
 
     def build_stem(self) -> nn.Module:
         return ConvBNAct(self.in_chans, self.stem_channels, 3, self.stem_stride, act="relu")
 
     def build_head(self) -> nn.Module:
-        return _Head(self.final_channels, self.last_channels, self.num_classes, self.dropout)
+        return ClassifierHead(self.final_channels, self.num_classes, self.last_channels, act="relu",
+                              dropout=self.dropout)
 
     def build_candidate(self, index: int, option: str) -> nn.Module:
         if option == SKIP:

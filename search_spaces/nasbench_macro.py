@@ -31,34 +31,19 @@ table's ``flops``: 7,713,280 for ``00000000`` up to 105,660,928 for ``22222222``
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch import nn
 
 from xsearch.core.errors import UserError
 
 from ._base import Arch, Choice, SearchSpace
 from ._registry import SPACES
-from .blocks import ConvBNAct, InvertedResidual, conv_out_size
+from .blocks import ClassifierHead, ConvBNAct, InvertedResidual, conv_out_size
 
 OPTIONS = ("identity", "k3_e3", "k5_e6")
 STEM_CHANNELS = 32
 STAGE_WIDTHS = (64, 128, 256)
 STAGE_DEPTHS = (2, 3, 3)
 LAST_CHANNELS = 1280
-
-
-class _Head(nn.Module):
-    """1x1 conv + BN + ReLU, global average pool, linear classifier."""
-
-    def __init__(self, in_channels: int, last_channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.conv = ConvBNAct(in_channels, last_channels, 1, act="relu")
-        self.classifier = nn.Linear(last_channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.conv(x).mean((2, 3)))
 
 
 @SPACES.register("nasbench_macro")
@@ -69,27 +54,15 @@ class NASBenchMacroSpace(SearchSpace):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, image_size: int = 32) -> None:
         super().__init__(num_classes, in_chans, image_size)
-        # layer plan: (in_channels, out_channels, stride, input size)
-        self.plan: list[tuple[int, int, int, int]] = []
-        channels, size = STEM_CHANNELS, conv_out_size(image_size, 3, 1)
-        for width, depth in zip(STAGE_WIDTHS, STAGE_DEPTHS):
-            for j in range(depth):
-                stride = 2 if j == 0 else 1
-                self.plan.append((channels, width, stride, size))
-                channels, size = width, conv_out_size(size, 3, stride)
-        self.final_channels, self.final_size = channels, size
+        self._plan_layers(STEM_CHANNELS, conv_out_size(image_size, 3, 1), zip(STAGE_WIDTHS, (2, 2, 2), STAGE_DEPTHS))
         self.choices = [Choice(f"layer{i + 1}", OPTIONS) for i in range(len(self.plan))]
         self._build_tables()
-
-    @property
-    def space_kwargs(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "in_chans": self.in_chans, "image_size": self.image_size}
 
     def build_stem(self) -> nn.Module:
         return ConvBNAct(self.in_chans, STEM_CHANNELS, 3, 1, act="relu")
 
     def build_head(self) -> nn.Module:
-        return _Head(self.final_channels, LAST_CHANNELS, self.num_classes)
+        return ClassifierHead(self.final_channels, self.num_classes, LAST_CHANNELS, act="relu")
 
     def build_candidate(self, index: int, option: str) -> nn.Module:
         cin, cout, stride, _ = self.plan[index]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ._execution import naive_mixed_forward
+from ._execution import Execution, PlainExecution
 
 PATH_MODES = ("weighted", "gated", "single", "fixed")
 
@@ -21,6 +21,8 @@ class MixedLayer(nn.Module):
       just those two, so the logits learn from two paths at the cost of two (ProxylessNAS);
     - ``single``: one alive candidate uniformly at random, unweighted (SPOS);
     - ``fixed``: the candidate chosen by ``fixed_index``.
+
+    The candidates run through ``execution`` (the supernet's policy; ``PlainExecution`` alone).
     """
 
     def __init__(self, label: str, options: Sequence[str], candidates: Sequence[nn.Module]) -> None:
@@ -32,7 +34,7 @@ class MixedLayer(nn.Module):
         self.register_buffer("alive", torch.ones(len(options), dtype=torch.bool))
         self.mode = "weighted"
         self.fixed_index = 0
-        self.executor = naive_mixed_forward
+        self.execution: Execution = PlainExecution()
 
     def alive_indices(self) -> list[int]:
         return [i for i, a in enumerate(self.alive.tolist()) if a]
@@ -46,19 +48,19 @@ class MixedLayer(nn.Module):
         alive = self.alive_indices()
         if self.mode == "weighted":
             if len(alive) == 1:
-                return self.executor(self, x, None, alive)
-            return self.executor(self, x, self.probabilities(), alive)
+                return self.execution.run(self, x, None, alive)
+            return self.execution.run(self, x, self.probabilities(), alive)
         if self.mode == "gated":
             if len(alive) == 1:
-                return self.executor(self, x, None, alive)
+                return self.execution.run(self, x, None, alive)
             picked = torch.multinomial(self.probabilities().detach(), 2, replacement=False).tolist()
             weights = torch.zeros_like(self.alpha)
             index = torch.tensor(picked, device=weights.device)
             weights = weights.index_put((index,), torch.softmax(self.alpha[index], 0))
-            return self.executor(self, x, weights, sorted(picked))
+            return self.execution.run(self, x, weights, sorted(picked))
         if self.mode == "single":
             pick = alive[int(torch.randint(len(alive), ()))]
-            return self.executor(self, x, None, [pick])
+            return self.execution.run(self, x, None, [pick])
         if self.mode == "fixed":
-            return self.executor(self, x, None, [self.fixed_index])
+            return self.execution.run(self, x, None, [self.fixed_index])
         raise ValueError(f"unknown path mode {self.mode!r}; valid: {PATH_MODES}")

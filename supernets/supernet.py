@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from xsearch.search_spaces.blocks import DynamicConv2d, DynamicShiftMax
-
-from ._execution import Executor, naive_mixed_forward
-from .fused import dynamic_conv_kernel, fused_mixed_forward, shift_max_kernel
+from ._execution import Execution, PlainExecution
+from .fused import FusedExecution
 from .mixed import PATH_MODES, MixedLayer
 
 if TYPE_CHECKING:
@@ -24,14 +23,16 @@ class Supernet(nn.Module):
     else, so a strategy can update them on different data. ``extract(arch)`` returns the standalone
     network of ``space.build(arch)`` carrying the supernet's weights.
 
-    Execution: ``fused=True`` (the default) runs each mixed layer's active candidates through
-    ``fused_mixed_forward`` (horizontally fused, same weights, same results up to float rounding);
-    ``fused=False`` through ``naive_mixed_forward`` (one candidate at a time). The switch can be
-    flipped at any time (``supernet.fused = False``); an explicit ``executor`` overrides it.
+    Execution is an object the supernet owns (``execution``, see ``supernets._execution``):
+    ``fused=True`` (the default) gives ``FusedExecution()`` (candidates horizontally fused, dynamic
+    operators through ``supernets.kernels``; same weights, same results up to float rounding),
+    ``fused=False`` gives ``PlainExecution()`` (one candidate at a time, the blocks' own forward).
+    An explicit ``execution`` overrides ``fused``; ``set_execution`` or ``supernet.fused = ...``
+    switch at any time.
     """
 
-    def __init__(self, space: "SearchSpace", mode: str = "weighted", executor: Executor | None = None,
-                 fused: bool = True) -> None:
+    def __init__(self, space: SearchSpace, mode: str = "weighted", fused: bool = True,
+                 execution: Execution | None = None) -> None:
         super().__init__()
         self.space = space
         self.stem = space.build_stem()
@@ -44,8 +45,8 @@ class Supernet(nn.Module):
         for layer in self.layers:
             table = space.flops_table[layer.label]
             layer.register_buffer("flops", torch.tensor([float(table[o]) for o in layer.options]))
-        self.set_executor(executor if executor is not None else
-                          (fused_mixed_forward if fused else naive_mixed_forward))
+        self.set_execution(execution if execution is not None else
+                           (FusedExecution() if fused else PlainExecution()))
         self.set_mode(mode)
 
     # --- execution --------------------------------------------------------------------
@@ -63,39 +64,28 @@ class Supernet(nn.Module):
             layer.mode = mode
         self.mode = mode
 
-    def set_executor(self, executor: Executor) -> None:
-        """The seam: the function every mixed layer runs its candidates through.
-
-        With ``fused_mixed_forward`` the fused operator kernels are installed too (see ``fused``).
-        """
+    def set_execution(self, execution: Execution) -> None:
+        """Run every mixed layer through ``execution`` and let it swap the operators it runs."""
+        self.execution = execution
         for layer in self.layers:
-            layer.executor = executor
-        self.executor = executor
-        fused = executor is fused_mixed_forward
-        for module in self.modules():
-            if isinstance(module, DynamicConv2d):
-                module.kernel = dynamic_conv_kernel if fused else None
-            elif isinstance(module, DynamicShiftMax):
-                module.kernel = shift_max_kernel if fused else None
+            layer.execution = execution
+        execution.install(self)
 
     @property
     def fused(self) -> bool:
-        """True (the default) for fused execution; assign ``False`` for the plain per-candidate one.
+        """True (the default) under a fused execution policy; assign ``False`` for ``PlainExecution()``.
 
-        Fused: mixed layers run through ``fused_mixed_forward``, and every ``DynamicConv2d`` and
-        ``DynamicShiftMax`` gets ``kernels.dynamic_conv`` / ``kernels.shift_max`` as its ``kernel``
-        (with ``fused.KERNEL_BACKEND = "auto"``: Triton on CUDA when Triton imports, the blocks' own
-        PyTorch arithmetic elsewhere). Plain:
-        ``naive_mixed_forward`` and the blocks' own forward. Same weights, same results up to float
-        rounding, so the two can be compared on one supernet.
+        Assigning ``True`` to a plain supernet installs ``FusedExecution()`` (a fused policy
+        already installed is kept, with its settings).
         """
-        return self.executor is fused_mixed_forward
+        return self.execution.fused
 
     @fused.setter
     def fused(self, value: bool) -> None:
-        self.set_executor(fused_mixed_forward if value else naive_mixed_forward)
+        if bool(value) != self.fused:
+            self.set_execution(FusedExecution() if value else PlainExecution())
 
-    def set_arch(self, arch: "Arch") -> None:
+    def set_arch(self, arch: Arch) -> None:
         """Run only the candidates of ``arch`` (path mode ``fixed``)."""
         arch = self.space.validate(arch)
         for layer in self.layers:
@@ -144,12 +134,13 @@ class Supernet(nn.Module):
         return int(sum(int(layer.alive.sum()) for layer in self.layers))
 
     # --- extraction -------------------------------------------------------------------
-    def extract(self, arch: "Arch") -> "ChainNetwork":
-        """The standalone network for ``arch`` with the supernet's weights (a copy)."""
-        net = self.space.build(arch)
+    def extract(self, arch: Arch) -> ChainNetwork:
+        """The standalone network for ``arch`` with the supernet's weights (a copy, on its device and in its dtype)."""
+        reference = next(self.parameters())
+        net = self.space.build(arch).to(device=reference.device, dtype=reference.dtype)
         arch = self.space.validate(arch)
         net.stem.load_state_dict(self.stem.state_dict())
         net.head.load_state_dict(self.head.state_dict())
         for target, layer in zip(net.layers, self.layers):
             target.load_state_dict(layer.candidates[layer.options.index(arch[layer.label])].state_dict())
-        return net.to(next(self.parameters()).device)
+        return net

@@ -1,4 +1,5 @@
-"""The block-zoo spaces: every option builds, counts FLOPs like fvcore, trains, and searches end to end."""
+"""The block-zoo spaces' own promises (dynamic candidates, detection task, searchable depth, annealing,
+optimizer) and end-to-end searches; the contract every space keeps is in test_space_contracts.py."""
 
 from __future__ import annotations
 
@@ -9,50 +10,8 @@ import torch
 
 from xsearch.cli import main
 from xsearch.core.errors import UserError
-from xsearch.core.flops import fvcore_macs
 from xsearch.search_spaces import SKIP, get_space
 from xsearch.search_spaces.blocks import DynamicConv2d, DyReLU
-
-SPACES = [
-    ("mbv3", dict(dynamic=True)),
-    ("mbv3", dict(dynamic=True, act="relu", in_chans=3, image_size=32, num_classes=7)),
-    ("micronet", dict()),
-    ("micronet", dict(in_chans=3, image_size=32, num_classes=7)),
-    ("focalnet", dict()),
-    ("focalnet", dict(width_mult=0.5, depths=[1, 2, 2], image_size=8)),
-    ("dyhead", dict(image_size=64, channels=16, num_blocks=3)),
-]
-
-
-def covering_archs(space, extra: int = 3) -> list[dict[str, str]]:
-    """Architectures that use every option of every layer at least once, plus random ones."""
-    widest = max(len(c.options) for c in space.choices)
-    archs = [{c.label: c.options[i % len(c.options)] for c in space.choices} for i in range(widest)]
-    return archs + [space.sample(seed=s) for s in range(extra)]
-
-
-@pytest.mark.parametrize("name,kwargs", SPACES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SPACES)])
-def test_flops_and_params_tables_equal_fvcore_and_the_module(name, kwargs):
-    space = get_space(name, **kwargs)
-    for arch in covering_archs(space):
-        net = space.build(arch)
-        assert space.flops(arch) == fvcore_macs(net, space.input_shape), arch
-        assert space.params(arch) == sum(p.numel() for p in net.parameters()), arch
-
-
-@pytest.mark.parametrize("name,kwargs", SPACES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SPACES)])
-def test_every_space_trains_forward_and_backward(name, kwargs):
-    space = get_space(name, **kwargs)
-    net = space.build(space.sample(seed=0)).train()
-    out = net(torch.randn(2, *space.input_shape))
-    if space.task == "detection":
-        assert len(out) == 3 and all(cls.shape[1] == space.num_classes and box.shape[1] == 4 for cls, box in out)
-        loss = sum(cls.sum() + box.sum() for cls, box in out)
-    else:
-        assert out.shape == (2, space.num_classes)
-        loss = out.sum()
-    loss.backward()
-    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
 
 def test_mbv3_dynamic_switch_adds_dynamic_conv_and_dyrelu_candidates():
@@ -107,31 +66,6 @@ def test_danas_searches_the_new_spaces_end_to_end(space, tmp_path):
     rebuilt = get_space(space, **record["space_kwargs"])
     assert rebuilt.flops(record["arch"]) == record["flops"]
     assert 0.0 <= record["metrics"]["test_accuracy"] <= 1.0
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name,kwargs", SPACES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SPACES)])
-def test_every_space_runs_on_cuda_like_on_the_cpu(name, kwargs, dtype, monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # compare full float32, not TF32
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    space = get_space(name, **kwargs)
-    torch.manual_seed(0)
-    for arch in covering_archs(space, extra=0)[:4]:
-        net = space.build(arch).to(dtype).eval()
-        x = torch.randn(2, *space.input_shape, dtype=dtype)
-        expected = net(x)
-        got = net.cuda()(x.cuda())
-        if space.task == "detection":
-            expected, got = [t for pair in expected for t in pair], [t.cpu() for pair in got for t in pair]
-        else:
-            expected, got = [expected], [got.cpu()]
-        tol = 1e-4 if dtype == torch.float32 else 1e-10
-        for e, g in zip(expected, got):
-            torch.testing.assert_close(g, e, rtol=tol, atol=tol)
-        net.train()
-        out = net(x.cuda())
-        (sum(a.sum() + b.sum() for a, b in out) if space.task == "detection" else out.sum()).backward()
 
 
 def test_optimizer_auto_follows_the_space_and_bad_names_are_refused():

@@ -8,22 +8,24 @@ import pytest
 import torch
 
 from xsearch.core.data import channels_last_tensor
-from xsearch.search_spaces import get_space
-from xsearch.supernets import Supernet, fused_batch_norm, fused_mixed_forward, naive_mixed_forward
-from xsearch.supernets import fused as fused_module
 from xsearch.core.training import channels_last as to_channels_last
+from xsearch.search_spaces import get_space
+from xsearch.search_spaces.blocks import DynamicConv2d, DynamicShiftMax
+from xsearch.supernets import FusedExecution, PlainExecution, Supernet, fused_batch_norm
+from xsearch.supernets import fused as fused_module
 
 TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
 
 
-@pytest.fixture(scope="module", params=["by_kernel", "padded"])
-def space(request):
+@pytest.fixture(scope="module")
+def space():
+    return get_space("mbv3", num_classes=10, in_chans=1, image_size=16, num_layers=5, width_mult=0.5)
+
+
+@pytest.fixture(params=["by_kernel", "padded"])
+def layout(request) -> dict[str, bool]:
     """Both fusion layouts on the CPU: per kernel size (the CPU default) and one padded pass."""
-    saved = dict(fused_module.GROUP_BY_KERNEL)
-    fused_module.GROUP_BY_KERNEL["cpu"] = request.param == "by_kernel"
-    yield get_space("mbv3", num_classes=10, in_chans=1, image_size=16, num_layers=5, width_mult=0.5)
-    fused_module.GROUP_BY_KERNEL.clear()
-    fused_module.GROUP_BY_KERNEL.update(saved)
+    return {"cpu": request.param == "by_kernel"}
 
 
 def _randomise(net: Supernet, seed: int) -> None:
@@ -64,12 +66,12 @@ def _step(net: Supernet, x: torch.Tensor, target: torch.Tensor, seed: int):
 
 
 def _compare(space, mode: str, seed: int, dtype=torch.float32, train: bool = True,
-             channels_last: bool = False, size: int = 16) -> None:
+             channels_last: bool = False, size: int = 16, execution: FusedExecution | None = None) -> None:
     torch.manual_seed(seed)
     naive = Supernet(space, mode=mode, fused=False)
     _randomise(naive, seed)
     fused = copy.deepcopy(naive)
-    fused.fused = True
+    fused.set_execution(execution or FusedExecution())
     naive, fused = naive.to(dtype), fused.to(dtype)
     assert not naive.fused and fused.fused
     for net in (naive, fused):
@@ -99,46 +101,47 @@ def _compare(space, mode: str, seed: int, dtype=torch.float32, train: bool = Tru
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fused_equals_naive_weighted(space, seed):
-    _compare(space, "weighted", seed)
+def test_fused_equals_naive_weighted(space, layout, seed):
+    _compare(space, "weighted", seed, execution=FusedExecution(group_by_kernel=layout))
 
 
 @pytest.mark.parametrize("seed", [3, 4, 5])
-def test_fused_equals_naive_gated(space, seed):
-    _compare(space, "gated", seed)
+def test_fused_equals_naive_gated(space, layout, seed):
+    _compare(space, "gated", seed, execution=FusedExecution(group_by_kernel=layout))
 
 
-def test_fused_equals_naive_eval(space):
-    _compare(space, "weighted", 6, train=False)
+def test_fused_equals_naive_eval(space, layout):
+    _compare(space, "weighted", 6, train=False, execution=FusedExecution(group_by_kernel=layout))
 
 
-def test_fused_equals_naive_float64(space):
-    _compare(space, "weighted", 7, dtype=torch.float64)
-    _compare(space, "gated", 8, dtype=torch.float64)
+def test_fused_equals_naive_float64(space, layout):
+    execution = FusedExecution(group_by_kernel=layout)
+    _compare(space, "weighted", 7, dtype=torch.float64, execution=execution)
+    _compare(space, "gated", 8, dtype=torch.float64, execution=execution)
 
 
-def test_fused_equals_naive_channels_last(space):
-    _compare(space, "weighted", 9, channels_last=True)
+def test_fused_equals_naive_channels_last(space, layout):
+    _compare(space, "weighted", 9, channels_last=True, execution=FusedExecution(group_by_kernel=layout))
 
 
 @pytest.mark.parametrize("cap", [None, 400_000, 1])
-def test_fused_equals_naive_under_byte_caps(space, cap, monkeypatch):
+def test_fused_equals_naive_under_byte_caps(space, layout, cap):
     """No cap (one block per group), blocks of about 100 channels, and every candidate alone."""
-    monkeypatch.setitem(fused_module.MAX_FUSED_BYTES, "cpu", cap)
-    _compare(space, "weighted", 10)
-    _compare(space, "gated", 11)
+    execution = FusedExecution(group_by_kernel=layout, max_fused_bytes={"cpu": cap})
+    _compare(space, "weighted", 10, execution=execution)
+    _compare(space, "gated", 11, execution=execution)
 
 
-def test_all_alive_and_single_paths(space, monkeypatch):
+def test_all_alive_and_single_paths(space, layout, monkeypatch):
     """Every candidate alive (the default), and the single/fixed modes (one candidate)."""
     calls = []
     inner = fused_module._fused_inverted_residuals
     monkeypatch.setattr(fused_module, "_fused_inverted_residuals",
-                        lambda x, blocks, w: calls.append(len(blocks)) or inner(x, blocks, w))
+                        lambda x, blocks, *args: calls.append(len(blocks)) or inner(x, blocks, *args))
     torch.manual_seed(0)
     naive = Supernet(space, fused=False)
     fused = copy.deepcopy(naive)
-    fused.fused = True
+    fused.set_execution(FusedExecution(group_by_kernel=layout))
     x, target = torch.randn(3, 1, 16, 16), torch.randn(3, 10)
     for mode in ("weighted", "single"):
         naive.set_mode(mode)
@@ -172,17 +175,24 @@ def test_cumulative_momentum_with_unequal_counts():
 
 def test_switch_and_default(space):
     net = Supernet(space)
-    assert net.fused and all(layer.executor is fused_mixed_forward for layer in net.layers)
+    assert net.fused and isinstance(net.execution, FusedExecution)
+    assert all(layer.execution is net.execution for layer in net.layers)
     net.fused = False
-    assert not net.fused and all(layer.executor is naive_mixed_forward for layer in net.layers)
-    net.set_executor(fused_mixed_forward)
-    assert net.fused
-    assert not Supernet(space, executor=naive_mixed_forward).fused
+    assert not net.fused and isinstance(net.execution, PlainExecution)
+    assert all(layer.execution is net.execution for layer in net.layers)
+    policy = FusedExecution(backend="torch", max_fused_bytes={})
+    net.set_execution(policy)
+    net.fused = True  # an installed fused policy is kept with its settings
+    assert net.fused and net.execution is policy
+    assert not Supernet(space, execution=PlainExecution()).fused
+    assert Supernet(space, fused=False, execution=policy).execution is policy
+    with pytest.raises(ValueError, match="backend"):
+        FusedExecution(backend="cuda")
 
 
 OPERATOR_SPACES = {
-    "mbv3-dynamic": dict(name="mbv3", num_layers=4, width_mult=0.5, dynamic=True),
-    "micronet": dict(name="micronet", width_mult=0.5, depths=[1, 1, 1, 1]),
+    "mbv3-dynamic": {"name": "mbv3", "num_layers": 4, "width_mult": 0.5, "dynamic": True},
+    "micronet": {"name": "micronet", "width_mult": 0.5, "depths": [1, 1, 1, 1]},
 }
 
 
@@ -199,16 +209,23 @@ def test_fused_equals_naive_with_operator_kernels(which):
     _compare(space, "gated", 14, size=8, dtype=torch.float64)
 
 
-def test_fused_installs_operator_kernels():
-    from xsearch.search_spaces.blocks import DynamicConv2d, DynamicShiftMax
-
-    for name, kwargs in (("mbv3", dict(num_layers=4, dynamic=True)), ("micronet", {})):
+def test_fused_execution_swaps_operators_on_the_same_parameters():
+    """Fused execution swaps dynamic operators for supernets-side subclasses and back; the state_dict
+    keys and tensors are the same objects throughout, and an extracted network holds plain blocks."""
+    for name, kwargs in (("mbv3", {"num_layers": 4, "dynamic": True}), ("micronet", {})):
         net = Supernet(get_space(name, **kwargs))
+        state = net.state_dict(keep_vars=True)
         ops = [m for m in net.modules() if isinstance(m, (DynamicConv2d, DynamicShiftMax))]
-        assert ops and all(m.kernel in (fused_module.dynamic_conv_kernel, fused_module.shift_max_kernel)
-                           for m in ops)
+        fused_types = (fused_module.FusedDynamicConv2d, fused_module.FusedDynamicShiftMax)
+        assert ops and all(isinstance(m, fused_types) and m.backend == "auto" for m in ops)
+        net.set_execution(FusedExecution(backend="torch"))
+        assert all(m.backend == "torch" for m in net.modules() if isinstance(m, fused_types))
         net.fused = False
-        assert all(m.kernel is None for m in ops)
-        # an extracted network is standalone: the blocks' own forward
+        plain = [m for m in net.modules() if isinstance(m, (DynamicConv2d, DynamicShiftMax))]
+        assert len(plain) == len(ops) and not any(isinstance(m, fused_types) for m in plain)
+        assert not any(hasattr(m, "backend") for m in plain)
+        after = net.state_dict(keep_vars=True)
+        assert list(after) == list(state) and all(after[k] is state[k] for k in state)
+        net.fused = True
         extracted = net.extract(net.space.sample(seed=0))
-        assert all(m.kernel is None for m in extracted.modules() if isinstance(m, (DynamicConv2d, DynamicShiftMax)))
+        assert not any(isinstance(m, fused_types) for m in extracted.modules())

@@ -16,6 +16,8 @@ pytest.importorskip("triton", reason="triton is not installed")
 
 from xsearch.search_spaces.blocks.dynamic import DynamicConv2d
 from xsearch.search_spaces.blocks.micronet import DynamicShiftMax
+from xsearch.supernets._execution import swap_operators
+from xsearch.supernets.fused import FUSED_OPERATORS
 from xsearch.supernets.kernels import (
     dynamic_conv,
     dynamic_conv_reference,
@@ -143,6 +145,21 @@ def test_shift_max_reference_matches_block():
     x = torch.randn(2, 8, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(shift_max_reference(x, block.coefficients(x), 4), block(x))
+
+
+def test_fused_operators_run_the_triton_kernels_on_the_block_parameters():
+    """What ``FusedExecution(backend="triton")`` swaps in computes what the plain block computes."""
+    torch.manual_seed(0)
+    blocks = [DynamicConv2d(4, 4, 3, groups=4, bias=True), DynamicConv2d(4, 6, 1), DynamicShiftMax(8, groups=2)]
+    torch.nn.init.normal_(blocks[2].fc2.weight)  # leave the ReLU-like start
+    for block, channels in zip(blocks, (4, 4, 8)):
+        root = torch.nn.Sequential(block).to(DEVICE)
+        x = torch.randn(2, channels, 5, 5, device=DEVICE)
+        with torch.no_grad():
+            expected = root(x)
+            swap_operators(root, FUSED_OPERATORS, "triton")
+            assert type(root[0]) is FUSED_OPERATORS[type(block)] and root[0].backend == "triton"
+            _close(root(x), expected)
 
 
 @pytest.mark.parametrize("sizes", [(3, 5, 7), (7, 3), (5,)])

@@ -6,12 +6,11 @@ import torch
 from xsearch.search_spaces import get_space
 from xsearch.supernets import Supernet
 
-
 SPACES = {
-    "mbv3": dict(num_layers=5, width_mult=0.5),
-    "mbv3-dynamic": dict(num_layers=5, width_mult=0.5, dynamic=True),
-    "micronet": dict(width_mult=0.5, depths=[1, 1, 2, 1]),
-    "focalnet": dict(width_mult=0.5, depths=[1, 2, 2]),
+    "mbv3": {"num_layers": 5, "width_mult": 0.5},
+    "mbv3-dynamic": {"num_layers": 5, "width_mult": 0.5, "dynamic": True},
+    "micronet": {"width_mult": 0.5, "depths": [1, 1, 2, 1]},
+    "focalnet": {"width_mult": 0.5, "depths": [1, 2, 2]},
 }
 
 

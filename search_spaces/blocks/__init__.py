@@ -5,6 +5,7 @@ from __future__ import annotations
 from .dyhead import DyHeadBlock
 from .dynamic import DynamicConv2d, DyReLU, set_temperature, temperature_at
 from .focal import DropPath, FocalModulation, FocalNetBlock, LayerNorm2d
+from .head import ClassifierHead
 from .mbv3 import (
     ConvBNAct,
     DepthwiseSeparable,
@@ -25,6 +26,7 @@ from .micronet import (
 )
 
 __all__ = [
+    "ClassifierHead",
     "ConvBNAct",
     "DepthwiseSeparable",
     "DropPath",

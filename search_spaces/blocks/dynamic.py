@@ -5,43 +5,25 @@ a per-image kernel (``DynamicConv2d``) or a per-image piecewise-linear activatio
 Like the other blocks, each has ``macs(height, width)``: the MACs fvcore counts for one image
 under the project's convention (convolutions, linear layers and matrix products only).
 
-Trainers anneal the attention temperature of dynamic convolutions through ``set_temperature``
-and ``temperature_at``, which duck-type on an ``anneal_temperature`` class attribute so that
-training code never has to import this module's classes.
+Trainers anneal the attention temperature of dynamic convolutions through
+``xsearch.core.training.set_temperature`` and ``temperature_at`` (re-exported here), which
+duck-type on the ``anneal_temperature`` class attribute, so the shared training code below the
+spaces never imports these classes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xsearch.core.training import set_temperature, temperature_at
+
 from .mbv3 import conv_out_size
 
-
-def temperature_at(epoch: float, anneal_epochs: float, start: float = 30.0, end: float = 1.0) -> float:
-    """Softmax temperature at ``epoch``: linear from ``start`` to ``end`` over ``anneal_epochs``, then ``end``.
-
-    A high early temperature keeps the kernel attention near uniform, so all kernels get trained
-    before the attention sharpens (the paper anneals 30 -> 1 over the first epochs).
-    """
-    if anneal_epochs <= 0 or epoch >= anneal_epochs:
-        return float(end)
-    progress = max(0.0, float(epoch)) / float(anneal_epochs)
-    return float(start + (end - start) * progress)
-
-
-def set_temperature(model: nn.Module, value: float) -> int:
-    """Set ``.temperature`` on every submodule that declares ``anneal_temperature = True``; return how many."""
-    count = 0
-    for module in model.modules():
-        if getattr(module, "anneal_temperature", False) is True:
-            module.temperature = float(value)
-            count += 1
-    return count
+__all__ = ["DyReLU", "DynamicConv2d", "set_temperature", "temperature_at"]
 
 
 class DynamicConv2d(nn.Module):
@@ -74,10 +56,6 @@ class DynamicConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_kernels, out_channels, in_channels // groups,
                                                kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(num_kernels, out_channels)) if bias else None
-        # the seam for a fused implementation of aggregation + convolution, called as
-        # kernel(x, attention, weight, bias, stride, groups); None runs the PyTorch code below
-        # (a supernet with fused=True installs xsearch.supernets.kernels.dynamic_conv here)
-        self.kernel: Callable[..., torch.Tensor] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -107,8 +85,6 @@ class DynamicConv2d(nn.Module):
         b, c, h, w = x.shape
         k, out, ks = self.num_kernels, self.out_channels, self.kernel_size
         attn = self.attention(x)
-        if self.kernel is not None:
-            return self.kernel(x, attn, self.weight, self.bias, self.stride, self.groups)
         weight = (attn @ self.weight.view(k, -1)).view(b * out, c // self.groups, ks, ks)
         bias = (attn @ self.bias).view(b * out) if self.bias is not None else None
         y = F.conv2d(x.reshape(1, b * c, h, w), weight, bias, self.stride, ks // 2, 1, b * self.groups)

@@ -64,15 +64,29 @@ class ConvBNAct(nn.Sequential):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.groups, self.dynamic = kernel_size, stride, groups, dynamic
 
+    # named views of the Sequential's items (its module tree and state_dict keys stay 0/1/2)
+    @property
+    def conv(self) -> nn.Module:
+        """The convolution: ``nn.Conv2d``, or ``DynamicConv2d`` when ``dynamic``."""
+        return self[0]
+
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        return self[1]
+
+    @property
+    def act(self) -> nn.Module | None:
+        """The activation, or None for a linear block (a projection)."""
+        return self[2] if len(self) > 2 else None
+
     def macs(self, height: int, width: int) -> int:
         oh = conv_out_size(height, self.kernel_size, self.stride)
         ow = conv_out_size(width, self.kernel_size, self.stride)
         if self.dynamic:
-            total = self[0].macs(height, width)
+            total = self.conv.macs(height, width)
         else:
             total = oh * ow * self.out_channels * (self.in_channels // self.groups) * self.kernel_size ** 2
-        act = self[-1] if len(self) > 2 else None
-        return total + (act.macs(oh, ow) if hasattr(act, "macs") else 0)
+        return total + (self.act.macs(oh, ow) if hasattr(self.act, "macs") else 0)
 
 
 class SqueezeExcite(nn.Module):

@@ -17,7 +17,6 @@ offending widths, so a search space can filter its candidates by catching it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -175,9 +174,6 @@ class DynamicShiftMax(nn.Module):
         init[0, 0] = 1.0
         self.register_buffer("init_coeffs", init, persistent=False)
         self.channels, self.groups, self.shifts, self.pieces = channels, groups, shifts, pieces
-        # the seam for a fused implementation, called as kernel(x, coefficients, step); None runs the
-        # PyTorch code of forward (a supernet with fused=True installs supernets.kernels.shift_max)
-        self.kernel: Callable[..., torch.Tensor] | None = None
         self.coeff_range = coeff_range
 
     def coefficients(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,8 +184,6 @@ class DynamicShiftMax(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         step = self.channels // self.groups
-        if self.kernel is not None:
-            return self.kernel(x, self.coefficients(x), step)
         a = self.coefficients(x)[..., None, None]  # B, C, J, K, 1, 1
         shifted = [x if j == 0 else torch.roll(x, -j * step, dims=1) for j in range(self.shifts)]
         out = None

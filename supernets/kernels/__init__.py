@@ -14,10 +14,11 @@ then (even where PyTorch itself imported Triton earlier).
   and 1x1 layouts; others use the reference).
 * ``shift_max``: Dynamic Shift-Max.
 
-Where they run: ``supernets.fused.fused_mixed_forward`` calls ``mixconv_depthwise`` for the fused
-depthwise pass, and a supernet with ``fused=True`` installs ``dynamic_conv`` and ``shift_max`` as the
-``kernel`` of its ``DynamicConv2d`` and ``DynamicShiftMax`` modules; with ``backend="auto"`` each
-runs Triton on CUDA and the PyTorch reference (the blocks' own arithmetic) on the CPU.
+Where they run: ``supernets.fused.FusedExecution`` (a supernet's default execution policy) calls
+``mixconv_depthwise`` for the fused depthwise pass, and swaps the supernet's ``DynamicConv2d`` and
+``DynamicShiftMax`` modules for ``FusedDynamicConv2d`` / ``FusedDynamicShiftMax``, whose forward
+calls ``dynamic_conv`` / ``shift_max``; with the policy's ``backend="auto"`` each runs Triton on
+CUDA and the PyTorch reference (the blocks' own arithmetic) on the CPU.
 """
 
 from ._triton import triton_available
