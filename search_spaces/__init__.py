@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from xsearch.core.errors import UserError
@@ -12,8 +10,18 @@ from . import dyhead, focalnet, mbv3, micronet, nasbench_macro  # noqa: F401  (r
 from ._base import SKIP, Arch, ChainNetwork, Choice, SearchSpace, format_flops
 from ._registry import SPACES
 
-__all__ = ["SKIP", "Arch", "ChainNetwork", "Choice", "SearchSpace", "format_flops",
-           "get_space", "list_spaces", "load_arch", "save_arch"]
+__all__ = [
+    "SKIP",
+    "Arch",
+    "ChainNetwork",
+    "Choice",
+    "SearchSpace",
+    "arch_from_record",
+    "arch_record",
+    "format_flops",
+    "get_space",
+    "list_spaces",
+]
 
 
 def list_spaces() -> list[str]:
@@ -32,24 +40,8 @@ def get_space(name: str, **kwargs: Any) -> SearchSpace:
         raise UserError(f"space {name!r}: {exc}") from None
 
 
-def load_arch(path: str | Path) -> tuple[SearchSpace, Arch]:
-    """Read an ``arch.json`` written by a run: returns ``(space, arch)``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "arch.json"
-    if not path.is_file():
-        raise UserError(f"architecture file {str(path)!r} does not exist; pass a run's arch.json or run folder")
-    try:
-        record = json.loads(path.read_text())
-        space = get_space(record["space"], **record.get("space_kwargs", {}))
-        arch = space.validate(record["arch"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"{str(path)!r} is not a valid arch.json (needs 'space', 'space_kwargs', 'arch'): {exc}") from None
-    return space, arch
-
-
-def save_arch(path: str | Path, space: SearchSpace, arch: Arch, **extra: Any) -> dict[str, Any]:
-    """Write ``arch.json``: space, space_kwargs, arch, flops, params, timm_arch_def and ``extra`` fields."""
+def arch_record(space: SearchSpace, arch: Arch, **extra: Any) -> dict[str, Any]:
+    """What ``arch.json`` holds for ``arch``: space, space_kwargs, arch, flops, params, timm_arch_def and ``extra``."""
     record: dict[str, Any] = {
         "space": space.name,
         "space_kwargs": space.space_kwargs,
@@ -59,5 +51,15 @@ def save_arch(path: str | Path, space: SearchSpace, arch: Arch, **extra: Any) ->
         "timm_arch_def": space.to_timm(arch),
     }
     record.update(extra)
-    Path(path).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def arch_from_record(record: Any, source: str = "the architecture record") -> tuple[SearchSpace, Arch]:
+    """``(space, arch)`` back from an ``arch_record`` (e.g. a run's parsed ``arch.json``); ``source`` names it in errors."""
+    try:
+        space = get_space(record["space"], **record.get("space_kwargs", {}))
+        arch = space.validate(record["arch"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{source} is not a valid arch.json (needs 'space', 'space_kwargs', 'arch'): "
+                        f"{type(exc).__name__}: {exc}") from None
+    return space, arch

@@ -1,8 +1,8 @@
-"""Strategies: how to search. ``STRATEGIES.get("danas")(**knobs).search(space, evaluator, data, constraints, study)``."""
+"""Strategies: how to search. ``STRATEGIES.get("danas")(**knobs).search(space, evaluator, data, constraints, events)``."""
 
 from __future__ import annotations
 
-from ._base import STRATEGIES, Constraints, SearchResult, Strategy, record_trial
+from ._base import STRATEGIES, Constraints, NoEvents, QueryRecord, SearchEvents, SearchResult, StageRecord, Strategy
 from ._derive import best_under_budget
 from ._differentiable import DifferentiableSearch, Stage, prune
 from ._multi_trial import MultiTrialStrategy, Queries, StopSearch
@@ -16,7 +16,7 @@ from .spos import SinglePathOneShot
 __all__ = ["STRATEGIES", "Constraints", "DifferentiableNAS", "DifferentiableSearch", "MultiTrialStrategy",
            "NSGA2Search", "ProgressiveDataAdaptedPruning", "Queries", "RandomSearch", "RegularizedEvolution",
            "SearchResult", "SinglePathOneShot", "Stage", "StopSearch", "Strategy", "TPESearch", "best_under_budget", "list_strategies",
-           "mutate", "prune", "record_trial"]
+           "mutate", "prune", "NoEvents", "QueryRecord", "SearchEvents", "StageRecord"]
 
 
 def list_strategies() -> list[str]:

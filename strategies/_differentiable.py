@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from xsearch.core.data import ImageData, split_for_search
-from xsearch.search_spaces import format_flops
 from xsearch.core.checkpoint import load_checkpoint, save_checkpoint
 from xsearch.core.training import (
     ClassSubset,
@@ -39,7 +38,7 @@ from xsearch.core.training import (
     set_rng_state,
 )
 
-from ._base import Constraints, SearchResult, Strategy, record_trial
+from ._base import Constraints, NoEvents, SearchEvents, SearchResult, StageRecord, Strategy, row_from_dict
 from ._derive import best_under_budget
 from xsearch.supernets import Supernet
 
@@ -81,7 +80,7 @@ class DifferentiableSearch(Strategy):
 
     # --- the search ---------------------------------------------------------------------
     def search(self, space: Any, evaluator: Any, data: ImageData, constraints: Constraints,
-               study: Any = None, checkpoint: Path | None = None) -> SearchResult:
+               events: SearchEvents | None = None, checkpoint: Path | None = None) -> SearchResult:
         space.check_budget(constraints.flops)
         seed_everything(self.seed)
         w_idx, a_idx = split_for_search(data.train.targets, self.train_samples, self.seed)
@@ -116,7 +115,7 @@ class DifferentiableSearch(Strategy):
             steps.append(("end_stage", s))
 
         ctx = _Context(self, space, supernet, data, w_idx, a_idx, w_opt, a_opt, scheduler, generator,
-                       constraints.flops, study)
+                       constraints.flops, events if events is not None else NoEvents())
         while state["step"] < len(steps):
             step = steps[state["step"]]
             t0 = time.time()
@@ -133,7 +132,8 @@ class DifferentiableSearch(Strategy):
                 stage = stages[step[1]]
                 classes = state["class_order"][: stage.num_classes]
                 train_seconds = sum(e["seconds"] for e in state["epochs"] if e.get("stage") == step[1] + 1)
-                state["history"].append(ctx.end_stage(step[1], stage, classes, train_seconds))
+                # plain dicts in the checkpoint, so it loads without this module's classes
+                state["history"].append(ctx.end_stage(step[1], stage, classes, train_seconds).to_dict())
             state["seconds"] += time.time() - t0
             state["step"] += 1
             if checkpoint:
@@ -149,15 +149,16 @@ class DifferentiableSearch(Strategy):
 
     def finish(self, ctx: _Context, state: dict[str, Any], checkpoint: Path | None) -> SearchResult:
         """The search's answer: the architecture derived at the end of the last stage."""
-        final = state["history"][-1]
-        arch = final["derived_arch"]
+        history = [row_from_dict(row) for row in state["history"]]
+        final = history[-1]
+        arch = final.derived_arch
         return SearchResult(
             arch=arch, flops=ctx.space.flops(arch), params=ctx.space.params(arch),
-            metrics={"inherited_val_accuracy": final["val_accuracy_all_classes"],
+            metrics={"inherited_val_accuracy": final.val_accuracy_all_classes,
                      "class_order": [ctx.data.class_names[c] for c in state["class_order"]],
                      "class_ranking": state.get("class_ranking"),
                      "epochs": state["epochs"]},
-            history=state["history"], search_seconds=state["seconds"])
+            history=history, search_seconds=state["seconds"])
 
 
 class _Context:
@@ -165,11 +166,11 @@ class _Context:
 
     def __init__(self, strategy: DifferentiableSearch, space: Any, supernet: Any, data: ImageData,
                  w_idx: torch.Tensor, a_idx: torch.Tensor, w_opt: Any, a_opt: Any, scheduler: Any,
-                 generator: torch.Generator, max_flops: int | None, study: Any) -> None:
+                 generator: torch.Generator, max_flops: int | None, events: SearchEvents) -> None:
         self.s, self.space, self.net, self.data = strategy, space, supernet, data
         self.w_idx, self.a_idx = w_idx, a_idx
         self.w_opt, self.a_opt, self.scheduler, self.generator = w_opt, a_opt, scheduler, generator
-        self.max_flops, self.study = max_flops, study
+        self.max_flops, self.events = max_flops, events
         self.weights = list(supernet.weight_parameters())
         self.epochs_done = 0  # training epochs finished so far (drives dynamic convolutions' temperature)
         self.alphas = supernet.arch_parameters()
@@ -277,8 +278,8 @@ class _Context:
                   for label, probs in self.net.probabilities().items()}
         return best_under_budget(self.space, scores, self.max_flops)
 
-    def end_stage(self, stage_index: int, stage: Stage, classes: list[int], train_seconds: float) -> dict[str, Any]:
-        """Derive and record the stage's architecture, then prune the weakest candidates."""
+    def end_stage(self, stage_index: int, stage: Stage, classes: list[int], train_seconds: float) -> StageRecord:
+        """Derive and report the stage's architecture, then prune the weakest candidates."""
         t0 = time.time()
         arch = self.derive()
         self.net.set_arch(arch)
@@ -293,25 +294,21 @@ class _Context:
         if stage.keep_fraction is not None:
             pruned = prune(self.net, self.space, stage.keep_fraction, self.max_flops)
         seconds = train_seconds + time.time() - t0
-        record = {
-            "stage": stage_index + 1,
-            "classes": [self.data.class_names[c] for c in classes],
-            "num_classes": len(classes),
-            "alive_per_layer": {k: len(v) for k, v in alive_before.items()},
-            "alive": alive_before,
-            "pruned": pruned,
-            "seconds": seconds,
-            "val_accuracy": val["accuracy"],
-            "val_accuracy_all_classes": val_all["accuracy"],
-            "derived_arch": arch,
-            "derived_flops": self.space.flops(arch),
-            "probabilities": self.net.probabilities(),
-        }
-        record_trial(self.study, self.space, arch, val["accuracy"], f"stage{stage_index + 1}",
-                     {"stage": stage_index + 1, "kind": "derived", "classes": record["classes"],
-                      "alive_per_layer": record["alive_per_layer"], "stage_seconds": seconds,
-                      "val_accuracy_all_classes": val_all["accuracy"],
-                      "flops_readable": format_flops(self.space.flops(arch))})
+        record = StageRecord(
+            stage=stage_index + 1,
+            classes=[self.data.class_names[c] for c in classes],
+            num_classes=len(classes),
+            alive_per_layer={k: len(v) for k, v in alive_before.items()},
+            alive=alive_before,
+            pruned=pruned,
+            seconds=seconds,
+            val_accuracy=val["accuracy"],
+            val_accuracy_all_classes=val_all["accuracy"],
+            derived_arch=arch,
+            derived_flops=self.space.flops(arch),
+            probabilities=self.net.probabilities(),
+        )
+        self.events.stage(record)
         return record
 
 

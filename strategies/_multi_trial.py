@@ -5,11 +5,12 @@ Every strategy here talks to the evaluator through ``Queries``, which
 - counts a query once per distinct architecture (a repeated proposal returns the cached score);
 - stops the strategy after ``max_trials`` queries (``StopSearch``), or after ``max_proposals``
   proposals when a strategy keeps proposing what it has already seen;
-- records each query as a trial in the run's Optuna study, and in a JSON checkpoint.
+- reports each query to the search's events (the run's recorder writes the study trial and the
+  replay file).
 
 Resume is a replay: a strategy's proposals depend only on its seed and the scores it has seen, so
-a resumed search runs from the start with the checkpoint's scores as a cache, reaches the point
-where it stopped without spending a query, and goes on. The result is identical to an
+a resumed search runs from the start with the recorder's saved queries as a cache, reaches the
+point where it stopped without spending a query, and goes on. The result is identical to an
 uninterrupted search, and no trial is repeated or lost.
 
 Optional pre-screening (``prescreen=synflow`` etc., random and evolution only): each proposal
@@ -18,16 +19,14 @@ draws ``prescreen_factor`` candidates and queries the one a zero-cost proxy like
 
 from __future__ import annotations
 
-import json
 import time
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
-from xsearch.core.io import write_json
 from xsearch.core.training import progress, resolve_device
 
-from ._base import Constraints, SearchResult, Strategy, record_trial
+from ._base import Constraints, NoEvents, QueryRecord, SearchEvents, SearchResult, Strategy
 
 
 class StopSearch(Exception):
@@ -39,23 +38,20 @@ def arch_key(space: Any, arch: dict[str, str]) -> str:
 
 
 class Queries:
-    """The evaluator behind a query budget: budget check, cache, records, checkpoint (see module doc)."""
+    """The evaluator behind a query budget: budget check, cache, replay, events (see module doc)."""
 
     def __init__(self, prefix: str, space: Any, evaluator: Any, data: Any, seed: int, max_trials: int,
-                 max_flops: int | None, study: Any = None, path: Path | None = None,
+                 max_flops: int | None, events: SearchEvents | None = None,
                  max_proposals: int | None = None, prescreen: Any = None, show_progress: bool = True) -> None:
         self.prefix, self.space, self.evaluator, self.data, self.seed = prefix, space, evaluator, data, seed
-        self.max_trials, self.max_flops, self.study, self.path = max_trials, max_flops, study, path
+        self.max_trials, self.max_flops = max_trials, max_flops
+        self.events: SearchEvents = events if events is not None else NoEvents()
         self.max_proposals = max_proposals or 50 * max_trials
         self.prescreen = prescreen
-        self.saved: dict[str, dict[str, Any]] = {}
-        self.saved_seconds = 0.0
-        if path is not None and path.is_file():
-            record = json.loads(path.read_text())
-            self.saved = {arch_key(space, q["arch"]): q["metrics"] for q in record["queries"]}
-            self.saved_seconds = record.get("seconds", 0.0)
+        saved, self.saved_seconds = self.events.saved_queries()
+        self.saved: dict[str, dict[str, Any]] = {arch_key(space, q["arch"]): q["metrics"] for q in saved}
         self.seen: dict[str, float] = {}
-        self.history: list[dict[str, Any]] = []
+        self.history: list[QueryRecord] = []
         self.proposals = 0
         self.proxy_cache: dict[str, float] = {}
         self.t0 = time.time()
@@ -76,7 +72,7 @@ class Queries:
         return self.max_flops is None or self.space.flops(arch) <= self.max_flops
 
     def __call__(self, arch: dict[str, str]) -> float:
-        """The score of ``arch``: cached, replayed from the checkpoint, or queried from the evaluator."""
+        """The score of ``arch``: cached, replayed from the saved queries, or queried from the evaluator."""
         arch = self.space.validate(arch)
         self.propose()
         if not self.within_budget(arch):
@@ -86,24 +82,19 @@ class Queries:
             return self.seen[key]
         if len(self.history) >= self.max_trials:
             raise StopSearch(f"{self.max_trials} queries made")
-        new = key not in self.saved
-        metrics = self.evaluator.score(self.space, arch, self.data, seed=self.seed) if new else self.saved[key]
+        if key in self.saved:
+            metrics = self.saved[key]
+        else:
+            metrics = self.evaluator.score(self.space, arch, self.data, seed=self.seed)
         metrics = {k: v for k, v in metrics.items() if k != "history"}
         score = float(metrics["score"])
         self.seen[key] = score
-        best = max([score] + [q["best_score"] for q in self.history[-1:]])
-        n = len(self.history) + 1
-        row = {"query": n, "arch": arch, "flops": self.space.flops(arch), "params": self.space.params(arch),
-               "score": score, "best_score": best, "proposals": self.proposals, "metrics": metrics}
-        self.history.append({**row, "new": new})
-        record_trial(self.study, self.space, arch, score, f"{self.prefix}-q{n}",
-                     {"kind": "query", "query": n, "score": score,
-                      **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and k != "score"}})
-        if new and self.path is not None:
-            queries = [{"arch": q["arch"], "metrics": q["metrics"]} for q in self.history]
-            queries += [{"arch": dict(zip(self.space.labels, k.split("|"))), "metrics": m}
-                        for k, m in self.saved.items() if k not in self.seen]
-            write_json(self.path, {"queries": queries, "seconds": self.seconds})
+        best = max([score] + [q.best_score for q in self.history[-1:]])
+        record = QueryRecord(query=len(self.history) + 1, arch=arch, flops=self.space.flops(arch),
+                             params=self.space.params(arch), score=score, best_score=best,
+                             proposals=self.proposals, metrics=metrics, source=self.prefix)
+        self.history.append(record)
+        self.events.query(record, self.seconds)
         self.bar.update(1)
         self.bar.set_postfix(best=f"{best:.4g}", refresh=False)
         return score
@@ -160,21 +151,21 @@ class MultiTrialStrategy(Strategy):
         """Propose architectures and call ``queries(arch)`` until it raises ``StopSearch``."""
 
     def search(self, space: Any, evaluator: Any, data: Any, constraints: Constraints,
-               study: Any = None, checkpoint: Path | None = None) -> SearchResult:
+               events: SearchEvents | None = None, checkpoint: Path | None = None) -> SearchResult:
         space.check_budget(constraints.flops)
         if evaluator is None:
             raise ValueError(f"strategy {self.name!r} needs an evaluator to query")
-        return self.query(space, evaluator, data, constraints.flops, study, checkpoint)
+        return self.query(space, evaluator, data, constraints.flops, events)
 
-    def query(self, space: Any, evaluator: Any, data: Any, max_flops: int | None, study: Any = None,
-              checkpoint: Path | None = None, prefix: str | None = None) -> SearchResult:
+    def query(self, space: Any, evaluator: Any, data: Any, max_flops: int | None,
+              events: SearchEvents | None = None, prefix: str | None = None) -> SearchResult:
         """Explore through ``Queries`` until the budget is spent; the best queried architecture is the result.
 
-        ``prefix`` names the trials in the study (default: this strategy's name).
+        ``prefix`` names the queries in the records (default: this strategy's name). There is no
+        checkpoint: a resumed search replays ``events.saved_queries()``.
         """
-        path = Path(checkpoint).with_name("search_trials.json") if checkpoint else None
-        queries = Queries(prefix or self.name, space, evaluator, data, self.seed, self.max_trials, max_flops, study,
-                          path, prescreen=self._prescreener, show_progress=self.show_progress)
+        queries = Queries(prefix or self.name, space, evaluator, data, self.seed, self.max_trials, max_flops, events,
+                          prescreen=self._prescreener, show_progress=self.show_progress)
         stopped = "max_trials"
         try:
             self.explore(space, queries)
@@ -184,9 +175,9 @@ class MultiTrialStrategy(Strategy):
             queries.close()
         if not queries.history:
             raise RuntimeError(f"strategy {self.name!r} made no query")
-        best = max(queries.history, key=lambda q: q["score"])
-        history = [{k: v for k, v in q.items() if k != "new"} for q in queries.history]
-        metrics = {**best["metrics"], "queries": len(history), "proposals": queries.proposals, "stopped": stopped,
-                   "best_query": best["query"], "scorer": getattr(evaluator, "name", type(evaluator).__name__)}
-        return SearchResult(arch=best["arch"], flops=space.flops(best["arch"]), params=space.params(best["arch"]),
-                            metrics=metrics, history=history, search_seconds=queries.seconds)
+        best = max(queries.history, key=lambda q: q.score)
+        metrics = {**best.metrics, "queries": len(queries.history), "proposals": queries.proposals,
+                   "stopped": stopped, "best_query": best.query,
+                   "scorer": getattr(evaluator, "name", type(evaluator).__name__)}
+        return SearchResult(arch=best.arch, flops=best.flops, params=best.params,
+                            metrics=metrics, history=list(queries.history), search_seconds=queries.seconds)

@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ._base import STRATEGIES, Constraints, SearchResult
+from ._base import STRATEGIES, Constraints, SearchEvents, SearchResult
 from ._multi_trial import MultiTrialStrategy, Queries
 
 
@@ -30,9 +30,9 @@ class RandomSearch(MultiTrialStrategy):
             queries(queries.pick(candidates))
 
     def search(self, space: Any, evaluator: Any, data: Any, constraints: Constraints,
-               study: Any = None, checkpoint: Path | None = None) -> SearchResult:
+               events: SearchEvents | None = None, checkpoint: Path | None = None) -> SearchResult:
         if self.max_trials > 1:
-            return super().search(space, evaluator, data, constraints, study, checkpoint)
+            return super().search(space, evaluator, data, constraints, events, checkpoint)
         space.check_budget(constraints.flops)  # one random network: nothing to compare, so no query
         arch = space.sample(seed=random.Random(self.seed).getrandbits(63), max_flops=constraints.flops)
         return SearchResult(arch=arch, flops=space.flops(arch), params=space.params(arch),

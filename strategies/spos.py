@@ -10,7 +10,7 @@
 3. The answer is the best-scoring queried architecture, never a sample from a distribution.
 
 Resumable: the supernet checkpoints after every epoch, and the evolution's queries replay from
-``search_trials.json``.
+the queries the run's recorder saved.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class SinglePathOneShot(DifferentiableSearch):
         val_idx = stratified_head(ctx.a_idx, ctx.data.train.targets, self.val_samples, self.seed)
         scorer = InheritedWeightsEvaluator(ctx.net, ctx.w_idx, val_idx, self.batch_size, self.recalibration_batches,
                                            self.device)
-        result = self.searcher.query(space, scorer, ctx.data, ctx.max_flops, ctx.study, checkpoint, prefix=self.name)
+        result = self.searcher.query(space, scorer, ctx.data, ctx.max_flops, ctx.events, prefix=self.name)
         result.metrics.update(supernet_seconds=state["seconds"], epochs=state["epochs"])
         result.search_seconds += state["seconds"]
         return result

@@ -10,6 +10,7 @@ import pytest
 from xsearch.cli import main
 from xsearch.core.errors import UserError
 from xsearch.evaluators import TabularEvaluator
+from xsearch.records import RunRecorder
 from xsearch.search_spaces import get_space
 from xsearch.strategies import STRATEGIES, Constraints, mutate
 
@@ -59,22 +60,22 @@ def test_tabular_errors_are_clear(tmp_path, space):
 
 
 @pytest.mark.parametrize("name", MULTI)
-def test_strategy_is_seeded_keeps_the_budget_and_records_every_query(name, space, tabular):
+def test_strategy_is_seeded_keeps_the_budget_and_records_every_query(name, space, tabular, tmp_path):
     budget = 30_000_000
-    s1, s2 = study(), study()
-    a = make(name, seed=3).search(space, tabular, None, Constraints(budget), s1)
-    b = make(name, seed=3).search(space, tabular, None, Constraints(budget), s2)
-    assert [h["arch"] for h in a.history] == [h["arch"] for h in b.history]  # deterministic given the seed
-    assert len(a.history) == 20 and len({json.dumps(h["arch"]) for h in a.history}) == 20  # distinct queries
-    assert all(h["flops"] <= budget for h in a.history) and a.flops <= budget
-    assert a.metrics["score"] == max(h["score"] for h in a.history)
+    s1 = study()
+    a = make(name, seed=3).search(space, tabular, None, Constraints(budget), RunRecorder(tmp_path, space, s1))
+    b = make(name, seed=3).search(space, tabular, None, Constraints(budget), None)
+    assert [h.arch for h in a.history] == [h.arch for h in b.history]  # deterministic given the seed
+    assert len(a.history) == 20 and len({json.dumps(h.arch) for h in a.history}) == 20  # distinct queries
+    assert all(h.flops <= budget for h in a.history) and a.flops <= budget
+    assert a.metrics["score"] == max(h.score for h in a.history)
     assert a.metrics["test_accuracy"] == pytest.approx(tabular.evaluate(space, a.arch)["test_accuracy"])
-    assert [h["best_score"] for h in a.history] == sorted(h["best_score"] for h in a.history)
+    assert [h.best_score for h in a.history] == sorted(h.best_score for h in a.history)
     trials = s1.get_trials()
     assert len(trials) == 20 and all(t.values[1] <= budget for t in trials)
-    assert {t.user_attrs["benchmark_key"] for t in trials} == {space.benchmark_key(h["arch"]) for h in a.history}
+    assert {t.user_attrs["benchmark_key"] for t in trials} == {space.benchmark_key(h.arch) for h in a.history}
     c = make(name, seed=4).search(space, tabular, None, Constraints(budget), None)
-    assert [h["arch"] for h in c.history] != [h["arch"] for h in a.history]
+    assert [h.arch for h in c.history] != [h.arch for h in a.history]
 
 
 def test_evolution_and_tpe_beat_random_on_average(space, tabular):
@@ -118,14 +119,15 @@ class Interrupting:
 def test_resume_neither_repeats_nor_loses_trials(name, space, tabular, tmp_path):
     budget = Constraints(45_000_000)
     reference = make(name, max_trials=25).search(space, tabular, None, budget, None)
-    ckpt, s = tmp_path / "search_checkpoint.pt", study()
+    s = study()
     with pytest.raises(KeyboardInterrupt):
-        make(name, max_trials=25).search(space, Interrupting(tabular, after=11), None, budget, s, checkpoint=ckpt)
+        make(name, max_trials=25).search(space, Interrupting(tabular, after=11), None, budget,
+                                         RunRecorder(tmp_path, space, s))
     assert len(json.loads((tmp_path / "search_trials.json").read_text())["queries"]) == 11
-    resumed_eval = Interrupting(tabular)
-    resumed = make(name, max_trials=25).search(space, resumed_eval, None, budget, s, checkpoint=ckpt)
+    resumed_eval = Interrupting(tabular)  # a new recorder over the same folder, as after a restart
+    resumed = make(name, max_trials=25).search(space, resumed_eval, None, budget, RunRecorder(tmp_path, space, s))
     assert resumed_eval.calls == 14  # only the missing queries are asked
-    assert [h["arch"] for h in resumed.history] == [h["arch"] for h in reference.history]
+    assert [h.arch for h in resumed.history] == [h.arch for h in reference.history]
     ids = [t.user_attrs["record_id"] for t in s.get_trials()]
     assert len(ids) == 25 == len(set(ids))
 
@@ -134,7 +136,7 @@ def test_prescreen_with_a_proxy_picks_its_favourite(space, tabular):
     plain = make("random", max_trials=10).search(space, tabular, None, Constraints(60_000_000))
     screened = make("random", max_trials=10, prescreen="flops", prescreen_factor=4).search(
         space, tabular, None, Constraints(60_000_000))
-    mean = lambda r: sum(h["flops"] for h in r.history) / len(r.history)
+    mean = lambda r: sum(h.flops for h in r.history) / len(r.history)
     assert mean(screened) > mean(plain)  # the flops proxy prefers the biggest of four candidates
     with pytest.raises(ValueError, match="prescreen"):
         make("tpe", prescreen="synflow")
@@ -150,7 +152,7 @@ def test_multi_trial_with_training_scores_on_held_out_training_images(digits):
     strategy = STRATEGIES.get("evolution")(max_trials=3, population_size=2, sample_size=1, show_progress=False)
     result = strategy.search(space, evaluator, digits, Constraints(None), None)
     assert len(result.history) == 3
-    assert all(0.0 <= h["metrics"]["val_accuracy"] <= 1.0 and h["metrics"]["val_samples"] == 200 for h in result.history)
+    assert all(0.0 <= h.metrics["val_accuracy"] <= 1.0 and h.metrics["val_samples"] == 200 for h in result.history)
     assert "test_accuracy" not in result.metrics  # the search never looked at the test split
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from xsearch.core.errors import UserError
+from xsearch.records import RunRecorder
 from xsearch.search_spaces import get_space
 from xsearch.strategies import STRATEGIES, Constraints, ProgressiveDataAdaptedPruning, best_under_budget, prune
 from xsearch.supernets import Supernet
@@ -85,8 +86,10 @@ def _search(name, digits, budget, tmp_path=None, **kw):
     space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=5)
     strategy = STRATEGIES.get(name)(epochs=3, warmup_epochs=1, train_samples=600, batch_size=50,
                                     show_progress=False, **kw)
-    ckpt = tmp_path / "ckpt.pt" if tmp_path else None
-    return space, strategy.search(space, None, digits, Constraints(budget), None, ckpt)
+    if tmp_path is None:
+        return space, strategy.search(space, None, digits, Constraints(budget), None)
+    return space, strategy.search(space, None, digits, Constraints(budget), RunRecorder(tmp_path, space),
+                                  tmp_path / "ckpt.pt")
 
 
 def test_danas_records_every_stage_and_respects_the_budget(digits):
@@ -94,21 +97,21 @@ def test_danas_records_every_stage_and_respects_the_budget(digits):
     budget = (space.min_flops() + space.max_flops()) // 3
     _, result = _search("danas", digits, budget)
     assert result.flops <= budget and space.flops(result.arch) == result.flops
-    assert [h["num_classes"] for h in result.history] == [3, 6, 10]
-    alive = [sum(h["alive_per_layer"].values()) for h in result.history]
+    assert [h.num_classes for h in result.history] == [3, 6, 10]
+    alive = [sum(h.alive_per_layer.values()) for h in result.history]
     assert alive[0] == sum(len(c.options) for c in space.choices) and alive[0] > alive[1] > alive[2]
     for h in result.history:
-        assert h["derived_flops"] <= budget and h["seconds"] > 0 and 0 <= h["val_accuracy"] <= 1
+        assert h.derived_flops <= budget and h.seconds > 0 and 0 <= h.val_accuracy <= 1
     # easy-first: the order is the ranking, from most to least accurate held-out class
     accs = [r["heldout_accuracy"] for r in result.metrics["class_ranking"]]
     assert accs == sorted(accs, reverse=True)
-    assert result.history[0]["classes"] == [r["class"] for r in result.metrics["class_ranking"][:3]]
+    assert result.history[0].classes == [r["class"] for r in result.metrics["class_ranking"][:3]]
 
 
 def test_dnas_uses_all_classes_and_candidates(digits):
     space, result = _search("dnas", digits, None)
-    assert len(result.history) == 1 and result.history[0]["num_classes"] == 10
-    assert sum(result.history[0]["alive_per_layer"].values()) == sum(len(c.options) for c in space.choices)
+    assert len(result.history) == 1 and result.history[0].num_classes == 10
+    assert sum(result.history[0].alive_per_layer.values()) == sum(len(c.options) for c in space.choices)
 
 
 def test_search_is_deterministic_given_the_seed(digits):
@@ -140,8 +143,8 @@ def test_random_with_several_trials_scores_each_and_records_them(digits, tmp_pat
     study = optuna.create_study(directions=["maximize", "minimize"])
     evaluator = ClassificationEvaluator(epochs=1, batch_size=64, show_progress=False)
     r = STRATEGIES.get("random")(max_trials=3, seed=1, show_progress=False).search(
-        space, evaluator, digits, Constraints(None), study)
-    accs = [h["metrics"]["val_accuracy"] for h in r.history]  # held-out training images, never the test split
+        space, evaluator, digits, Constraints(None), RunRecorder(tmp_path, space, study))
+    accs = [h.metrics["val_accuracy"] for h in r.history]  # held-out training images, never the test split
     assert len(study.trials) == 3 and r.metrics["val_accuracy"] == max(accs) == r.metrics["score"]
 
 
@@ -153,13 +156,13 @@ def test_spos_trains_single_path_then_exports_the_best_queried_architecture(digi
     knobs = {"max_trials": 6, "population_size": 3, "sample_size": 2, "val_samples": 200}
     _, result = _search("spos", digits, budget, tmp_path, **knobs)
     assert [e["phase"] for e in result.metrics["epochs"]] == ["warmup"] * 4  # warmup_epochs + epochs, single path
-    assert len(result.history) == 6 and all(h["flops"] <= budget for h in result.history)
-    best = max(result.history, key=lambda h: h["score"])
-    assert result.arch == best["arch"] and result.metrics["inherited_val_accuracy"] == best["score"]
-    assert all(0 <= h["score"] <= 1 and abs(h["metrics"]["val_samples"] - 200) <= 10 for h in result.history)
+    assert len(result.history) == 6 and all(h.flops <= budget for h in result.history)
+    best = max(result.history, key=lambda h: h.score)
+    assert result.arch == best.arch and result.metrics["inherited_val_accuracy"] == best.score
+    assert all(0 <= h.score <= 1 and abs(h.metrics["val_samples"] - 200) <= 10 for h in result.history)
     # same seed, same answer; and a finished search resumes from its checkpoints without a new query
     _, again = _search("spos", digits, budget, None, **knobs)
-    assert [h["arch"] for h in again.history] == [h["arch"] for h in result.history]
+    assert [h.arch for h in again.history] == [h.arch for h in result.history]
     calls = []
     original = InheritedWeightsEvaluator.score
     monkeypatch.setattr(InheritedWeightsEvaluator, "score", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -168,10 +171,10 @@ def test_spos_trains_single_path_then_exports_the_best_queried_architecture(digi
 
 
 def test_inherited_score_equals_the_extracted_network_after_the_same_recalibration(digits, tmp_path):
-    from xsearch.core.data import split_for_search
-    from xsearch.evaluators import InheritedWeightsEvaluator
     from xsearch.core.checkpoint import load_checkpoint
+    from xsearch.core.data import split_for_search
     from xsearch.core.training import evaluate, recalibrate_batchnorm
+    from xsearch.evaluators import InheritedWeightsEvaluator
 
     space, result = _search("spos", digits, None, tmp_path, max_trials=2, population_size=2, sample_size=1)
     net = Supernet(space)
@@ -189,6 +192,6 @@ def test_spos_runs_any_multi_trial_searcher_over_inherited_weights(digits):
     budget = (space.min_flops() + space.max_flops()) // 2
     _, result = _search("spos", digits, budget, None, searcher="tpe", max_trials=5, val_samples=200)
     assert len(result.history) == 5 and result.metrics["scorer"] == "inherited"
-    assert all(h["flops"] <= budget for h in result.history)
+    assert all(h.flops <= budget for h in result.history)
     with pytest.raises(ValueError, match="multi-trial"):
         STRATEGIES.get("spos")(searcher="danas")

@@ -114,44 +114,42 @@ def cmd_run(args: list[str]) -> int:
 
 
 def cmd_train(args: list[str]) -> int:
-    import json
+    from xsearch.search_spaces import format_flops
 
-    from xsearch.search_spaces import format_flops, load_arch, save_arch
-
-    from .config import compose, validate
-    from .config import build_data, build_evaluator
-    from .core.io import write_json
-    from .records import new_run_dir
+    from .config import build_data, build_evaluator, compose, validate
+    from .records import RunRecorder, check_run_location, load_arch, new_run_dir, read_arch_record
 
     if not args or "=" in args[0]:
         raise UserError("usage: xsearch train ARCH_JSON [overrides]; ARCH_JSON is a run's arch.json")
     path, overrides = args[0], args[1:]
     space, arch = load_arch(path)
-    saved = json.loads((Path(path) / "arch.json" if Path(path).is_dir() else Path(path)).read_text())
+    saved = read_arch_record(path)
     if not any(o.startswith("data=") for o in overrides) and saved.get("data"):
         overrides = [f"data={saved['data']}"] + overrides
     cfg = validate(compose(overrides))
+    check_run_location(cfg["runs_root"], cfg.get("run_dir"))  # before loading data
     data = build_data(cfg)
     if (data.num_classes, *data.input_shape) != (space.num_classes, space.in_chans, space.image_size, space.image_size):
         raise UserError(f"the architecture was built for {space.num_classes} classes of {space.input_shape} images, "
                         f"but data={cfg['data']['name']} has {data.num_classes} classes of {data.input_shape}; "
                         "pass the data it was searched on")
-    run_dir = new_run_dir(cfg["runs_root"], space.name, "train", cfg.get("run_dir"))
     evaluator = build_evaluator(cfg)
-    print(f"retraining {format_flops(space.flops(arch))}-MAC network in {run_dir}", flush=True)
-    metrics = evaluator.evaluate(space, arch, data, seed=cfg["seed"], workdir=run_dir)
-    save_arch(run_dir / "arch.json", space, arch, metrics={"test_accuracy": metrics["test_accuracy"]},
-              data=cfg["data"]["name"], trained_from=str(path))
-    write_json(run_dir / "metrics.json", metrics)
+    recorder = RunRecorder(new_run_dir(cfg["runs_root"], space.name, "train", cfg.get("run_dir")), space)
+    print(f"retraining {format_flops(space.flops(arch))}-MAC network in {recorder.run_dir}", flush=True)
+    metrics = evaluator.evaluate(space, arch, data, seed=cfg["seed"], workdir=recorder.run_dir)
+    recorder.save_arch(arch, metrics={"test_accuracy": metrics["test_accuracy"]}, data=cfg["data"]["name"],
+                       trained_from=str(path))
+    recorder.write_metrics(metrics)
     print(f"test accuracy {100 * metrics['test_accuracy']:.2f}% after {metrics['train_epochs']} epochs; "
-          f"weights in {run_dir / 'model.pt'}")
+          f"weights in {recorder.path('model.pt')}")
     return 0
 
 
 def cmd_flops(args: list[str]) -> int:
-    from xsearch.search_spaces import format_flops, load_arch
+    from xsearch.search_spaces import format_flops
 
     from .core.flops import fvcore_macs
+    from .records import load_arch
 
     if len(args) == 1 and "=" not in args[0]:
         space, arch = load_arch(args[0])

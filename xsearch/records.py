@@ -1,38 +1,98 @@
-"""Run folders, the Optuna study of each run, tables and plots."""
+"""The run recorder: the one place that writes a run folder and its Optuna study.
+
+Strategies report stages and queries (``SearchEvents``); the pipeline and ``xsearch train`` hand
+over the rest. Every file is written atomically (``xsearch.core.io``), so a kill or a full disk
+leaves the previous version intact, and every study trial is added once per record id, so a
+resumed run never duplicates one.
+
+A run folder holds ``config.yaml``, ``search.json`` (the ``SearchResult``), ``search_trials.json``
+(the queries a resumed multi-trial search replays), ``stages.csv`` or ``trials.csv``,
+``epochs.csv``, ``search.png``, ``arch.json``, ``metrics.json``, ``DONE`` and the strategy's and
+evaluator's own checkpoints.
+"""
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
+
+from xsearch.search_spaces import Arch, SearchSpace, arch_from_record, arch_record, format_flops
+from xsearch.strategies import QueryRecord, SearchResult, StageRecord
 
 from .core.errors import UserError
+from .core.io import atomic_write, write_json, write_text
+
+SEARCH_FILE, REPLAY_FILE, ARCH_FILE = "search.json", "search_trials.json", "arch.json"
+
+
+# --- run folders and studies ------------------------------------------------------------
+def check_writable(path: str | Path, what: str) -> None:
+    """Refuse (UserError) a folder that cannot be created or written, before any work is done.
+
+    Probes the nearest existing folder with a temporary subfolder: permission bits alone do not
+    tell (root may write anywhere, yet not into /proc or a read-only disk).
+    """
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what}={str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder; "
+                        f"choose another {what}")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as exc:
+        raise UserError(f"{what}={str(path)!r} cannot be written ({exc.strerror or exc} in {str(existing)!r}); "
+                        f"choose a writable {what}") from None
+
+
+def check_new_run_dir(run_dir: str | Path) -> None:
+    """Refuse a ``run_dir`` that already holds a run or cannot be written."""
+    if (Path(run_dir) / "config.yaml").exists():
+        raise UserError(f"run_dir {str(run_dir)!r} already holds a run; resume it with resume={run_dir} "
+                        "or choose another run_dir")
+    check_writable(run_dir, "run_dir")
+
+
+def check_run_location(runs_root: str | Path, run_dir: str | Path | None = None) -> None:
+    """Refuse, before any work, the folder a new run would be written to (``run_dir``, else under ``runs_root``)."""
+    if run_dir:
+        check_new_run_dir(run_dir)
+    else:
+        check_writable(runs_root, "runs_root")
+
+
+def _mkdir(path: Path, what: str) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{what}={str(path)!r} cannot be created: {exc.strerror or exc}; choose a writable {what}") from None
+    return path
 
 
 def default_storage(runs_root: str | Path) -> str:
-    root = Path(runs_root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    """The SQLite study file every run under ``runs_root`` shares."""
+    root = _mkdir(Path(runs_root), "runs_root").resolve()
     return f"sqlite:///{root / 'xsearch.db'}"
 
 
 def new_run_dir(runs_root: str | Path, space: str, strategy: str, run_dir: str | None = None) -> Path:
     """``<runs_root>/<YYYYmmdd-HHMMSS>-<space>-<strategy>`` (or ``run_dir``), created; never reuses a folder."""
     if run_dir:
-        path = Path(run_dir)
-        if (path / "config.yaml").exists():
-            raise UserError(f"run_dir {str(path)!r} already holds a run; resume it with resume={path} "
-                            "or choose another run_dir")
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path(runs_root) / f"{stamp}-{space}-{strategy}"
-        i = 1
-        while path.exists():
-            path = Path(runs_root) / f"{stamp}-{space}-{strategy}-{i}"
-            i += 1
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        check_new_run_dir(run_dir)
+        return _mkdir(Path(run_dir), "run_dir")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(runs_root) / f"{stamp}-{space}-{strategy}"
+    i = 1
+    while path.exists():
+        path = Path(runs_root) / f"{stamp}-{space}-{strategy}-{i}"
+        i += 1
+    return _mkdir(path, "runs_root")
 
 
 def open_study(storage: str, name: str) -> optuna.Study:
@@ -44,31 +104,190 @@ def open_study(storage: str, name: str) -> optuna.Study:
     except (ValueError, ImportError, ModuleNotFoundError) as exc:
         raise UserError(f"cannot open Optuna storage {storage!r}: {exc}. Use an Optuna storage URL such as "
                         "sqlite:///runs/xsearch.db or postgresql://user:pass@host/db") from None
-    except Exception as exc:  # SQLAlchemy errors: bad URL, unreachable server
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy errors: bad URL, unreachable server
         raise UserError(f"cannot open Optuna storage {storage!r}: {type(exc).__name__}: {exc}") from None
 
 
-def write_tables(run_dir: Path, history: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> None:
+# --- arch.json --------------------------------------------------------------------------
+def save_arch(path: str | Path, space: SearchSpace, arch: Arch, **extra: Any) -> dict[str, Any]:
+    """Write ``arch.json`` atomically (see ``arch_record`` for its fields); returns the record."""
+    record = arch_record(space, arch, **extra)
+    write_json(path, record)
+    return record
+
+
+def read_arch_record(path: str | Path) -> dict[str, Any]:
+    """The parsed ``arch.json`` at ``path`` (or in run folder ``path``), or a UserError saying what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / ARCH_FILE
+    if not path.is_file():
+        raise UserError(f"architecture file {str(path)!r} does not exist; pass a run's arch.json or run folder")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{str(path)!r} is not a valid arch.json: {exc}") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{str(path)!r} is not a valid arch.json: it holds a {type(record).__name__}, not an object "
+                        "with 'space', 'space_kwargs', 'arch'")
+    return record
+
+
+def load_arch(path: str | Path) -> tuple[SearchSpace, Arch]:
+    """Read an ``arch.json`` written by a run: returns ``(space, arch)``."""
+    return arch_from_record(read_arch_record(path), repr(str(path)))
+
+
+# --- the recorder -----------------------------------------------------------------------
+class RunRecorder:
+    """Writes one run folder and its Optuna study; a strategy's ``SearchEvents``.
+
+    ``study`` may be None (``xsearch train`` records no trials). Record ids make trials
+    idempotent: a resumed run reports its finished stages and queries again, and each stays one trial.
+    """
+
+    def __init__(self, run_dir: str | Path, space: SearchSpace, study: optuna.Study | None = None) -> None:
+        self.run_dir, self.space, self.study = Path(run_dir), space, study
+        self._replay: dict[tuple[str, ...], dict[str, Any]] | None = None
+        self._replay_seconds = 0.0
+
+    def path(self, name: str) -> Path:
+        return self.run_dir / name
+
+    # --- the study ----------------------------------------------------------------------
+    def describe(self, **attrs: Any) -> None:
+        """Study-level facts (space, strategy, data, budget...), shown by the dashboard."""
+        if self.study is not None:
+            for key, value in attrs.items():
+                self.study.set_user_attr(key, value)
+
+    def trial(self, arch: Arch, value: float, record_id: str, attrs: dict[str, Any]) -> None:
+        """Add ``arch`` as a finished trial with values (``value``, FLOPs), once per ``record_id``."""
+        if self.study is None:
+            return
+        if any(t.user_attrs.get("record_id") == record_id for t in self.study.get_trials(deepcopy=False)):
+            return
+        space = self.space
+        distributions = {c.label: optuna.distributions.CategoricalDistribution(c.options) for c in space.choices}
+        attrs = {"record_id": record_id, "flops": space.flops(arch), "params": space.params(arch),
+                 "recorded_at": time.time(), **attrs}
+        self.study.add_trial(optuna.trial.create_trial(params=dict(arch), distributions=distributions,
+                                                       values=[float(value), float(space.flops(arch))],
+                                                       user_attrs=attrs))
+
+    # --- SearchEvents -------------------------------------------------------------------
+    def stage(self, record: StageRecord) -> None:
+        """A finished stage: its derived architecture becomes a ``derived`` trial."""
+        self.trial(record.derived_arch, record.val_accuracy, record.record_id,
+                   {"stage": record.stage, "kind": "derived", "classes": record.classes,
+                    "alive_per_layer": record.alive_per_layer, "stage_seconds": record.seconds,
+                    "val_accuracy_all_classes": record.val_accuracy_all_classes,
+                    "flops_readable": format_flops(record.derived_flops)})
+
+    def query(self, record: QueryRecord, seconds: float) -> None:
+        """A finished query: a ``query`` trial, and (if new) a line in the replay file."""
+        scalars = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float, str)) and k != "score"}
+        self.trial(record.arch, record.score, record.record_id,
+                   {"kind": "query", "query": record.query, "score": record.score, **scalars})
+        replay = self._load_replay()
+        key = self._key(record.arch)
+        if key not in replay:
+            replay[key] = {"arch": record.arch, "metrics": record.metrics}
+            self._replay_seconds = seconds
+            write_json(self.path(REPLAY_FILE), {"queries": list(replay.values()), "seconds": seconds})
+
+    def saved_queries(self) -> tuple[list[dict[str, Any]], float]:
+        """The queries of an interrupted multi-trial search and the time they took."""
+        return list(self._load_replay().values()), self._replay_seconds
+
+    def _key(self, arch: Arch) -> tuple[str, ...]:
+        return tuple(arch[label] for label in self.space.labels)
+
+    def _load_replay(self) -> dict[tuple[str, ...], dict[str, Any]]:
+        if self._replay is None:
+            self._replay = {}
+            path = self.path(REPLAY_FILE)
+            if path.is_file():
+                payload = self._read_json(path, "queries")
+                try:
+                    self._replay = {self._key(q["arch"]): {"arch": q["arch"], "metrics": q["metrics"]}
+                                    for q in payload["queries"]}
+                    self._replay_seconds = float(payload.get("seconds", 0.0))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise UserError(f"{str(path)!r} is not a replay file of this run ({type(exc).__name__}: {exc}); "
+                                    "move it away to repeat the queries") from None
+        return self._replay
+
+    # --- files --------------------------------------------------------------------------
+    def write_config(self, cfg: dict[str, Any]) -> None:
+        write_text(self.path("config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
+
+    def saved_result(self) -> SearchResult | None:
+        """The finished search of an interrupted run (``search.json``), or None."""
+        path = self.path(SEARCH_FILE)
+        if not path.exists():
+            return None
+        try:
+            return SearchResult.from_dict(self._read_json(path, "search result"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{str(path)!r} is not a search result ({type(exc).__name__}: {exc}); "
+                            "move it away to search again") from None
+
+    def save_result(self, result: SearchResult) -> None:
+        write_json(self.path(SEARCH_FILE), result.to_dict())
+
+    def write_search(self, result: SearchResult, title: str) -> None:
+        """The search's tables and plot (see ``write_tables``, ``plot_search``)."""
+        epochs = result.metrics.get("epochs", [])
+        write_tables(self.run_dir, result.history, epochs)
+        plot_search(self.run_dir, result.history, epochs, title)
+
+    def save_arch(self, arch: Arch, **extra: Any) -> dict[str, Any]:
+        return save_arch(self.path(ARCH_FILE), self.space, arch, **extra)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json(self.path("metrics.json"), metrics)
+
+    def finish(self) -> None:
+        """Mark the run complete: a resumed run with ``DONE`` has nothing left to do."""
+        write_text(self.path("DONE"), "finished\n")
+
+    @staticmethod
+    def _read_json(path: Path, what: str) -> Any:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{str(path)!r} is not a readable {what} file: {exc}") from None
+
+
+# --- tables and plots -------------------------------------------------------------------
+def write_tables(run_dir: Path, history: list[Any], epochs: list[dict[str, Any]]) -> None:
     """``stages.csv`` (staged searches) or ``trials.csv`` (multi-trial searches), and ``epochs.csv``."""
     import pandas as pd
 
-    if history and "query" in history[0]:
-        rows = [{"query": h["query"], "score": h["score"], "best_score": h["best_score"], "flops": h["flops"],
-                 "params": h["params"], "proposals": h["proposals"], **h["arch"]} for h in history]
-        pd.DataFrame(rows).to_csv(run_dir / "trials.csv", index=False)
-    elif history:
-        rows = [{"stage": h["stage"], "num_classes": h["num_classes"], "classes": ";".join(h["classes"]),
-                 "alive_total": sum(h["alive_per_layer"].values()),
-                 "alive_mean_per_layer": sum(h["alive_per_layer"].values()) / len(h["alive_per_layer"]),
-                 "seconds": h["seconds"], "val_accuracy": h["val_accuracy"],
-                 "val_accuracy_all_classes": h["val_accuracy_all_classes"], "derived_flops": h["derived_flops"]}
-                for h in history]
-        pd.DataFrame(rows).to_csv(run_dir / "stages.csv", index=False)
+    stages = [h for h in history if isinstance(h, StageRecord)]
+    queries = [h for h in history if isinstance(h, QueryRecord)]
+    if queries:
+        rows = [{"query": h.query, "score": h.score, "best_score": h.best_score, "flops": h.flops,
+                 "params": h.params, "proposals": h.proposals, **h.arch} for h in queries]
+        _write_csv(run_dir / "trials.csv", pd.DataFrame(rows))
+    if stages:
+        rows = [{"stage": h.stage, "num_classes": h.num_classes, "classes": ";".join(h.classes),
+                 "alive_total": sum(h.alive_per_layer.values()),
+                 "alive_mean_per_layer": sum(h.alive_per_layer.values()) / len(h.alive_per_layer),
+                 "seconds": h.seconds, "val_accuracy": h.val_accuracy,
+                 "val_accuracy_all_classes": h.val_accuracy_all_classes, "derived_flops": h.derived_flops}
+                for h in stages]
+        _write_csv(run_dir / "stages.csv", pd.DataFrame(rows))
     if epochs:
-        pd.DataFrame(epochs).to_csv(run_dir / "epochs.csv", index=False)
+        _write_csv(run_dir / "epochs.csv", pd.DataFrame(epochs))
 
 
-def plot_search(run_dir: Path, history: list[dict[str, Any]], epochs: list[dict[str, Any]], title: str) -> Path | None:
+def _write_csv(path: Path, frame: Any) -> None:
+    write_text(path, frame.to_csv(index=False))
+
+
+def plot_search(run_dir: Path, history: list[Any], epochs: list[dict[str, Any]], title: str) -> Path | None:
     """``search.png``: per stage, accuracy and alive candidates; per epoch, the losses (or, for a
     multi-trial search, each query's score and the best so far, and score against FLOPs)."""
     if not history:
@@ -78,40 +297,47 @@ def plot_search(run_dir: Path, history: list[dict[str, Any]], epochs: list[dict[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if "query" in history[0]:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        q = [h["query"] for h in history]
-        axes[0].plot(q, [h["score"] for h in history], ".", alpha=0.6, label="query")
-        axes[0].step(q, [h["best_score"] for h in history], where="post", label="best so far")
-        axes[0].set(xlabel="query", ylabel="score", title="search progress")
-        axes[0].legend()
-        axes[1].scatter([h["flops"] / 1e6 for h in history], [h["score"] for h in history], c=q, cmap="viridis", s=12)
-        axes[1].set(xlabel="FLOPs (M MACs)", ylabel="score", title="queried architectures (colour: query)")
+    queries = [h for h in history if isinstance(h, QueryRecord)]
+    if queries:
+        fig = _plot_queries(plt, queries)
     else:
-        fig = _plot_stages(plt, history, epochs)
+        fig = _plot_stages(plt, [h for h in history if isinstance(h, StageRecord)], epochs)
     fig.suptitle(title)
     fig.tight_layout()
     path = run_dir / "search.png"
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
     plt.close(fig)
     return path
 
 
-def _plot_stages(plt: Any, history: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> Any:
+def _plot_queries(plt: Any, history: list[QueryRecord]) -> Any:
+    """Multi-trial searches: each query's score and the best so far; score against FLOPs."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    q = [h.query for h in history]
+    axes[0].plot(q, [h.score for h in history], ".", alpha=0.6, label="query")
+    axes[0].step(q, [h.best_score for h in history], where="post", label="best so far")
+    axes[0].set(xlabel="query", ylabel="score", title="search progress")
+    axes[0].legend()
+    axes[1].scatter([h.flops / 1e6 for h in history], [h.score for h in history], c=q, cmap="viridis", s=12)
+    axes[1].set(xlabel="FLOPs (M MACs)", ylabel="score", title="queried architectures (colour: query)")
+    return fig
+
+
+def _plot_stages(plt: Any, history: list[StageRecord], epochs: list[dict[str, Any]]) -> Any:
     """Staged searches: per stage, accuracy and alive candidates; per epoch, the supernet losses."""
-    stages = [h["stage"] for h in history]
+    stages = [h.stage for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     ax = axes[0]
-    ax.plot(stages, [100 * h["val_accuracy"] for h in history], "o-", label="stage classes")
-    ax.plot(stages, [100 * h["val_accuracy_all_classes"] for h in history], "s--", label="all classes")
+    ax.plot(stages, [100 * h.val_accuracy for h in history], "o-", label="stage classes")
+    ax.plot(stages, [100 * h.val_accuracy_all_classes for h in history], "s--", label="all classes")
     for h in history:
-        ax.annotate(f"{h['num_classes']} cls", (h["stage"], 100 * h["val_accuracy"]), textcoords="offset points",
+        ax.annotate(f"{h.num_classes} cls", (h.stage, 100 * h.val_accuracy), textcoords="offset points",
                     xytext=(0, 6), ha="center", fontsize=8)
     ax.set(xlabel="stage", ylabel="held-out accuracy (%)", title="derived network, inherited weights")
     ax.set_xticks(stages)
     ax.legend()
     ax = axes[1]
-    ax.bar(stages, [sum(h["alive_per_layer"].values()) / len(h["alive_per_layer"]) for h in history])
+    ax.bar(stages, [sum(h.alive_per_layer.values()) / len(h.alive_per_layer) for h in history])
     ax.set(xlabel="stage", ylabel="alive candidates per layer", title="candidate set during the stage")
     ax.set_xticks(stages)
     ax = axes[2]
