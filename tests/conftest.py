@@ -56,3 +56,14 @@ def macro_table() -> Path:
         pytest.skip("NAS-Bench-Macro table not found; set XSEARCH_NAS_BENCH_MACRO=PATH or keep ../shared beside "
                     "the repository")
     return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_macro_table(tmp_path_factory) -> Path:
+    """Path of a NAS-Bench-Macro-format table with made-up accuracies (tests/data/synthetic_macro.py): any clone has it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synthetic_macro", Path(__file__).parent / "data" / "synthetic_macro.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_table(tmp_path_factory.mktemp("synthetic_macro") / "synthetic_macro.json")
