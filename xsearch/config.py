@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import inspect
 import math
 import re
@@ -31,7 +32,6 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize
@@ -41,13 +41,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from xsearch.evaluators import EVALUATORS
-from xsearch.search_spaces import SPACES, get_space
-from xsearch.strategies import STRATEGIES
-
-from .core.data import DATASETS, ImageData, split_for_search, stratified_subset
 from .core.errors import UserError
-from .core.registry import Registry
+
+if typing.TYPE_CHECKING:
+    from .core.data import ImageData
+    from .core.registry import Registry
 
 CONF_DIR = Path(__file__).parent / "conf"
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
@@ -60,8 +58,13 @@ class Kind:
     """One component kind: its config group, registry, and the constructor arguments the run supplies itself."""
 
     group: str
-    registry: Registry
+    where: str  # "module:NAME" of the registry, imported on first use (the dashboard needs none of them)
     supplied: frozenset[str]  # not user settings: taken from the top-level keys or from the data
+
+    @property
+    def registry(self) -> Registry:
+        module, name = self.where.split(":")
+        return getattr(importlib.import_module(module), name)
 
     def section(self, name: str) -> str:
         """Where the settings of component ``name`` live (``search`` for strategies, ``train`` for trainers, ...)."""
@@ -77,10 +80,10 @@ class Kind:
 SIZED_BY_DATA = ("num_classes", "in_chans", "image_size")
 
 KINDS = {
-    "space": Kind("space", SPACES, frozenset()),
-    "strategy": Kind("strategy", STRATEGIES, frozenset({"seed", "device", "show_progress"})),
-    "data": Kind("data", DATASETS, frozenset()),
-    "evaluator": Kind("evaluator", EVALUATORS, frozenset({"device", "show_progress"})),
+    "space": Kind("space", "xsearch.search_spaces:SPACES", frozenset()),
+    "strategy": Kind("strategy", "xsearch.strategies:STRATEGIES", frozenset({"seed", "device", "show_progress"})),
+    "data": Kind("data", "xsearch.core.data:DATASETS", frozenset()),
+    "evaluator": Kind("evaluator", "xsearch.evaluators:EVALUATORS", frozenset({"device", "show_progress"})),
 }
 GROUPS = tuple(KINDS)  # the config groups: space=NAME, strategy=NAME, data=NAME, evaluator=NAME
 
@@ -215,10 +218,11 @@ def _group_node(group: str, name: str) -> dict[str, Any]:
 
 
 @cache
-def _register() -> None:
+def _register(config: str) -> None:
     store = ConfigStore.instance()
-    for label, primary in PRIMARY.items():
-        store.store(name=label, node=primary)
+    store.store(name=config, node=PRIMARY[config])
+    if config != "run":
+        return
     for group, kind in KINDS.items():
         for name in kind.registry.names():
             store.store(group=group, name=name, node=_group_node(group, name), package="_global_")
@@ -259,7 +263,7 @@ def compose(overrides: list[str], config: str = "run") -> DictConfig:
 
     ``config`` is ``run`` (every command that searches, trains or counts) or ``dashboard``.
     """
-    _register()
+    _register(config)
     keys = [_split(item) for item in overrides]
     overrides = [f"{key}={value}" for key, value in keys]
     choices = {g: o for g, o in DEFAULT_CHOICES.items()} if config == "run" else {}
@@ -280,7 +284,7 @@ def compose(overrides: list[str], config: str = "run") -> DictConfig:
 
 def compose_defaults(choices: dict[str, str] | None = None) -> DictConfig:
     """The configuration with only group choices applied (``{"strategy": "evolution"}``): what every key defaults to."""
-    _register()
+    _register("run")
     merged = {**DEFAULT_CHOICES, **(choices or {})}
     return copy.deepcopy(_defaults("run", tuple(sorted(merged.items()))))
 
@@ -377,7 +381,7 @@ def parse_count(value: Any, what: str = "constraints.flops") -> int | None:
             raise UserError(f"{what}={value!r} is not a number; write e.g. 5M, 300K, 1.2G or 5000000")
         number = float(m.group(1)) * _SUFFIX.get(m.group(2).upper(), 1)
     if not math.isfinite(number) or number <= 0 or number >= 2 ** 63:
-        raise UserError(f"{what} must be a positive, finite number of MACs, got {value!r}")
+        raise UserError(f"{what} must be positive (a finite number of MACs), got {value!r}")
     return round(number)
 
 
@@ -464,6 +468,8 @@ def build_data(cfg: dict[str, Any]) -> ImageData:
 def build_space(cfg: dict[str, Any], data: ImageData | None):
     """The configured space, sized for ``data`` (or at the space's own defaults when there is no data)."""
     name, kwargs = _settings_of(cfg, "space")
+    from xsearch.search_spaces import get_space
+
     kwargs = {k: v for k, v in kwargs.items() if not (k in SIZED_BY_DATA and v is None)}
     if data is not None:
         c, h, _ = data.input_shape
@@ -511,6 +517,10 @@ def _smallest(total: int, works: Any) -> int:
 
 def check_sample_counts(cfg: dict[str, Any], data: ImageData) -> None:
     """Refuse sample counts too small to give every class of ``data`` a place (found by the samplers themselves)."""
+    import torch
+
+    from .core.data import split_for_search, stratified_subset
+
     targets = data.train.targets
     classes = len(torch.unique(targets))
 
