@@ -6,8 +6,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from xsearch.core.registry import Registry
 from xsearch.core.errors import UserError
+from xsearch.core.registry import Registry
 
 EVALUATORS: Registry = Registry("evaluator")
 

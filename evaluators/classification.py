@@ -19,19 +19,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from xsearch.core.data import ImageData, subset
-from xsearch.core.checkpoint import load_checkpoint, save_checkpoint
+from xsearch.core.checkpoint import Resumable
+from xsearch.core.data import ImageData, stratified_subset
+from xsearch.core.io import atomic_write
 from xsearch.core.training import (
     anneal_temperature,
     channels_last,
     check_optimizer,
     cosine_with_warmup,
     evaluate,
-    progress,
     resolve_device,
-    rng_state,
     seed_everything,
-    set_rng_state,
+    supervised_step,
+    train_epoch,
     weight_optimizer,
 )
 
@@ -59,12 +59,13 @@ class ClassificationEvaluator(Evaluator):
 
     def evaluate(self, space: Any, arch: dict[str, str], data: ImageData, seed: int = 0,
                  workdir: Path | None = None) -> dict[str, Any]:
-        train_idx = subset(data.train.targets, self.train_samples, seed)
+        train_idx = stratified_subset(data.train.targets, self.train_samples, seed)
         model, history, elapsed = self._fit(space, arch, data, train_idx, seed, workdir)
-        test_idx = subset(data.test.targets, self.test_samples, seed) if self.test_samples else None
+        test_idx = stratified_subset(data.test.targets, self.test_samples, seed) if self.test_samples else None
         result = evaluate(model, data, "test", test_idx, device=self.device)
         if workdir is not None:
-            torch.save(model.state_dict(), Path(workdir) / "model.pt")
+            weights = model.state_dict()
+            atomic_write(Path(workdir) / "model.pt", lambda f: torch.save(weights, f), binary=True)
         return {
             "test_accuracy": result["accuracy"],
             "test_loss": result["loss"],
@@ -84,7 +85,7 @@ class ClassificationEvaluator(Evaluator):
         n_val = min(self.val_samples, len(targets) // 5)
         perm = torch.randperm(len(targets), generator=torch.Generator().manual_seed(10_007 + seed))
         val, rest = perm[:n_val], perm[n_val:]
-        return rest[subset(targets[rest], self.train_samples, seed)], val
+        return stratified_subset(targets, self.train_samples, seed, indices=rest), val
 
     def score(self, space: Any, arch: dict[str, str], data: ImageData, seed: int = 0) -> dict[str, Any]:
         """Train on the training split minus the held-out images; score = accuracy on the held-out images."""
@@ -105,41 +106,23 @@ class ClassificationEvaluator(Evaluator):
         scheduler = cosine_with_warmup(optimizer, steps * self.epochs, warmup_steps=min(steps, steps * self.epochs // 10))
         criterion = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
         generator = torch.Generator().manual_seed(seed)
-        history: list[dict[str, float]] = []
-        start_epoch, elapsed = 0, 0.0
+        resumable = Resumable(model, {"weights": optimizer}, {"weights": scheduler}, generator)
+        state = {"epoch": 0, "history": [], "seconds": 0.0}
         ckpt_path = Path(workdir) / "train_checkpoint.pt" if workdir else None
         if ckpt_path is not None:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            state = load_checkpoint(ckpt_path)
-            if state is not None:
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                generator.set_state(state["generator"])
-                set_rng_state(state["rng"])
-                start_epoch, history, elapsed = state["epoch"], state["history"], state["seconds"]
-        for epoch in range(start_epoch, self.epochs):
+            state = resumable.restore(ckpt_path, "retrain") or state
+        history, elapsed = state["history"], state["seconds"]
+        step = supervised_step(model, criterion, optimizer, scheduler)
+        for epoch in range(state["epoch"], self.epochs):
             t0 = time.time()
             model.train()
-            loss_sum, n = 0.0, 0
-            bar = progress(data.batches("train", train_idx, self.batch_size, shuffle=True, augment=True,
-                                        generator=generator, device=self.device),
-                           total=steps, desc=f"train {epoch + 1}/{self.epochs}", enabled=self.show_progress)
-            for i, (x, y) in enumerate(bar):
-                anneal_temperature(model, epoch + i / steps, self.temperature_epochs)
-                loss = criterion(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += float(loss.detach()) * len(y)
-                n += len(y)
-                bar.set_postfix(loss=f"{loss_sum / n:.3f}", refresh=False)
+            batches = data.batches("train", train_idx, self.batch_size, shuffle=True, augment=True,
+                                   generator=generator, device=self.device)
+            metrics = train_epoch(batches, step, steps, f"train {epoch + 1}/{self.epochs}", self.show_progress,
+                                  lambda t, epoch=epoch: anneal_temperature(model, epoch + t, self.temperature_epochs))
             elapsed += time.time() - t0
-            history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, n), "seconds": elapsed})
+            history.append({"epoch": epoch + 1, "train_loss": metrics.get("train_loss", 0.0), "seconds": elapsed})
             if ckpt_path is not None:
-                save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                                            "rng": rng_state(), "epoch": epoch + 1, "history": history,
-                                            "seconds": elapsed})
+                resumable.save(ckpt_path, "retrain", {"epoch": epoch + 1, "history": history, "seconds": elapsed})
         return model, history, elapsed

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xsearch.core.data import stratified_split
 from xsearch.core.training import resolve_device, seed_everything
 
 from ._base import EVALUATORS, Evaluator
@@ -135,18 +136,6 @@ def proxy_score(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return snip(model, x, y)
 
 
-def stratified_indices(targets: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``n`` indices drawn class by class in turn from a seeded shuffle (class counts differ by at most one)."""
-    perm = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))
-    shuffled = targets[perm]
-    rank = torch.empty(len(perm), dtype=torch.long)  # position of each sample among its class in the shuffle
-    for c in torch.unique(shuffled).tolist():
-        mask = shuffled == c
-        rank[mask] = torch.arange(int(mask.sum()))
-    order = torch.argsort(rank * len(perm) + torch.arange(len(perm)))
-    return perm[order[:n]]
-
-
 @EVALUATORS.register("proxy")
 class ProxyEvaluator(Evaluator):
     """Score ``space.build(arch)`` at initialisation with a zero-cost proxy; no training, no test accuracy.
@@ -177,7 +166,7 @@ class ProxyEvaluator(Evaluator):
         cached = self._batch_cache.get(key)
         if cached is not None and cached[0] is data:  # identity check: an id can be reused after collection
             return cached[1], cached[2]
-        indices = stratified_indices(data.train.targets, self.batch_size, seed)
+        indices = stratified_split(data.train.targets, seed, size=self.batch_size)[0]
         x, y = next(data.batches("train", indices, len(indices), shuffle=False, augment=False, device=self.device))
         self._batch_cache = {key: (data, x, y)}  # one entry: a search uses one dataset and seed
         return x, y

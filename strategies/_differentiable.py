@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from xsearch.core.data import ImageData, split_for_search
-from xsearch.core.checkpoint import load_checkpoint, save_checkpoint
+from xsearch.core.checkpoint import Resumable
 from xsearch.core.training import (
     ClassSubset,
     anneal_temperature,
@@ -29,13 +29,13 @@ from xsearch.core.training import (
     check_optimizer,
     cosine_with_warmup,
     evaluate,
-    progress,
+    optimizer_step,
     recalibrate_batchnorm,
     resolve_device,
-    rng_state,
     seed_everything,
+    supervised_step,
+    train_epoch,
     weight_optimizer,
-    set_rng_state,
 )
 
 from ._base import Constraints, NoEvents, SearchEvents, SearchResult, StageRecord, Strategy, row_from_dict
@@ -97,15 +97,10 @@ class DifferentiableSearch(Strategy):
         generator = torch.Generator().manual_seed(self.seed)
         state: dict[str, Any] = {"step": 0, "class_order": list(range(data.num_classes)), "history": [],
                                  "epochs": [], "seconds": 0.0}
-        saved = load_checkpoint(checkpoint) if checkpoint else None
+        resumable = Resumable(supernet, {"weights": w_opt, "arch": a_opt}, {"weights": scheduler}, generator)
+        saved = resumable.restore(checkpoint, "search") if checkpoint else None
         if saved is not None:
-            supernet.load_state_dict(saved["supernet"])
-            w_opt.load_state_dict(saved["w_opt"])
-            a_opt.load_state_dict(saved["a_opt"])
-            scheduler.load_state_dict(saved["scheduler"])
-            generator.set_state(saved["generator"])
-            set_rng_state(saved["rng"])
-            state = saved["state"]
+            state = saved
 
         steps: list[tuple[Any, ...]] = [("warmup", e) for e in range(self.single_path_epochs())]
         if self.rank_classes:
@@ -137,10 +132,7 @@ class DifferentiableSearch(Strategy):
             state["seconds"] += time.time() - t0
             state["step"] += 1
             if checkpoint:
-                save_checkpoint(checkpoint, {"supernet": supernet.state_dict(), "w_opt": w_opt.state_dict(),
-                                             "a_opt": a_opt.state_dict(), "scheduler": scheduler.state_dict(),
-                                             "generator": generator.get_state(), "rng": rng_state(),
-                                             "state": state})
+                resumable.save(checkpoint, "search", state)
         return self.finish(ctx, state, checkpoint)
 
     def single_path_epochs(self) -> int:
@@ -188,20 +180,19 @@ class _Context:
         self.net.train()
         self.net.set_mode("single")
         self._requires_grad(self.alphas, False)
-        loss_sum, n, t0 = 0.0, 0, time.time()
+        t0 = time.time()
+        step = supervised_step(self.net, nn.functional.cross_entropy, self.w_opt, self.scheduler)
         total = self.data.num_batches(len(self.w_idx), self.s.batch_size)
-        bar = progress(self._batches(self.w_idx), total, f"single-path {epoch + 1}/{self.s.single_path_epochs()}",
-                       self.s.show_progress)
-        for i, (x, y) in enumerate(bar):
-            anneal_temperature(self.net, self.epochs_done + i / total, self.s.temperature_epochs)
-            loss = nn.functional.cross_entropy(self.net(x), y)
-            self.w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.w_opt.step()
-            self.scheduler.step()
-            loss_sum, n = loss_sum + float(loss.detach()) * len(y), n + len(y)
+        metrics = train_epoch(self._batches(self.w_idx), step, total,
+                              f"single-path {epoch + 1}/{self.s.single_path_epochs()}", self.s.show_progress,
+                              self._anneal)
         self._requires_grad(self.alphas, True)
-        return {"phase": "warmup", "epoch": epoch + 1, "train_loss": loss_sum / max(1, n), "seconds": time.time() - t0}
+        return {"phase": "warmup", "epoch": epoch + 1, "train_loss": metrics.get("train_loss", 0.0),
+                "seconds": time.time() - t0}
+
+    def _anneal(self, progress: float) -> None:
+        """Anneal dynamic convolutions for ``progress`` (a fraction) into the search's current epoch."""
+        anneal_temperature(self.net, self.epochs_done + progress, self.s.temperature_epochs)
 
     def rank_classes(self, num_paths: int = 4) -> tuple[list[int], list[dict[str, Any]]]:
         """Easy-first class order: per-class accuracy on held-out data, averaged over sampled paths."""
@@ -226,38 +217,32 @@ class _Context:
         w_idx, a_idx = subset.indices(targets, self.w_idx), subset.indices(targets, self.a_idx)
         self.net.train()
         self.net.set_mode(self.s.path_mode)
-        sums = {"train_loss": 0.0, "arch_loss": 0.0, "arch_accuracy": 0.0}
-        n, t0 = 0, time.time()
+        t0 = time.time()
         total = self.data.num_batches(min(len(w_idx), len(a_idx)), self.s.batch_size)
         alive = self.net.num_alive() / len(self.net.layers)
         desc = (f"stage {stage_index + 1}/{num_stages} epoch {epoch + 1}/{stage.epochs} "
                 f"({len(classes)} classes, {alive:.1f} cand/layer)")
-        bar = progress(zip(self._batches(w_idx), self._batches(a_idx)), total, desc, self.s.show_progress)
-        for i, ((xw, yw), (xa, ya)) in enumerate(bar):
-            anneal_temperature(self.net, self.epochs_done + i / max(1, total), self.s.temperature_epochs)
+
+        def step(batch: tuple[Any, Any]) -> tuple[dict[str, float], int]:
+            (xw, yw), (xa, ya) = batch
             # weight step: training half, logits frozen
             self._requires_grad(self.alphas, False)
             logits, target = subset.apply(self.net(xw), yw)
             loss = nn.functional.cross_entropy(logits, target)
-            self.w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.w_opt.step()
-            self.scheduler.step()
+            optimizer_step(loss, self.w_opt, self.scheduler)
             self._requires_grad(self.alphas, True)
             # logit step: held-out half, weights frozen
             self._requires_grad(self.weights, False)
             logits, target = subset.apply(self.net(xa), ya)
             arch_loss = nn.functional.cross_entropy(logits, target) + self.flops_penalty()
-            self.a_opt.zero_grad(set_to_none=True)
-            arch_loss.backward()
-            self.a_opt.step()
+            optimizer_step(arch_loss, self.a_opt)
             self._requires_grad(self.weights, True)
-            b = len(yw)
-            sums["train_loss"] += float(loss.detach()) * b
-            sums["arch_loss"] += float(arch_loss.detach()) * b
-            sums["arch_accuracy"] += float((logits.argmax(1) == target).float().mean()) * b
-            n += b
-        record = {k: v / max(1, n) for k, v in sums.items()}
+            return {"train_loss": float(loss.detach()), "arch_loss": float(arch_loss.detach()),
+                    "arch_accuracy": float((logits.argmax(1) == target).float().mean())}, len(yw)
+
+        averages = train_epoch(zip(self._batches(w_idx), self._batches(a_idx)), step, total, desc,
+                               self.s.show_progress, self._anneal)
+        record = {"train_loss": 0.0, "arch_loss": 0.0, "arch_accuracy": 0.0, **averages}  # zeros: no batch
         record.update(phase="search", stage=stage_index + 1, epoch=epoch + 1, classes=len(classes),
                       expected_flops=float(self.net.expected_flops().detach()), seconds=time.time() - t0)
         return record

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from xsearch.core.registry import call_with_accepted
-from xsearch.core.data import stratified_head
+from xsearch.core.data import stratified_subset
 from xsearch.evaluators import InheritedWeightsEvaluator
 
 from ._base import STRATEGIES, SearchResult
@@ -53,7 +53,7 @@ class SinglePathOneShot(DifferentiableSearch):
 
     def finish(self, ctx: _Context, state: dict[str, Any], checkpoint: Path | None) -> SearchResult:
         space = ctx.space
-        val_idx = stratified_head(ctx.a_idx, ctx.data.train.targets, self.val_samples, self.seed)
+        val_idx = stratified_subset(ctx.data.train.targets, self.val_samples, self.seed, indices=ctx.a_idx)
         scorer = InheritedWeightsEvaluator(ctx.net, ctx.w_idx, val_idx, self.batch_size, self.recalibration_batches,
                                            self.device)
         result = self.searcher.query(space, scorer, ctx.data, ctx.max_flops, ctx.events, prefix=self.name)

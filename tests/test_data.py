@@ -15,7 +15,7 @@ def test_fashion_mnist_is_the_real_thing(fashion_root):
     data = load_dataset("fashion_mnist", root=str(fashion_root))
     assert (len(data.train), len(data.test), data.num_classes, data.input_shape) == (60000, 10000, 10, (1, 28, 28))
     assert torch.bincount(data.train.targets).tolist() == [6000] * 10
-    x, y = next(data.batches("train", batch_size=256))
+    x, _ = next(data.batches("train", batch_size=256))
     assert x.shape == (256, 1, 28, 28) and abs(float(x.mean())) < 0.3 and 0.7 < float(x.std()) < 1.3
 
 
@@ -23,8 +23,8 @@ def test_one_channel_batches_and_models_run_channels_last(fashion_root):
     """Fashion-MNIST has one channel: its batches and the stem's weight must still carry NHWC
     strides, or every convolution after them runs in NCHW (``contiguous(channels_last)`` leaves
     such tensors with their NCHW strides)."""
-    from xsearch.search_spaces import get_space
     from xsearch.core.training import channels_last
+    from xsearch.search_spaces import get_space
 
     data = load_dataset("fashion_mnist", root=str(fashion_root))
     x, _ = next(data.batches("train", batch_size=8))
@@ -60,7 +60,8 @@ def test_cifar_pickle_layout(tmp_path):
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
     data = load_dataset("cifar10", root=str(tmp_path))
     assert (len(data.train), len(data.test), data.num_classes, data.input_shape) == (20, 3, 10, (3, 32, 32))
-    raw = pickle.load(open(folder / "test_batch", "rb"))["data"][1].reshape(3, 32, 32)
+    with open(folder / "test_batch", "rb") as f:
+        raw = pickle.load(f)["data"][1].reshape(3, 32, 32)
     assert torch.equal(data.test.images[1], torch.from_numpy(raw))
 
 

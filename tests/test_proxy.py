@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from xsearch.core.data import stratified_split
 from xsearch.evaluators import EVALUATORS, ProxyEvaluator, proxy_score
-from xsearch.evaluators.proxy import PROXIES, naswot_kernel, stratified_indices
+from xsearch.evaluators.proxy import PROXIES, naswot_kernel
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +96,10 @@ def test_registered_with_its_contract():
 
 def test_scoring_batch_is_stratified_and_fixed_by_the_seed():
     targets = torch.arange(100) % 10
-    a, b = stratified_indices(targets, 20, seed=1), stratified_indices(targets, 20, seed=1)
+    a, b = (stratified_split(targets, seed=1, size=20)[0] for _ in range(2))
     assert torch.equal(a, b) and len(set(a.tolist())) == 20
     assert torch.bincount(targets[a], minlength=10).tolist() == [2] * 10
-    assert not torch.equal(a, stratified_indices(targets, 20, seed=2))
+    assert not torch.equal(a, stratified_split(targets, seed=2, size=20)[0])
 
 
 def test_scores_are_finite_and_deterministic_on_real_data(fashion, space):

@@ -7,18 +7,20 @@ raises a UserError that says where it looked and how to get them.
 from __future__ import annotations
 
 import gzip
+import itertools
 import pickle
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from .registry import Registry
 from .errors import UserError
+from .registry import Registry
 
-DATASETS: Registry[Callable[..., "ImageData"]] = Registry("dataset")
+DATASETS: Registry[Callable[..., ImageData]] = Registry("dataset")
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -111,7 +113,7 @@ def channels_last_tensor(t: torch.Tensor) -> torch.Tensor:
     convolutions then pick their layout from the strides and run in NCHW, and so does every layer
     after them. Here the channel stride is always 1 (one copy when it is not already).
     """
-    n, c, h, w = t.shape
+    _, c, h, w = t.shape
     strides = (h * w * c, 1, w * c, c)
     if t.stride() == strides:
         return t
@@ -134,42 +136,79 @@ def augment_batch(x: torch.Tensor, padding: int, flip: bool, generator: torch.Ge
     return x.contiguous()
 
 
+def stratified_split(targets: torch.Tensor, seed: int, cuts: Callable[[int], Sequence[int]] | None = None,
+                     size: int | None = None) -> list[torch.Tensor]:
+    """Seeded, class-stratified index sets of ``targets``: pass ``cuts`` for per-class parts, or ``size`` for one batch.
+
+    The one sampler behind every stratified choice (search split, training subsets, the digits
+    test split, a proxy's scoring batch). Exactly one of:
+
+    - ``cuts(m)``: cut points for a class of ``m`` samples. Each class (ascending) is shuffled with
+      its own ``randperm`` from one generator and cut there; part ``i`` holds every class's
+      ``i``-th piece, class after class, so ``len(cuts(m)) + 1`` parts come back.
+    - ``size``: one part of ``size`` indices from one shuffle of all indices, the classes taking
+      turns (every class's r-th sample before any class's (r+1)-th, ties in shuffle order), so class
+      counts differ by at most one in any prefix.
+
+    The two modes draw from the generator differently; each keeps the exact indices of the helper
+    it replaced, so the same seed still gives the same searches and scores.
+    """
+    if (cuts is None) == (size is None):
+        raise ValueError("stratified_split needs exactly one of cuts= and size=")
+    g = torch.Generator().manual_seed(seed)
+    if size is not None:
+        perm = torch.randperm(len(targets), generator=g)
+        shuffled = targets[perm]
+        rank = torch.empty(len(perm), dtype=torch.long)  # position of each sample among its class in the shuffle
+        for c in torch.unique(shuffled).tolist():
+            mask = shuffled == c
+            rank[mask] = torch.arange(int(mask.sum()))
+        return [perm[torch.argsort(rank * len(perm) + torch.arange(len(perm)))[:size]]]
+    pieces = []
+    for c in torch.unique(targets).tolist():
+        idx = torch.nonzero(targets == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        bounds = [0, *cuts(len(idx)), len(idx)]
+        pieces.append([idx[a:b] for a, b in itertools.pairwise(bounds)])
+    return [torch.cat(part) for part in zip(*pieces)]
+
+
 def split_for_search(targets: torch.Tensor, num_samples: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two disjoint, class-stratified halves of (a subset of) the training split.
 
     The first trains supernet weights, the second the architecture logits and the difficulty
     ranking. The test split is never used for search.
     """
-    g = torch.Generator().manual_seed(seed)
     n = len(targets) if not num_samples else min(num_samples, len(targets))
-    first, second = [], []
-    classes = torch.unique(targets)
-    for c in classes.tolist():
-        idx = torch.nonzero(targets == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        take = round(len(idx) * n / len(targets))
-        half = take // 2
-        first.append(idx[:half])
-        second.append(idx[half:take])
-    return torch.cat(first), torch.cat(second)
+
+    def cuts(m: int) -> tuple[int, int]:
+        take = round(m * n / len(targets))  # the class's share of n
+        return take // 2, take
+
+    first, second, _ = stratified_split(targets, seed, cuts)
+    return first, second
 
 
-def subset(targets: torch.Tensor, num_samples: int | None, seed: int) -> torch.Tensor:
-    """A class-stratified random subset of indices (all indices when ``num_samples`` is falsy)."""
-    if not num_samples or num_samples >= len(targets):
-        return torch.arange(len(targets))
-    a, b = split_for_search(targets, num_samples, seed)
-    return torch.cat([a, b])
+def stratified_subset(targets: torch.Tensor, num_samples: int | None, seed: int,
+                      indices: torch.Tensor | None = None) -> torch.Tensor:
+    """A class-stratified random subset of about ``num_samples`` of ``indices`` (default: all of ``targets``).
+
+    All of them when ``num_samples`` is falsy or not smaller. ``indices[:n]`` is no substitute: the
+    splits above are grouped by class.
+    """
+    if indices is None:
+        indices = torch.arange(len(targets))
+    if not num_samples or num_samples >= len(indices):
+        return indices
+    return indices[torch.cat(split_for_search(targets[indices], num_samples, seed))]
 
 
 def stratified_head(indices: torch.Tensor, targets: torch.Tensor, num_samples: int | None, seed: int) -> torch.Tensor:
-    """A class-stratified random subset of ``indices`` (into ``targets``) of about ``num_samples``; all when falsy.
+    """Transitional name of ``stratified_subset(targets, num_samples, seed, indices=indices)``.
 
-    ``indices[:n]`` is not a subset to score on: the splits above are grouped by class.
+    Only for xsearch/bench/ranking.py until it calls ``stratified_subset``; delete it then.
     """
-    if not num_samples or num_samples >= len(indices):
-        return indices
-    return indices[subset(targets[indices], num_samples, seed)]
+    return stratified_subset(targets, num_samples, seed, indices=indices)
 
 
 # --- loaders ------------------------------------------------------------------------------
@@ -219,15 +258,7 @@ def load_digits_data(root: str | None = None) -> ImageData:
     d = load_digits()
     images = torch.from_numpy((d.images * 255.0 / 16.0).round().astype(np.uint8)).unsqueeze(1)
     targets = torch.from_numpy(d.target.astype(np.int64))
-    test_idx, train_idx = [], []
-    g = torch.Generator().manual_seed(0)
-    for c in range(10):
-        idx = torch.nonzero(targets == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        k = len(idx) // 5
-        test_idx.append(idx[:k])
-        train_idx.append(idx[k:])
-    tr, te = torch.cat(train_idx), torch.cat(test_idx)
+    te, tr = stratified_split(targets, 0, cuts=lambda m: (m // 5,))  # a fifth of each class
     return ImageData("digits", TensorSplit(images[tr], targets[tr]), TensorSplit(images[te], targets[te]),
                      tuple(str(i) for i in range(10)), mean=(0.3,), std=(0.4,), flip=False, crop_padding=1)
 

@@ -9,7 +9,8 @@ import math
 import os
 import random
 import sys
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,27 +170,62 @@ def anneal_temperature(model: nn.Module, epoch: float, anneal_epochs: float) -> 
     set_temperature(model, temperature_at(epoch, anneal_epochs))
 
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+# A training step: takes one batch, updates the model, returns (metrics of the batch, its number of samples).
+Step = Callable[[Any], tuple[dict[str, float], int]]
+
+
+def train_epoch(batches: Iterable[Any], step: Step, total: int, desc: str = "", show_progress: bool = True,
+                before_step: Callable[[float], None] | None = None) -> dict[str, float]:
+    """Run ``step`` on every batch (with a progress bar); return its metrics averaged over samples.
+
+    The one training loop: supernet warm-up, the search's alternating weight/logit steps, SPOS
+    supernet training and stand-alone retraining all run through it. ``before_step(t)`` is called
+    before each step with the epoch's progress ``t = i / total`` (dynamic convolutions anneal their
+    temperature with it). The loop itself draws no random numbers: the batches and the step do, in
+    the order they always did.
+    """
+    sums: dict[str, float] = {}
+    n = 0
+    bar = progress(batches, total, desc, show_progress)
+    for i, batch in enumerate(bar):
+        if before_step is not None:
+            before_step(i / total)
+        metrics, size = step(batch)
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + value * size
+        n += size
+        bar.set_postfix({key: f"{value / n:.3f}" for key, value in sums.items()}, refresh=False)
+    return {key: value / max(1, n) for key, value in sums.items()}
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
+    """Backpropagate ``loss`` into fresh gradients and step ``optimizer`` (and ``scheduler``, once per batch)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
+def supervised_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    optimizer: torch.optim.Optimizer, scheduler: Any) -> Step:
+    """The plain step for ``train_epoch``: ``loss_fn(model(x), y)``, one optimizer and scheduler step; reports train_loss."""
+    def step(batch: Batch) -> tuple[dict[str, float], int]:
+        x, y = batch
+        loss = loss_fn(model(x), y)
+        optimizer_step(loss, optimizer, scheduler)
+        return {"train_loss": float(loss.detach())}, len(y)
+
+    return step
+
+
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True):
     """A tqdm bar on stderr; disabled when ``enabled`` is false or XSEARCH_PROGRESS=0."""
     enabled = enabled and os.environ.get("XSEARCH_PROGRESS", "1") != "0"
     # disable=None: tqdm hides itself when stderr is not a terminal (CI logs, pipes)
     return tqdm(iterable, total=total, desc=desc, leave=False, disable=None if enabled else True, dynamic_ncols=True,
                 file=sys.stderr, mininterval=0.5)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @torch.no_grad()
