@@ -84,11 +84,11 @@ def bench_ranking(overrides: list[str]) -> dict[str, Any]:
 
 def trained_supernet(s: Search, checkpoint: Path) -> Any:
     """The supernet search ``s`` trained, read back from its checkpoint (a search returns an architecture, not weights)."""
-    from xsearch.core.checkpoint import load_checkpoint
+    from xsearch.core.checkpoint import read_checkpoint
     from xsearch.supernets import Supernet
 
     net = Supernet(s.space).to(s.strategy.device)
-    net.load_state_dict(load_checkpoint(checkpoint)["supernet"])
+    net.load_state_dict(read_checkpoint(checkpoint, "search")["model"])
     return net
 
 
