@@ -22,6 +22,21 @@ def test_bench_search_writes_rows_for_every_strategy(tmp_path, capsys):
     assert "| danas |" in capsys.readouterr().out
 
 
+def test_bench_strategies_reports_regret_on_the_synthetic_table(tmp_path, synthetic_macro_table, capsys):
+    out = tmp_path / "strategies.json"
+    assert main(["bench", "strategies", f"evaluator.table={synthetic_macro_table}", "bench.table_seeds=2",
+                 "bench.budgets=[40M]", "bench.queries=[5,20]", f"out={out}"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["strategy"] for r in rows] == ["random", "evolution", "tpe", "nsga2"]
+    table = json.loads(synthetic_macro_table.read_text())
+    best = max(e["mean_acc"] for e in table.values() if e["flops"] <= 40_000_000)
+    for r in rows:
+        assert 0 <= r["regret@20"] <= r["regret@5"] and r["table_best"] == best and len(r["queries_to_0.2"]) == 2
+    assert "| 40M | " in capsys.readouterr().out
+    assert main(["bench", "strategies", f"evaluator.table={synthetic_macro_table}", "strategy=tpe"]) == 2
+    assert main(["bench", "strategies"]) == 2  # no table
+
+
 def test_bench_ranking_correlates_inherited_and_standalone_accuracy(tmp_path, capsys):
     out = tmp_path / "ranking.json"
     assert main(["bench", "ranking", *SMOKE, "bench.ranking_archs=3", "bench.ranking_epochs=1",

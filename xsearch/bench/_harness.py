@@ -6,7 +6,6 @@ A benchmark module composes its configurations here, so an override means the sa
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import statistics
 import time
@@ -86,11 +85,6 @@ def search(cfg: dict[str, Any], data: Any, checkpoint: Path | None = None) -> Se
     if budget is not None and result.flops > budget:  # the contract every strategy must keep
         raise RuntimeError(f"strategy returned {result.flops} MACs over the budget {budget}")
     return Search(cfg, space, strategy, result, seconds)
-
-
-def history_rows(result: Any) -> list[dict[str, Any]]:
-    """A search's history as plain dicts, whether its rows are dicts or typed records (dataclasses)."""
-    return [h if isinstance(h, dict) else dataclasses.asdict(h) for h in result.history]
 
 
 def retrain(cfg: dict[str, Any], space: Any, arch: dict[str, str], data: Any, seeds: int,

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from xsearch.config import build_data
+from xsearch.strategies import StageRecord
 
 from ._harness import (
     configure,
-    history_rows,
     machine,
     markdown_table,
     output_path,
@@ -50,8 +50,8 @@ def bench_search(overrides: list[str]) -> list[dict[str, Any]]:
                "search_epochs": cfg["search"].get("epochs"), "warmup_epochs": cfg["search"].get("warmup_epochs"),
                "search_train_samples": cfg["search"].get("train_samples"), "train_epochs": cfg["train"]["epochs"],
                "seeds": seeds, "machine": machine(), "overrides": overrides,
-               "stages": [{k: h[k] for k in ("num_classes", "alive_per_layer", "seconds", "val_accuracy")}
-                          for h in history_rows(result) if "alive_per_layer" in h]}
+               "stages": [{k: getattr(h, k) for k in ("num_classes", "alive_per_layer", "seconds", "val_accuracy")}
+                          for h in result.history if isinstance(h, StageRecord)]}
         rows.append(row)
         write_rows(out, rows)
         print(f"[bench] {name}: {100 * row['test_accuracy']:.2f} +- {100 * row['test_accuracy_std']:.2f} % test",

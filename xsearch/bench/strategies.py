@@ -9,7 +9,7 @@ from typing import Any
 from xsearch.config import build_space, build_strategy, parse_count
 from xsearch.core.errors import UserError
 
-from ._harness import configure, format_flops_m, history_rows, machine, markdown_table, output_path, refuse, write_rows
+from ._harness import configure, format_flops_m, machine, markdown_table, output_path, refuse, write_rows
 
 
 def bench_strategies(overrides: list[str]) -> list[dict[str, Any]]:
@@ -59,7 +59,7 @@ def bench_strategies(overrides: list[str]) -> list[dict[str, Any]]:
             for seed in range(seeds):
                 strategy = build_strategy({**configs[name], "seed": seed, "progress": False})
                 result = strategy.search(space, evaluator, None, Constraints(budget), None)
-                trace = [100 * h["best_score"] for h in history_rows(result)]
+                trace = [100 * h.best_score for h in result.history]  # one QueryRecord per query
                 for q in checkpoints:
                     regrets[q].append(best_acc - trace[min(q, len(trace)) - 1])
                 reach.append(next((i + 1 for i, acc in enumerate(trace) if best_acc - acc <= 0.2 + 1e-9), None))
