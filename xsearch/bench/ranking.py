@@ -28,7 +28,7 @@ def bench_ranking(overrides: list[str]) -> dict[str, Any]:
     """
     from scipy.stats import kendalltau, spearmanr
 
-    from xsearch.core.data import split_for_search, stratified_head
+    from xsearch.core.data import split_for_search, stratified_subset
     from xsearch.evaluators import ClassificationEvaluator, InheritedWeightsEvaluator
 
     refuse(overrides, ("strategy",), "bench ranking trains both the danas and the spos supernet; drop strategy=")
@@ -55,7 +55,7 @@ def bench_ranking(overrides: list[str]) -> dict[str, Any]:
     for name, (net, s) in supernets.items():
         cfg = s.cfg
         w_idx, a_idx = split_for_search(data.train.targets, cfg["search"]["train_samples"], cfg["seed"])
-        val_idx = stratified_head(a_idx, data.train.targets, 2000, cfg["seed"])
+        val_idx = stratified_subset(data.train.targets, 2000, cfg["seed"], indices=a_idx)
         scorer = InheritedWeightsEvaluator(net, w_idx, val_idx, cfg["search"]["batch_size"], 10, s.strategy.device)
         for row in rows:
             row[f"{name}_inherited"] = scorer.score(space, row["arch"], data, seed=base["seed"])["score"]
