@@ -203,14 +203,6 @@ def stratified_subset(targets: torch.Tensor, num_samples: int | None, seed: int,
     return indices[torch.cat(split_for_search(targets[indices], num_samples, seed))]
 
 
-def stratified_head(indices: torch.Tensor, targets: torch.Tensor, num_samples: int | None, seed: int) -> torch.Tensor:
-    """Transitional name of ``stratified_subset(targets, num_samples, seed, indices=indices)``.
-
-    Only for xsearch/bench/ranking.py until it calls ``stratified_subset``; delete it then.
-    """
-    return stratified_subset(targets, num_samples, seed, indices=indices)
-
-
 # --- loaders ------------------------------------------------------------------------------
 
 def _read_idx(path: Path) -> np.ndarray:
