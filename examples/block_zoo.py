@@ -11,8 +11,8 @@ from torch import nn
 from xsearch.core.flops import fvcore_macs
 from xsearch.search_spaces import get_space
 from xsearch.search_spaces.blocks import (
-    DynamicConv2d,
     DyHeadBlock,
+    DynamicConv2d,
     DyReLU,
     FocalNetBlock,
     MicroBlockC,

@@ -19,7 +19,7 @@ print(f"{len(space.choices)} searchable layers, FLOPs {format_flops(space.min_fl
 
 strategy = ProgressiveDataAdaptedPruning(epochs=3, warmup_epochs=1, train_samples=6000,
                                          class_fractions=(0.3, 0.6, 1.0), keep_fraction=0.6)
-result = strategy.search(space, None, data, Constraints(flops=7_000_000), study=None)
+result = strategy.search(space, None, data, Constraints(flops=7_000_000))
 for stage in result.history:
     print(f"stage {stage['stage']}: {stage['num_classes']} classes, "
           f"{sum(stage['alive_per_layer'].values())} candidates, {stage['seconds']:.0f}s")

@@ -21,7 +21,7 @@ best_key, best_acc = table.best_under(space, budget.flops)
 print(f"table optimum under {format_flops(budget.flops)}: {best_key} at {best_acc:.2f} %")
 
 for strategy in (RegularizedEvolution(max_trials=100, seed=0), TPESearch(max_trials=100, seed=0)):
-    result = strategy.search(space, table, None, budget, study=None)
+    result = strategy.search(space, table, None, budget)
     key = space.benchmark_key(result.arch)
     print(f"{strategy.name:>9}: {key} at {100 * result.metrics['test_accuracy']:.2f} % "
           f"(regret {best_acc - 100 * result.metrics['test_accuracy']:.2f} points), "

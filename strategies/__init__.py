@@ -13,10 +13,32 @@ from .optuna_samplers import NSGA2Search, TPESearch
 from .random_search import RandomSearch
 from .spos import SinglePathOneShot
 
-__all__ = ["STRATEGIES", "Constraints", "DifferentiableNAS", "DifferentiableSearch", "MultiTrialStrategy",
-           "NSGA2Search", "ProgressiveDataAdaptedPruning", "Queries", "RandomSearch", "RegularizedEvolution",
-           "SearchResult", "SinglePathOneShot", "Stage", "StopSearch", "Strategy", "TPESearch", "best_under_budget", "list_strategies",
-           "mutate", "prune", "NoEvents", "QueryRecord", "SearchEvents", "StageRecord"]
+__all__ = [
+    "STRATEGIES",
+    "Constraints",
+    "DifferentiableNAS",
+    "DifferentiableSearch",
+    "MultiTrialStrategy",
+    "NSGA2Search",
+    "NoEvents",
+    "ProgressiveDataAdaptedPruning",
+    "Queries",
+    "QueryRecord",
+    "RandomSearch",
+    "RegularizedEvolution",
+    "SearchEvents",
+    "SearchResult",
+    "SinglePathOneShot",
+    "Stage",
+    "StageRecord",
+    "StopSearch",
+    "Strategy",
+    "TPESearch",
+    "best_under_budget",
+    "list_strategies",
+    "mutate",
+    "prune",
+]
 
 
 def list_strategies() -> list[str]:

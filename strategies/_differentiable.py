@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from xsearch.core.data import ImageData, split_for_search
 from xsearch.core.checkpoint import Resumable
+from xsearch.core.data import ImageData, split_for_search
 from xsearch.core.training import (
     ClassSubset,
     anneal_temperature,
@@ -37,10 +37,10 @@ from xsearch.core.training import (
     train_epoch,
     weight_optimizer,
 )
+from xsearch.supernets import Supernet
 
 from ._base import Constraints, NoEvents, SearchEvents, SearchResult, StageRecord, Strategy, row_from_dict
 from ._derive import best_under_budget
-from xsearch.supernets import Supernet
 
 
 @dataclass

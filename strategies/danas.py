@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ._base import STRATEGIES
 from ._differentiable import DifferentiableSearch, Stage

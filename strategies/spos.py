@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from xsearch.core.registry import call_with_accepted
 from xsearch.core.data import stratified_subset
+from xsearch.core.registry import call_with_accepted
 from xsearch.evaluators import InheritedWeightsEvaluator
 
 from ._base import STRATEGIES, SearchResult
@@ -37,9 +37,9 @@ class SinglePathOneShot(DifferentiableSearch):
                  sample_size: int = 4, recalibration_batches: int = 10, val_samples: int = 2000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         factory = STRATEGIES.get(searcher)
-        if not issubclass(factory, MultiTrialStrategy):
-            raise ValueError(f"search.searcher must be a multi-trial strategy (random, evolution, tpe, nsga2), "
-                             f"got {searcher!r}")
+        if not issubclass(factory, MultiTrialStrategy):  # a bad setting, not a bad type: ValueError -> exit 2
+            raise ValueError(  # noqa: TRY004
+                f"search.searcher must be a multi-trial strategy (random, evolution, tpe, nsga2), got {searcher!r}")
         self.searcher = call_with_accepted(factory, {
             "max_trials": max_trials, "population_size": population_size, "sample_size": sample_size,
             "seed": self.seed, "show_progress": self.show_progress})

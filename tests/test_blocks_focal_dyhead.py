@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.blocks.dyhead import DyHeadBlock
-from search_spaces.blocks.focal import DropPath, FocalModulation, FocalNetBlock, LayerNorm2d
 from xsearch.core.flops import COUNTED, DEFORM_CONV2D_OP, fvcore_macs
+from xsearch.search_spaces.blocks.dyhead import DyHeadBlock
+from xsearch.search_spaces.blocks.focal import DropPath, FocalModulation, FocalNetBlock, LayerNorm2d
 
 FLAGS = list(itertools.product([False, True], repeat=3))
 

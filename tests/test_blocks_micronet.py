@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.blocks.micronet import (
+from xsearch.core.flops import fvcore_macs
+from xsearch.search_spaces.blocks.micronet import (
     DynamicShiftMax,
     MicroBlockA,
     MicroBlockB,
@@ -17,7 +18,6 @@ from search_spaces.blocks.micronet import (
     channel_shuffle,
     micro_groups,
 )
-from xsearch.core.flops import fvcore_macs
 
 
 def randomize(module: nn.Module, seed: int = 0) -> nn.Module:

@@ -171,14 +171,14 @@ def test_spos_trains_single_path_then_exports_the_best_queried_architecture(digi
 
 
 def test_inherited_score_equals_the_extracted_network_after_the_same_recalibration(digits, tmp_path):
-    from xsearch.core.checkpoint import load_checkpoint
+    from xsearch.core.checkpoint import read_checkpoint
     from xsearch.core.data import split_for_search
     from xsearch.core.training import evaluate, recalibrate_batchnorm
     from xsearch.evaluators import InheritedWeightsEvaluator
 
     space, result = _search("spos", digits, None, tmp_path, max_trials=2, population_size=2, sample_size=1)
     net = Supernet(space)
-    net.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt")["supernet"])
+    net.load_state_dict(read_checkpoint(tmp_path / "ckpt.pt", "search")["model"])
     w_idx, a_idx = split_for_search(digits.train.targets, 600, 0)
     got = InheritedWeightsEvaluator(net, w_idx, a_idx, 50, recalibration_batches=3).score(space, result.arch, digits, 5)
     standalone = net.extract(result.arch)

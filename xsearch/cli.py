@@ -57,6 +57,7 @@ def _fmt_seconds(s: float) -> str:
 
 def cmd_run(args: list[str]) -> int:
     from xsearch.search_spaces import format_flops
+    from xsearch.strategies import StageRecord
 
     from .config import compose, validate
     from .pipeline import load_run_config, run
@@ -91,10 +92,10 @@ def cmd_run(args: list[str]) -> int:
     budget = cfg["constraints"]["flops"]
     print(f"  FLOPs          {format_flops(rec['flops'])} MACs"
           + (f" (budget {format_flops(budget)})" if budget else "") + f", params {rec['params'] / 1e6:.3f}M")
-    stages = res.history
-    if stages and "alive_per_layer" in stages[0]:
-        classes = " -> ".join(str(h["num_classes"]) for h in stages)
-        alive = " -> ".join(f"{sum(h['alive_per_layer'].values()) / len(h['alive_per_layer']):.1f}" for h in stages)
+    stages = [h for h in res.history if isinstance(h, StageRecord)]
+    if stages:
+        classes = " -> ".join(str(h.num_classes) for h in stages)
+        alive = " -> ".join(f"{sum(h.alive_per_layer.values()) / len(h.alive_per_layer):.1f}" for h in stages)
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']}, classes {classes}, "
               f"candidates/layer {alive})")
     elif res.metrics.get("queries"):

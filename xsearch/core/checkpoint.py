@@ -120,13 +120,3 @@ class Resumable:
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise _broken(Path(path), f"does not match this run's model or settings ({exc})") from None
         return payload["state"]
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
-    """Transitional: a search checkpoint with its model also under the old key ``supernet``.
-
-    Only for callers not yet moved to ``read_checkpoint(path, "search")["model"]`` (xsearch/bench/ranking.py,
-    tests/test_strategies.py); delete it once they are.
-    """
-    payload = read_checkpoint(path, "search")
-    return None if payload is None else {**payload, "supernet": payload["model"]}

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = False) -> Path:
@@ -17,6 +18,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -35,3 +37,9 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, payload: Any) -> Path:
     """``payload`` as indented JSON (non-JSON values through ``str``), atomically."""
     return write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
