@@ -90,7 +90,12 @@ def test_bench_supernet_times_naive_and_fused_on_the_same_weights(tmp_path, caps
     assert p["channels_last_speedup"] == pytest.approx(p["naive_nchw_step_seconds"] / p["naive_step_seconds"])
     assert p["shapes"]["input"][0] == 4 and len(p["shapes"]["candidates_per_layer"]) == p["shapes"]["layers"]
     # same weights, same batch, same dropout draws: the two executions agree
-    assert p["max_abs_diff"] <= 1e-4 * max(p["output_scale"], 1e-2) and p["max_grad_rel_diff"] <= 1e-4
+    assert p["max_abs_diff"] <= 1e-4 * max(p["output_scale"], 1e-2)
+    # ... and so do their gradients, unless float32 rounding flips a near-tie of a max (Dynamic
+    # Shift-Max) in the plain path: seen here for micronet with two threads (plain 1.8e-2 from
+    # float64, fused 1e-5; one thread: both 1e-5). Then the fused gradients must match float64.
+    assert p["max_grad_rel_diff"] <= 1e-4 or (p["naive_vs_float64_grad_rel_diff"] > 1e-4
+                                              and p["fused_vs_float64_grad_rel_diff"] <= 1e-4)
     # against float64, fused float32 rounds no worse than plain float32
     assert p["fused_vs_float64_grad_rel_diff"] <= max(2 * p["naive_vs_float64_grad_rel_diff"], 1e-5)
     if p["gpu"] is None:
