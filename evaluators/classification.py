@@ -25,6 +25,7 @@ from xsearch.core.io import atomic_write
 from xsearch.core.training import (
     anneal_temperature,
     channels_last,
+    check_finite_weights,
     check_optimizer,
     cosine_with_warmup,
     evaluate,
@@ -114,15 +115,28 @@ class ClassificationEvaluator(Evaluator):
             state = resumable.restore(ckpt_path, "retrain") or state
         history, elapsed = state["history"], state["seconds"]
         step = supervised_step(model, criterion, optimizer, scheduler)
+        hint = self._diverge_hint(optimizer)
         for epoch in range(state["epoch"], self.epochs):
             t0 = time.time()
             model.train()
             batches = data.batches("train", train_idx, self.batch_size, shuffle=True, augment=True,
                                    generator=generator, device=self.device)
-            metrics = train_epoch(batches, step, steps, f"train {epoch + 1}/{self.epochs}", self.show_progress,
-                                  lambda t, epoch=epoch: anneal_temperature(model, epoch + t, self.temperature_epochs))
+            desc = f"train epoch {epoch + 1}/{self.epochs}"
+            metrics = train_epoch(batches, step, steps, desc, self.show_progress,
+                                  lambda t, epoch=epoch: anneal_temperature(model, epoch + t, self.temperature_epochs),
+                                  diverge_hint=hint)
+            check_finite_weights(model, desc, hint)  # never checkpoint (or return) weights a step made infinite
             elapsed += time.time() - t0
             history.append({"epoch": epoch + 1, "train_loss": metrics.get("train_loss", 0.0), "seconds": elapsed})
             if ckpt_path is not None:
                 resumable.save(ckpt_path, "retrain", {"epoch": epoch + 1, "history": history, "seconds": elapsed})
         return model, history, elapsed
+
+    def _diverge_hint(self, optimizer: torch.optim.Optimizer) -> str:
+        """What to change when this training diverges: the learning rate of the optimizer in use, or the other optimizer."""
+        if isinstance(optimizer, torch.optim.AdamW):
+            return (f"Lower train.adamw_lr (now {self.adamw_lr:g}, the AdamW learning rate) and train again, or "
+                    f"use train.optimizer=sgd with train.lr (now {self.lr:g}).")
+        return (f"Lower train.lr (now {self.lr:g}, the SGD learning rate per 256 images, scaled by "
+                f"train.batch_size/256) and train again, or use train.optimizer=adamw with train.adamw_lr "
+                f"(now {self.adamw_lr:g}).")

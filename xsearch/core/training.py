@@ -1,6 +1,6 @@
 """Training utilities shared by supernet search and stand-alone retraining.
 
-A leaf module (torch and ``xsearch.core.data`` only), so every layer may use it.
+A leaf module (torch, ``xsearch.core.data`` and ``xsearch.core.errors`` only), so every layer may use it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import ImageData, channels_last_tensor
+from .errors import UserError
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -174,9 +175,40 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # A training step: takes one batch, updates the model, returns (metrics of the batch, its number of samples).
 Step = Callable[[Any], tuple[dict[str, float], int]]
 
+DEFAULT_DIVERGE_HINT = "Lower the learning rate and run again."
+
+
+class TrainingDiverged(UserError):
+    """A training phase stopped because its loss (or its weights) stopped being finite (NaN or infinite).
+
+    Raised by ``train_epoch`` when a step's loss is not finite, before that step touches the weights,
+    the optimizer or the scheduler, and by ``check_finite_weights`` before a checkpoint would save
+    non-finite weights. The message names the phase and epoch (the loop's ``desc``), the batch, and
+    the setting to change; a ``UserError``, so the command line prints it and exits with status 2.
+    """
+
+
+class NonFiniteLoss(FloatingPointError):
+    """Internal: ``optimizer_step`` refused a NaN or infinite loss (``train_epoch`` turns it into ``TrainingDiverged``)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(f"the loss is {value}")
+        self.value = value
+
+
+def _first_non_finite(tensor: torch.Tensor) -> float:
+    """The first NaN or infinite entry of ``tensor``, as a float."""
+    flat = tensor.detach().reshape(-1)
+    return float(flat[~torch.isfinite(flat)][0])
+
+
+def _diverged(desc: str, problem: str, hint: str) -> TrainingDiverged:
+    where = f' in "{desc}"' if desc else ""
+    return TrainingDiverged(f"training diverged{where}: {problem}. {hint or DEFAULT_DIVERGE_HINT}")
+
 
 def train_epoch(batches: Iterable[Any], step: Step, total: int, desc: str = "", show_progress: bool = True,
-                before_step: Callable[[float], None] | None = None) -> dict[str, float]:
+                before_step: Callable[[float], None] | None = None, diverge_hint: str = "") -> dict[str, float]:
     """Run ``step`` on every batch (with a progress bar); return its metrics averaged over samples.
 
     The one training loop: supernet warm-up, the search's alternating weight/logit steps, SPOS
@@ -184,6 +216,11 @@ def train_epoch(batches: Iterable[Any], step: Step, total: int, desc: str = "", 
     before each step with the epoch's progress ``t = i / total`` (dynamic convolutions anneal their
     temperature with it). The loop itself draws no random numbers: the batches and the step do, in
     the order they always did.
+
+    A step whose loss is NaN or infinite (``optimizer_step`` refuses it before the backward pass)
+    stops the epoch with ``TrainingDiverged``, naming ``desc``, the batch and ``diverge_hint`` (the
+    settings to change; a generic "lower the learning rate" when empty). Nothing is saved here, so
+    the caller's last checkpoint (written at the end of the previous epoch) is what remains.
     """
     sums: dict[str, float] = {}
     n = 0
@@ -191,7 +228,13 @@ def train_epoch(batches: Iterable[Any], step: Step, total: int, desc: str = "", 
     for i, batch in enumerate(bar):
         if before_step is not None:
             before_step(i / total)
-        metrics, size = step(batch)
+        try:
+            metrics, size = step(batch)
+        except NonFiniteLoss as exc:
+            bar.close()
+            raise _diverged(desc, f"the loss became {exc.value} at batch {i + 1}/{total}; that step's update was "
+                                  "not applied and the last checkpoint (end of the previous epoch), if any, is kept",
+                            diverge_hint) from None
         for key, value in metrics.items():
             sums[key] = sums.get(key, 0.0) + value * size
         n += size
@@ -199,8 +242,27 @@ def train_epoch(batches: Iterable[Any], step: Step, total: int, desc: str = "", 
     return {key: value / max(1, n) for key, value in sums.items()}
 
 
+def check_finite_weights(model: nn.Module, desc: str = "", diverge_hint: str = "") -> None:
+    """Raise ``TrainingDiverged`` when a floating-point parameter or buffer of ``model`` is NaN or infinite.
+
+    For the end of an epoch, before its checkpoint: a finite loss can still step the weights to
+    infinity (an overflowing update), and such weights must never be saved.
+    """
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise _diverged(desc, f"{name} became {_first_non_finite(tensor)} although every loss was finite; "
+                                  "this epoch was not saved and the last checkpoint (end of the previous epoch), if "
+                                  "any, is kept", diverge_hint)
+
+
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
-    """Backpropagate ``loss`` into fresh gradients and step ``optimizer`` (and ``scheduler``, once per batch)."""
+    """Backpropagate ``loss`` into fresh gradients and step ``optimizer`` (and ``scheduler``, once per batch).
+
+    A NaN or infinite ``loss`` raises ``NonFiniteLoss`` first, leaving the gradients, the weights, the
+    optimizer and the scheduler untouched (``train_epoch`` reports it as ``TrainingDiverged``).
+    """
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteLoss(_first_non_finite(loss))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -210,7 +272,10 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedul
 
 def supervised_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     optimizer: torch.optim.Optimizer, scheduler: Any) -> Step:
-    """The plain step for ``train_epoch``: ``loss_fn(model(x), y)``, one optimizer and scheduler step; reports train_loss."""
+    """The plain step for ``train_epoch``: ``loss_fn(model(x), y)``, one optimizer and scheduler step; reports train_loss.
+
+    A non-finite loss stops it before the update (see ``optimizer_step``).
+    """
     def step(batch: Batch) -> tuple[dict[str, float], int]:
         x, y = batch
         loss = loss_fn(model(x), y)
