@@ -13,9 +13,14 @@ as in MobileNetV3.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
 from torch import nn
 
-from ._base import SKIP, Arch, Choice, SearchSpace
+from xsearch.core.errors import UserError
+
+from ._base import SKIP, Arch, Choice, SearchSpace, format_flops
 from ._registry import SPACES
 from .blocks import ClassifierHead, ConvBNAct, DepthwiseSeparable, InvertedResidual, conv_out_size, make_divisible
 
@@ -42,6 +47,75 @@ def candidate_block(cin: int, cout: int, stride: int, option: str, act: str = "h
     k, e, variant = parse_option(option)
     return InvertedResidual(cin, cout, k, e, stride, se=variant == "se", dynamic=variant == "dc",
                             act="dyrelu" if variant == "dr" else act)
+
+
+class PaperBlock(NamedTuple):
+    """One inverted residual of MobileNetV3-Large: kernel, expansion (exp size / input width), width, stride, SE."""
+
+    kernel: int
+    expansion: float
+    width: int
+    stride: int
+    se: bool
+
+
+# MobileNetV3-Large (Howard et al., "Searching for MobileNetV3", ICCV 2019, Table 1), the blocks after
+# the 3x3 stem conv; the first (k3, e1, 16) is the fixed depthwise-separable block of this space's stem.
+MBV3_LARGE_BLOCKS = (
+    PaperBlock(3, 1, 16, 1, False),
+    PaperBlock(3, 4, 24, 2, False), PaperBlock(3, 3, 24, 1, False),
+    PaperBlock(5, 3, 40, 2, True), PaperBlock(5, 3, 40, 1, True), PaperBlock(5, 3, 40, 1, True),
+    PaperBlock(3, 6, 80, 2, False), PaperBlock(3, 2.5, 80, 1, False), PaperBlock(3, 2.3, 80, 1, False),
+    PaperBlock(3, 2.3, 80, 1, False),
+    PaperBlock(3, 6, 112, 1, True), PaperBlock(3, 6, 112, 1, True),
+    PaperBlock(5, 6, 160, 2, True), PaperBlock(5, 6, 160, 1, True), PaperBlock(5, 6, 160, 1, True),
+)
+
+
+def mbv3_large_stages(widths: Sequence[int] = STAGE_WIDTHS) -> list[list[PaperBlock]]:
+    """MobileNetV3-Large's blocks of each width in ``widths``, the 160 blocks appended to the last stage.
+
+    The default: [[24, 24], [40, 40, 40], [80, 80, 80, 80], [112, 112, 160, 160, 160]] (by width).
+    """
+    stages = [[b for b in MBV3_LARGE_BLOCKS if b.width == w] for w in widths]
+    stages[-1] += [b for b in MBV3_LARGE_BLOCKS if b.width > widths[-1]]
+    return stages
+
+
+def nearest(value: float, allowed: Sequence[int]) -> int:
+    """The element of ``allowed`` closest to ``value`` (the first on a tie): 4 -> 3 and 2.3 -> 3 of (3, 6)."""
+    return min(allowed, key=lambda a: abs(a - value))
+
+
+def shrink_to_budget(space: SearchSpace, arch: Arch, max_flops: int | None,
+                     changes: Callable[[int, str], Sequence[str | None]]) -> Arch:
+    """``arch`` made to fit ``max_flops`` by single-layer changes, the one saving the most MACs first.
+
+    ``changes(index, option)`` lists the options layer ``index`` may change to from ``option``, one
+    slot per kind of change (None where that change does not apply); a tie in saving goes to the
+    earlier slot, then to the earlier layer. Untouched when it already fits; UserError (the space's
+    ``check_budget``) when the budget is below the space's smallest network.
+    """
+    space.check_budget(max_flops)
+    arch = space.validate(dict(arch))
+    if max_flops is None:
+        return arch
+    while space.flops(arch) > max_flops:
+        best: tuple[tuple[int, int, int], str, str] | None = None
+        for i, choice in enumerate(space.choices):
+            table, old = space.flops_table[choice.label], arch[choice.label]
+            for slot, new in enumerate(changes(i, old)):
+                if new is None or new == old or new not in choice.options or table[old] - table[new] <= 0:
+                    continue
+                key = (table[old] - table[new], -slot, -i)
+                if best is None or key > best[0]:
+                    best = (key, choice.label, new)
+        if best is None:  # only when ``changes`` cannot reach the space's smallest network
+            raise UserError(f"the hand-designed network of space {space.name!r} cannot shrink under "
+                            f"{format_flops(max_flops)} MACs (it stops at {format_flops(space.flops(arch))}); "
+                            f"raise constraints.flops")
+        arch[best[1]] = best[2]
+    return arch
 
 
 def split_layers(num_layers: int, num_stages: int) -> list[int]:
@@ -108,6 +182,65 @@ class MobileNetV3Space(SearchSpace):
     def candidate_macs(self, index: int, module: nn.Module) -> int:
         size = self.plan[index][3]
         return module.macs(size, size) if isinstance(module, InvertedResidual) else 0
+
+    def hand_designed(self, max_flops: int | None = None) -> Arch:
+        """MobileNetV3-Large's block pattern on this space's layers, shrunk to ``max_flops`` if it is over.
+
+        MobileNetV3-Large (Howard et al. 2019, Table 1), the blocks after the 3x3 stem conv (``e`` is
+        the exp size over the input width; the first block is this space's fixed stem block)::
+
+            kernel  exp   width  stride  SE      -> option here
+            3       1     16     1       -       (the stem's depthwise-separable block)
+            3       4     24     2       -       k3_e3
+            3       3     24     1       -       k3_e3
+            5       3     40     2       yes     k5_e3_se
+            5       3     40     1       yes     k5_e3_se
+            5       3     40     1       yes     k5_e3_se
+            3       6     80     2       -       k3_e6
+            3       2.5   80     1       -       k3_e3
+            3       2.3   80     1       -       k3_e3
+            3       2.3   80     1       -       k3_e3
+            3       6     112    1       yes     k3_e6_se
+            3       6     112    1       yes     k3_e6_se
+            5       6     160    2       yes     k5_e6_se
+            5       6     160    1       yes     k5_e6_se
+            5       6     160    1       yes     k5_e6_se
+
+        Mapping: this space's stages (24/40/80/112 times ``width_mult``) take the paper's blocks of
+        those widths, by position (layer j of a stage takes block j, the stage's last block repeated
+        when the stage here is longer). The paper's 160 stage has no stage here: its blocks follow
+        the 112 blocks in the last stage (used only when that stage has more than 2 layers), and its
+        stride is dropped (a stage strides only at its first layer). Expansion: the nearest of 3 and 6
+        (4, 2.5, 2.3 -> 3); kernel and SE as in the paper; never ``skip``, never a dynamic variant;
+        the paper's ReLU/hard-swish split is not mapped (one ``act`` for all blocks here). The
+        default space (8 layers): k3_e3 k3_e3 | k5_e3_se k5_e3_se | k3_e6 k3_e3 | k3_e6_se k3_e6_se.
+
+        With ``max_flops`` and the pattern over it: repeatedly the single change that saves the most
+        MACs among e6 -> e3, kernel -> 3, SE off, and ``skip`` (where the layer may skip), ties going
+        in that order, then to the earlier layer. Since a skip saves a layer's whole cost it wins over
+        the other changes of that layer, so a tight budget drops the costliest skippable layers
+        first. A pattern under the budget is left as it is (never grown). UserError when the budget
+        is below the space's smallest network.
+        """
+        stages = mbv3_large_stages()
+        arch: Arch = {}
+        depths = split_layers(self.num_layers, len(STAGE_WIDTHS))
+        labels = iter(self.labels)
+        for blocks, depth in zip(stages, depths):
+            for j in range(depth):
+                b = blocks[min(j, len(blocks) - 1)]
+                arch[next(labels)] = option_name(b.kernel, nearest(b.expansion, (3, 6)), "se" if b.se else "")
+        return shrink_to_budget(self, arch, max_flops, self._shrink_changes)
+
+    def _shrink_changes(self, index: int, option: str) -> tuple[str | None, ...]:
+        """The options ``hand_designed`` may shrink a layer to: e6 -> e3, kernel -> 3, SE off, skip."""
+        if option == SKIP:
+            return ()
+        k, e, variant = parse_option(option)
+        return (option_name(k, 3, variant) if e == 6 else None,
+                option_name(3, e, variant) if k != 3 else None,
+                option_name(k, e) if variant == "se" else None,
+                SKIP)
 
     def to_timm(self, arch: Arch) -> list[list[str]] | None:
         """timm ``arch_def`` (MobileNetV3 builder, hard-swish default act, SE gate hard-sigmoid).

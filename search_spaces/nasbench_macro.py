@@ -38,6 +38,7 @@ from xsearch.core.errors import UserError
 from ._base import Arch, Choice, SearchSpace
 from ._registry import SPACES
 from .blocks import ClassifierHead, ConvBNAct, InvertedResidual, conv_out_size
+from .mbv3 import mbv3_large_stages, nearest, shrink_to_budget
 
 OPTIONS = ("identity", "k3_e3", "k5_e6")
 STEM_CHANNELS = 32
@@ -84,6 +85,29 @@ class NASBenchMacroSpace(SearchSpace):
     def candidate_macs(self, index: int, module: nn.Module) -> int:
         size = self.plan[index][3]
         return module.macs(size, size) if isinstance(module, (ConvBNAct, InvertedResidual)) else 0
+
+    def hand_designed(self, max_flops: int | None = None) -> Arch:
+        """MobileNetV3-Large's block pattern on the 8 layers, shrunk to ``max_flops`` if it is over.
+
+        The three stages here (64/128/256, each opening with stride 2) take the paper's first three
+        striding stages (widths 24, 40, 80; the table is in ``MobileNetV3Space.hand_designed``), layer
+        j of a stage block j of that stage. Each block becomes the option of nearest expansion
+        (e6 -> ``k5_e6``, e2.3..e4 -> ``k3_e3``; kernel and SE have no free choice here), never
+        ``identity``: ``k3_e3 k3_e3 | k3_e3 k3_e3 k3_e3 | k5_e6 k3_e3 k3_e3`` (table key ``11111211``).
+
+        Over ``max_flops``: repeatedly the single change that saves the most MACs among ``k5_e6`` ->
+        ``k3_e3`` and -> ``identity`` (ties in that order, then the earlier layer); UserError when the
+        budget is below the space's smallest network. A pattern under the budget is left as it is.
+        """
+        stages = mbv3_large_stages((24, 40, 80))
+        arch: Arch = {}
+        labels = iter(self.labels)
+        for blocks, depth in zip(stages, STAGE_DEPTHS):
+            for j in range(depth):
+                block = blocks[min(j, len(blocks) - 1)]
+                arch[next(labels)] = "k5_e6" if nearest(block.expansion, (3, 6)) == 6 else "k3_e3"
+        return shrink_to_budget(self, arch, max_flops, lambda index, option: (
+            "k3_e3" if option == "k5_e6" else None, "identity"))
 
     # --- the benchmark's keys -------------------------------------------------------------
     def benchmark_key(self, arch: Arch) -> str:

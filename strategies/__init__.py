@@ -9,6 +9,7 @@ from ._multi_trial import MultiTrialStrategy, Queries, StopSearch
 from .danas import ProgressiveDataAdaptedPruning
 from .dnas import DifferentiableNAS
 from .evolution import RegularizedEvolution, mutate
+from .hand import HandDesigned
 from .optuna_samplers import NSGA2Search, TPESearch
 from .random_search import RandomSearch
 from .spos import SinglePathOneShot
@@ -18,6 +19,7 @@ __all__ = [
     "Constraints",
     "DifferentiableNAS",
     "DifferentiableSearch",
+    "HandDesigned",
     "MultiTrialStrategy",
     "NSGA2Search",
     "NoEvents",

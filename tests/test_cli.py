@@ -47,7 +47,7 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path, fashion_root):
 
 BAD_INPUTS = [
     (["space=foo"], "valid space options: dyhead, focalnet, mbv3, micronet"),
-    (["strategy=bar"], "valid strategy options: danas, dnas, evolution, nsga2, random, spos, tpe"),
+    (["strategy=bar"], "valid strategy options: danas, dnas, evolution, hand, nsga2, random, spos, tpe"),
     (["data=foo"], "valid data options: cifar10"),
     (["search.foo=1"], "valid keys under 'search'"),
     (["nonsense=1"], "valid keys at the top level"),
