@@ -89,11 +89,13 @@ def nearest(value: float, allowed: Sequence[int]) -> int:
 
 def shrink_to_budget(space: SearchSpace, arch: Arch, max_flops: int | None,
                      changes: Callable[[int, str], Sequence[str | None]]) -> Arch:
-    """``arch`` made to fit ``max_flops`` by single-layer changes, the one saving the most MACs first.
+    """``arch`` made to fit ``max_flops`` by single-layer changes, as a designer would thin a network.
 
     ``changes(index, option)`` lists the options layer ``index`` may change to from ``option``, one
-    slot per kind of change (None where that change does not apply); a tie in saving goes to the
-    earlier slot, then to the earlier layer. Untouched when it already fits; UserError (the space's
+    slot per kind of change (None where that change does not apply), in the order a designer
+    reaches for them (for ``mbv3``: narrower expansion, smaller kernel, SE off, and dropping the
+    layer only as the last resort). Each step applies a change of the earliest kind still
+    available, among those the one saving the most MACs (ties: the earlier layer). Untouched when it already fits; UserError (the space's
     ``check_budget``) when the budget is below the space's smallest network.
     """
     space.check_budget(max_flops)
@@ -107,7 +109,7 @@ def shrink_to_budget(space: SearchSpace, arch: Arch, max_flops: int | None,
             for slot, new in enumerate(changes(i, old)):
                 if new is None or new == old or new not in choice.options or table[old] - table[new] <= 0:
                     continue
-                key = (table[old] - table[new], -slot, -i)
+                key = (-slot, table[old] - table[new], -i)
                 if best is None or key > best[0]:
                     best = (key, choice.label, new)
         if best is None:  # only when ``changes`` cannot reach the space's smallest network
