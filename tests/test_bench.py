@@ -11,15 +11,107 @@ from xsearch.cli import main
 SMOKE = ["data=digits", "budget=smoke", "progress=false"]
 
 
-def test_bench_search_writes_rows_for_every_strategy(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    assert main(["bench", "search", *SMOKE, "bench.seeds=2", "train.epochs=1", f"out={out}"]) == 0
+SEARCH = [*SMOKE, "bench.seeds=1", "train.epochs=1", "train.train_samples=200", "train.test_samples=100",
+          "search.max_trials=1", "bench.random_archs=2"]
+
+
+@pytest.fixture
+def searches(monkeypatch):
+    """The configurations ``bench search`` searched with (and ``fixed``: a seedless variant of ``random``)."""
+    import xsearch.bench.search as bench_search
+
+    seen = []
+
+    def counting(cfg, data, checkpoint=None):
+        seen.append(cfg)
+        return real(cfg, data, checkpoint)
+
+    real = bench_search.search
+    monkeypatch.setattr(bench_search, "search", counting)
+    monkeypatch.setattr(bench_search, "VARIANTS", {"fixed": ["strategy=random", "search.prescreen_factor=2"]})
+    monkeypatch.setattr(bench_search, "SEEDLESS", frozenset({"fixed"}))
+    return seen
+
+
+def test_bench_search_rows_per_budget_seed_and_random_arch_and_resume(tmp_path, capsys, searches):
+    out = tmp_path / "search.json"
+    args = [*SEARCH, "bench.strategies=[random,fixed]", f"out={out}"]
+    assert main(["bench", "search", *args, "bench.search_budgets=[1M]", "bench.search_seeds=1"]) == 0
+    assert len(searches) == 2 and len(json.loads(out.read_text())) == 4
+    # the same benchmark continued: a second budget and a second search seed; done rows are skipped
+    del searches[:]
+    assert main(["bench", "search", *args, "bench.search_budgets=[1M,1.5M]", "bench.search_seeds=2"]) == 0
+    assert [(c["constraints"]["flops"], c["strategy"]["name"], c["seed"], c["search"]["prescreen_factor"])
+            for c in searches] == [(1_000_000, "random", 1, 4), (1_500_000, "random", 0, 4),
+                                   (1_500_000, "random", 0, 2), (1_500_000, "random", 1, 4)]
+    assert all(c["search"]["max_trials"] == 1 for c in searches)  # a search.* override goes to every strategy
     rows = json.loads(out.read_text())
-    assert [r["strategy"] for r in rows] == ["danas", "dnas", "spos", "random"]
+    keys = [(r["flops_budget"], r["strategy"], r["search_seed"], r.get("random_index")) for r in rows]
+    assert sorted(keys, key=str) == sorted([(b, n, s, None) for b in (1_000_000, 1_500_000)
+                                            for n, s in (("random", 0), ("random", 1), ("fixed", 0))]
+                                           + [(b, "random_distribution", None, i) for b in (1_000_000, 1_500_000)
+                                              for i in (0, 1)], key=str)
     for r in rows:
-        assert {"strategy", "search_seconds", "test_accuracy", "test_accuracy_std", "flops", "params"} <= set(r)
-        assert len(r["test_accuracies"]) == 2 and r["test_accuracy_std"] >= 0
-    assert "| danas |" in capsys.readouterr().out
+        assert {"test_accuracy", "test_accuracy_std", "test_accuracies", "flops", "flops_budget", "flops_used",
+                "params", "arch", "search_seconds", "peak_rss_mb", "rss_before_mb", "derivation", "machine",
+                "overrides", "settings"} <= set(r)
+        assert r["flops"] <= r["flops_budget"] and r["flops_used"] == r["flops"] / r["flops_budget"]
+        assert len(r["test_accuracies"]) == 1
+        if r["strategy"] == "random_distribution":
+            assert r["search_seconds"] is None and r["peak_rss_mb"] is None and r["random_index"] in (0, 1)
+        else:
+            assert "stages" in r and r["search_seconds"] >= 0 and r["peak_rss_mb"] >= r["rss_before_mb"] > 0
+    assert [r["strategy_overrides"] for r in rows if r["strategy"] == "fixed"] == [
+        ["strategy=random", "search.prescreen_factor=2"]] * 2
+    table = capsys.readouterr().out
+    assert "| 1.5M | random | 2 |" in table and "| 1M | fixed | 1 |" in table and "| 1M | random distribution | 2 archs |" in table
+    # nothing left to do; other settings are refused rather than mixed into the same rows
+    del searches[:]
+    assert main(["bench", "search", *args, "bench.search_budgets=[1M,1.5M]", "bench.search_seeds=2"]) == 0
+    assert main(["bench", "search", *args, "train.epochs=2", "bench.search_budgets=[1M]"]) == 2
+    assert searches == [] and "other settings" in capsys.readouterr().err
+
+
+def test_bench_search_refuses_before_any_work(tmp_path, capsys, searches):
+    for bad in (["bench.strategies=[random,nope]"], ["bench.strategies=[random,random_distribution]"],
+                ["strategy=danas"], ["constraints.flops=5M"], ["seed=1"], ["search.nope=1"],
+                ["bench.search_seeds=0"]):
+        assert main(["bench", "search", *SEARCH, "bench.strategies=[random]", *bad]) == 2, bad
+    err = capsys.readouterr().err
+    assert "unknown ['nope']" in err and "variants fixed" in err and "search.nope" in err
+    old = tmp_path / "old.json"  # rows of the single-budget format are not continued
+    old.write_text(json.dumps([{"strategy": "danas", "flops_budget": 7_000_000, "search_seconds": 1.0}]))
+    assert main(["bench", "search", *SEARCH, "bench.strategies=[random]", f"out={old}"]) == 2
+    assert searches == []
+
+
+def test_search_table_percentiles_among_the_random_distribution():
+    from xsearch.bench.search import format_legacy_search_table, format_search_table, percentile
+
+    assert percentile(0.5, [0.1, 0.5, 0.9, 0.95]) == 37.5 and percentile(1.0, [0.1]) == 100
+    assert percentile(0.0, [0.1, 0.2]) == 0 and percentile(0.5, []) is None
+
+    def row(strategy, acc, accs, seed=0, seconds=10.0, flops=4e6, index=None, rss=100.0):
+        return {"strategy": strategy, "flops_budget": 5_000_000, "test_accuracy": acc, "test_accuracies": accs,
+                "flops": flops, "search_seconds": seconds, "search_seed": seed, "random_index": index,
+                "peak_rss_mb": rss}
+
+    rows = [row("random_distribution", a, [a], index=i, seconds=None, rss=None)
+            for i, a in enumerate([0.80, 0.82, 0.84, 0.86])]
+    rows += [row("dnas", 0.83, [0.82, 0.84], seconds=20.0, rss=300.0),
+             row("danas", 0.85, [0.84, 0.86], seed=0, rss=200.0),
+             row("danas", 0.81, [0.80, 0.82], seed=1, seconds=30.0, flops=5e6, rss=250.0)]
+    lines = format_search_table(rows).splitlines()
+    # danas: mean 0.83 over its seeds (50th percentile of 0.80..0.86), its seeds' networks at 75 and 25;
+    # std over the four accuracies; 4.5M MACs of 5M; 20 s against dnas's 20 s; the larger peak
+    assert "| 5M | danas | 2 | 83.00 +- 2.58 | 4.50 | 90 % | 20 | 1.00x | 250 | 50 (75, 25) |" in lines
+    assert "| 5M | dnas | 1 | 83.00 +- 1.41 | 4.00 | 80 % | 20 | 1.00x | 300 | 50 |" in lines
+    assert "| 5M | random distribution | 4 archs | 83.00 +- 2.58, best 86.00 | 4.00 | 80 % | - | - | - | - |" in lines
+    # rows of the earlier single-budget format: one budget, seed 0
+    old = [{"strategy": "danas", "search_seconds": 227.0, "test_accuracy": 0.9134, "test_accuracy_std": 0.0028,
+            "test_accuracies": [0.91, 0.9134, 0.9168], "flops": 4.81e6, "params": 386000, "flops_budget": 7_000_000}]
+    assert "| 7M | danas | 1 | 91.34 +- 0.34 | 4.81 | 69 % | 227 | - | - | - |" in format_search_table(old)
+    assert "| danas | 227 | - | 91.34 +- 0.28 | 4.81 | 0.386 |" in format_legacy_search_table(old)
 
 
 def test_bench_strategies_reports_regret_on_the_synthetic_table(tmp_path, synthetic_macro_table, capsys):

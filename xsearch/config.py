@@ -153,8 +153,13 @@ class ConstraintsConfig:
 class BenchConfig:
     """The ``xsearch bench`` settings (``bench.*``); ``xsearch run`` ignores them."""
 
-    seeds: int = 3  # bench search: retraining seeds per found network
-    strategies: list[str] = dataclasses.field(default_factory=lambda: ["danas", "dnas", "spos", "random"])
+    seeds: int = 3  # bench search (and blocks): retraining seeds per found network
+    # bench search: strategies or named variants (bench.search.VARIANTS), each searched at every budget
+    strategies: list[str] = dataclasses.field(default_factory=lambda: ["danas", "danas_legacy", "dnas", "spos",
+                                                                       "hand"])
+    search_budgets: list[str] = dataclasses.field(default_factory=lambda: ["5M", "8M"])  # bench search
+    search_seeds: int = 3  # bench search: search seeds 0..n-1 per searching strategy and budget
+    random_archs: int = 8  # bench search: uniform architectures under each budget, retrained too (0: none)
     multi_trial: list[str] = dataclasses.field(default_factory=lambda: ["random", "evolution", "tpe", "nsga2"])
     budgets: list[str] = dataclasses.field(default_factory=lambda: ["30M", "40M", "50M", "60M"])  # bench strategies
     table_seeds: int = 10  # bench strategies: search seeds per strategy and budget

@@ -6,9 +6,14 @@ A benchmark module composes its configurations here, so an override means the sa
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import statistics
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,70 @@ def write_rows(out: Path | None, rows: Any) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, rows)
+
+
+def read_rows(out: Path | None) -> list[dict[str, Any]]:
+    """The rows already in ``out`` (a JSON list of objects), or [] when there is no such file."""
+    if out is None or not out.exists():
+        return []
+    try:
+        rows = json.loads(out.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"out={out}: cannot read its rows ({e}); move it away or choose another out= file") from e
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UserError(f"out={out} is not a list of benchmark rows; move it away or choose another out= file")
+    return rows
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now (MB, from /proc/self/statm), or None where there is no /proc."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+@dataclass
+class Resident:
+    """Resident memory (MB) when a block began and the largest sampled while it ran; None without /proc."""
+
+    before_mb: float | None = None
+    peak_mb: float | None = None
+
+
+@contextmanager
+def peak_resident(interval: float = 0.02) -> Iterator[Resident]:
+    """``with peak_resident() as m: ...``: ``m.before_mb``, and ``m.peak_mb`` once the block is over.
+
+    A background thread samples /proc/self/statm every ``interval`` seconds while the block runs (the
+    process's own ``ru_maxrss`` is a lifetime peak, so it cannot isolate one search). The figures are
+    the whole process's: memory that earlier work kept counts too, hence ``before_mb``.
+    """
+    before = resident_mb()
+    m = Resident(before, before)
+    stop = threading.Event()
+
+    def sample() -> None:
+        now = resident_mb()
+        if now is not None and (m.peak_mb is None or now > m.peak_mb):
+            m.peak_mb = now
+
+    def run() -> None:
+        while not stop.wait(interval):
+            sample()
+
+    thread = threading.Thread(target=run, name="peak-resident", daemon=True) if m.before_mb is not None else None
+    if thread is not None:
+        thread.start()
+    try:
+        yield m
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join()
+            sample()
 
 
 @dataclass
