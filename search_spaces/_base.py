@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import random
 from abc import ABC, abstractmethod
@@ -198,10 +199,26 @@ class SearchSpace(ABC):
         return self.fixed_params + sum(self.params_table[k][v] for k, v in arch.items())
 
     def min_flops(self) -> int:
-        return self.fixed_flops + sum(min(self.flops_table[c.label].values()) for c in self.choices)
+        return self.fixed_flops + sum(min(self.flops_table[c.label][o] for o in c.options) for c in self.choices)
 
     def max_flops(self) -> int:
-        return self.fixed_flops + sum(max(self.flops_table[c.label].values()) for c in self.choices)
+        return self.fixed_flops + sum(max(self.flops_table[c.label][o] for o in c.options) for c in self.choices)
+
+    def restrict(self, options: dict[str, list[str]]) -> SearchSpace:
+        """This space with each choice narrowed to ``options[label]`` (same layers, tables and builders).
+
+        A search over what survives pruning uses it: sampling, mutation and validation then only
+        see the listed options, and ``build``/``flops`` give what the full space gives.
+        """
+        narrowed = []
+        for c in self.choices:
+            keep = [o for o in c.options if o in set(options.get(c.label, c.options))]
+            if not keep:
+                raise ValueError(f"restrict: no option of {c.label!r} left; valid: {list(c.options)}")
+            narrowed.append(Choice(c.label, tuple(keep)))
+        view = copy.copy(self)
+        view.choices = narrowed
+        return view
 
     def check_budget(self, max_flops: int | None) -> None:
         """Raise UserError when no architecture of the space fits under ``max_flops``."""

@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from xsearch.core.checkpoint import Resumable
-from xsearch.core.data import ImageData, split_for_search
+from xsearch.core.data import ImageData, split_for_search, stratified_subset
 from xsearch.core.training import (
     ClassSubset,
     anneal_temperature,
     channels_last,
+    check_finite_weights,
     check_optimizer,
     cosine_with_warmup,
     evaluate,
@@ -37,10 +38,14 @@ from xsearch.core.training import (
     train_epoch,
     weight_optimizer,
 )
-from xsearch.supernets import Supernet
+from xsearch.supernets import SHARING, Supernet
 
 from ._base import Constraints, NoEvents, SearchEvents, SearchResult, StageRecord, Strategy, row_from_dict
 from ._derive import best_under_budget
+
+SKIP_POLICIES = ("derive", "mixed")
+DERIVATIONS = ("accuracy", "probability")
+PRUNE_SCORES = ("probability", "blend")
 
 
 @dataclass
@@ -61,10 +66,18 @@ class DifferentiableSearch(Strategy):
                  batch_size: int = 128, lr: float = 0.1, weight_decay: float = 4e-5, arch_lr: float = 0.01,
                  arch_weight_decay: float = 1e-3, flops_weight: float = 0.2, path_mode: str = "weighted",
                  temperature_epochs: float = 1.0, optimizer: str = "auto", adamw_lr: float = 2e-3,
-                 adamw_weight_decay: float = 0.05, seed: int = 0, device: str = "auto",
+                 adamw_weight_decay: float = 0.05, sharing: str = "shared", skip: str = "derive",
+                 derive: str = "accuracy", derive_trials: int = 30, prune_score: str = "probability",
+                 val_samples: int = 2000, recalibration_batches: int = 10, seed: int = 0, device: str = "auto",
                  show_progress: bool = True) -> None:
         if path_mode not in ("weighted", "gated"):
             raise ValueError(f"search.path_mode must be 'weighted' or 'gated', got {path_mode!r}")
+        for key, value, valid in (("sharing", sharing, SHARING), ("skip", skip, SKIP_POLICIES),
+                                  ("derive", derive, DERIVATIONS), ("prune_score", prune_score, PRUNE_SCORES)):
+            if value not in valid:
+                raise ValueError(f"search.{key} must be one of {list(valid)}, got {value!r}")
+        self.sharing, self.skip, self.derive, self.derive_trials = sharing, skip, derive, derive_trials
+        self.prune_score, self.val_samples, self.recalibration_batches = prune_score, val_samples, recalibration_batches
         self.epochs, self.warmup_epochs, self.train_samples = epochs, warmup_epochs, train_samples
         self.batch_size, self.lr, self.weight_decay = batch_size, lr, weight_decay
         self.arch_lr, self.arch_weight_decay, self.flops_weight = arch_lr, arch_weight_decay, flops_weight
@@ -85,9 +98,12 @@ class DifferentiableSearch(Strategy):
         seed_everything(self.seed)
         w_idx, a_idx = split_for_search(data.train.targets, self.train_samples, self.seed)
         stages = self.stages(data.num_classes)
-        supernet = channels_last(Supernet(space).to(self.device))
+        supernet = channels_last(Supernet(space, sharing=self.sharing).to(self.device))
+        if self.skip == "derive":
+            hold_out_parameter_free(supernet)
         w_opt = weight_optimizer(supernet.weight_parameters(), self.optimizer, space, self.batch_size,
                                  (self.lr, self.weight_decay), (self.adamw_lr, self.adamw_weight_decay))
+        self._optimizer_kind = "adamw" if isinstance(w_opt, torch.optim.AdamW) else "sgd"
         a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
                                  weight_decay=self.arch_weight_decay)
         per_epoch = len(w_idx) / self.batch_size
@@ -131,6 +147,8 @@ class DifferentiableSearch(Strategy):
                 state["history"].append(ctx.end_stage(step[1], stage, classes, train_seconds).to_dict())
             state["seconds"] += time.time() - t0
             state["step"] += 1
+            if step[0] in ("warmup", "train"):  # never checkpoint weights an overflowing update made infinite
+                check_finite_weights(supernet, f"{step[0]} epoch {len(state['epochs'])}", self.diverge_hint())
             if checkpoint:
                 resumable.save(checkpoint, "search", state)
         return self.finish(ctx, state, checkpoint)
@@ -139,18 +157,62 @@ class DifferentiableSearch(Strategy):
         """Epochs of uniform single-path supernet training before the first stage."""
         return self.warmup_epochs
 
+    def diverge_hint(self) -> str:
+        """What to change when supernet training diverges (``TrainingDiverged``)."""
+        if getattr(self, "_optimizer_kind", "sgd") == "adamw":
+            return (f"Lower search.adamw_lr (now {self.adamw_lr:g}) and search again; a diverging logit step "
+                    f"points at search.arch_lr (now {self.arch_lr:g}).")
+        return (f"Lower search.lr (now {self.lr:g}, SGD per 256 images) and search again; a diverging logit step "
+                f"points at search.arch_lr (now {self.arch_lr:g}).")
+
     def finish(self, ctx: _Context, state: dict[str, Any], checkpoint: Path | None) -> SearchResult:
-        """The search's answer: the architecture derived at the end of the last stage."""
-        history = [row_from_dict(row) for row in state["history"]]
+        """The search's answer: the architecture derived after the last stage (see ``derive``)."""
+        history: list[Any] = [row_from_dict(row) for row in state["history"]]
         final = history[-1]
         arch = final.derived_arch
-        return SearchResult(
-            arch=arch, flops=ctx.space.flops(arch), params=ctx.space.params(arch),
-            metrics={"inherited_val_accuracy": final.val_accuracy_all_classes,
-                     "class_order": [ctx.data.class_names[c] for c in state["class_order"]],
-                     "class_ranking": state.get("class_ranking"),
-                     "epochs": state["epochs"]},
-            history=history, search_seconds=state["seconds"])
+        metrics: dict[str, Any] = {
+            "inherited_val_accuracy": final.val_accuracy_all_classes, "derivation": self.derive,
+            "class_order": [ctx.data.class_names[c] for c in state["class_order"]],
+            "class_ranking": state.get("class_ranking"), "epochs": state["epochs"]}
+        seconds = state["seconds"]
+        if self.derive == "accuracy":
+            result = self.derive_by_accuracy(ctx, arch)
+            metrics.update(derived_by_probability=arch, inherited_val_accuracy=result.metrics["score"],
+                           derivation_queries=result.metrics["queries"])
+            arch, seconds = result.arch, seconds + result.search_seconds
+            history += result.history
+        return SearchResult(arch=arch, flops=ctx.space.flops(arch), params=ctx.space.params(arch), metrics=metrics,
+                            history=history, search_seconds=seconds)
+
+    def derive_by_accuracy(self, ctx: _Context, by_probability: dict[str, str]) -> SearchResult:
+        """The best architecture under the budget by inherited-weight accuracy, among the surviving candidates.
+
+        The candidates alive after the last stage form a small space (``space.restrict``); regularized
+        evolution queries ``derive_trials`` of its architectures under the hard budget, each scored by
+        its held-out accuracy with the supernet's weights (batch norm recalibrated first,
+        ``InheritedWeightsEvaluator``). The population starts from the probability derivation and
+        the surviving network with the most FLOPs under the budget (an exact knapsack).
+        """
+        from .evolution import RegularizedEvolution
+
+        space = ctx.space.restrict(ctx.net.alive_options())
+        fullest = best_under_budget(space, {c.label: {o: float(space.flops_table[c.label][o]) for o in c.options}
+                                            for c in space.choices}, ctx.max_flops)
+        population = max(2, min(10, self.derive_trials // 3))
+        searcher = RegularizedEvolution(max_trials=self.derive_trials, population_size=population,
+                                        sample_size=max(1, population // 3), seed=self.seed,
+                                        show_progress=self.show_progress)
+        searcher.initial = [space.validate(by_probability), fullest]
+        return self.query_inherited(ctx, searcher, space, f"{self.name}-derive")
+
+    def query_inherited(self, ctx: _Context, searcher: Any, space: Any, prefix: str) -> SearchResult:
+        """``searcher`` over ``space`` under the budget, every query scored with the supernet's weights."""
+        from xsearch.evaluators import InheritedWeightsEvaluator
+
+        val_idx = stratified_subset(ctx.data.train.targets, self.val_samples, self.seed, indices=ctx.a_idx)
+        scorer = InheritedWeightsEvaluator(ctx.net, ctx.w_idx, val_idx, self.batch_size, self.recalibration_batches,
+                                           self.device)
+        return searcher.query(space, scorer, ctx.data, ctx.max_flops, ctx.events, prefix=prefix)
 
 
 class _Context:
@@ -185,7 +247,7 @@ class _Context:
         total = self.data.num_batches(len(self.w_idx), self.s.batch_size)
         metrics = train_epoch(self._batches(self.w_idx), step, total,
                               f"single-path {epoch + 1}/{self.s.single_path_epochs()}", self.s.show_progress,
-                              self._anneal)
+                              self._anneal, diverge_hint=self.s.diverge_hint())
         self._requires_grad(self.alphas, True)
         return {"phase": "warmup", "epoch": epoch + 1, "train_loss": metrics.get("train_loss", 0.0),
                 "seconds": time.time() - t0}
@@ -241,7 +303,7 @@ class _Context:
                     "arch_accuracy": float((logits.argmax(1) == target).float().mean())}, len(yw)
 
         averages = train_epoch(zip(self._batches(w_idx), self._batches(a_idx)), step, total, desc,
-                               self.s.show_progress, self._anneal)
+                               self.s.show_progress, self._anneal, diverge_hint=self.s.diverge_hint())
         record = {"train_loss": 0.0, "arch_loss": 0.0, "arch_accuracy": 0.0, **averages}  # zeros: no batch
         record.update(phase="search", stage=stage_index + 1, epoch=epoch + 1, classes=len(classes),
                       expected_flops=float(self.net.expected_flops().detach()), seconds=time.time() - t0)
@@ -257,6 +319,50 @@ class _Context:
         if self.max_flops is None or self.s.flops_weight == 0:
             return torch.zeros((), device=self.s.device)
         return self.s.flops_weight * (self.net.expected_flops() / self.max_flops - 1.0).abs()
+
+    @torch.no_grad()
+    def blend_scores(self, subset: ClassSubset, samples: int = 512) -> dict[str, dict[str, float]]:
+        """Pruning scores blending each candidate's probability with its own held-out loss.
+
+        For every layer and mixed candidate ``o``: ``L(o)``, the cross-entropy on ``samples``
+        held-out images of the stage's classes with that layer fixed to ``o`` and every other layer
+        weighted (batch statistics; the running statistics are restored afterwards). The score is
+        ``z(log p(o)) - z(L(o))``, z-scores over the layer's mixed candidates: the softmax and the
+        candidate's own loss count equally.
+        """
+        net = self.net
+        idx = stratified_subset(self.data.train.targets, samples, self.s.seed,
+                                indices=subset.indices(self.data.train.targets, self.a_idx))
+        batches = list(self.data.batches("train", idx, 256, device=self.s.device))
+        saved = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
+        norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.momentum = 0.0
+        net.train()
+        net.set_mode("weighted")
+        probs = net.probabilities()
+        scores: dict[str, dict[str, float]] = {}
+        try:
+            for layer in net.layers:
+                mixed = layer.mixture_indices()
+                losses = {}
+                for i in mixed:
+                    layer.mode, layer.fixed_index = "fixed", i
+                    total, n = 0.0, 0
+                    for x, y in batches:
+                        logits, target = subset.apply(net(x), y)
+                        total += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+                        n += len(y)
+                    losses[layer.options[i]] = total / max(1, n)
+                layer.mode = "weighted"
+                logp = {o: math.log(max(probs[layer.label][o], 1e-12)) for o in losses}
+                scores[layer.label] = {o: _z(logp, o) - _z(losses, o) for o in losses}
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+            net.load_state_dict({**net.state_dict(), **saved})
+        return scores
 
     def derive(self) -> dict[str, str]:
         scores = {label: {o: math.log(max(p, 1e-12)) for o, p in probs.items()}
@@ -277,7 +383,8 @@ class _Context:
         alive_before = self.net.alive_options()
         pruned: dict[str, list[str]] = {}
         if stage.keep_fraction is not None:
-            pruned = prune(self.net, self.space, stage.keep_fraction, self.max_flops)
+            scores = self.blend_scores(subset) if self.s.prune_score == "blend" else None
+            pruned = prune(self.net, self.space, stage.keep_fraction, self.max_flops, scores)
         seconds = train_seconds + time.time() - t0
         record = StageRecord(
             stage=stage_index + 1,
@@ -297,19 +404,46 @@ class _Context:
         return record
 
 
-def prune(supernet: Any, space: Any, keep_fraction: float, max_flops: int | None) -> dict[str, list[str]]:
-    """Keep the ``ceil(keep_fraction * alive)`` most probable candidates of every layer.
+def _z(values: dict[str, float], key: str) -> float:
+    """The z-score of ``values[key]`` among ``values`` (0 when they are all equal)."""
+    mean = sum(values.values()) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values.values()) / len(values))
+    return (values[key] - mean) / std if std > 0 else 0.0
 
-    Never leaves the budget unreachable: if the cheapest surviving network would exceed
-    ``max_flops``, the cheapest previously alive candidate of a layer is restored (biggest saving
-    first) until it fits. Returns the pruned options per layer.
+
+def hold_out_parameter_free(supernet: Any) -> None:
+    """Keep every parameter-free candidate (``skip``) out of the weighted and gated mixtures.
+
+    In a weighted supernet an identity path lowers the loss before the blocks have learnt anything,
+    so its logit wins early and starves the blocks of gradient (the bias of DARTS-like searches
+    toward parameter-free operations). Held out, ``skip`` is still sampled in single-path warm-up
+    (so sub-networks with skipped layers inherit trained weights), never pruned, and chosen or not
+    at derivation by inherited-weight accuracy under the budget.
+    """
+    for layer in supernet.layers:
+        layer.held_out = frozenset(i for i, c in enumerate(layer.candidates) if isinstance(c, nn.Identity))
+
+
+def prune(supernet: Any, space: Any, keep_fraction: float, max_flops: int | None,
+          scores: dict[str, dict[str, float]] | None = None) -> dict[str, list[str]]:
+    """Keep the ``ceil(keep_fraction * n)`` best of the ``n`` mixed candidates of every layer.
+
+    Best by ``scores`` (per layer and option, higher is better), the softmax probabilities by default.
+    Held-out candidates (``MixedLayer.held_out``) are never pruned. Never leaves the budget
+    unreachable: if the cheapest surviving network would exceed ``max_flops``, the cheapest
+    previously alive candidate of a layer is restored (biggest saving first) until it fits.
+    Returns the pruned options per layer.
     """
     probs = supernet.probabilities()
     alive = supernet.alive_options()
     keep = {}
-    for label, p in probs.items():
-        k = max(1, math.ceil(keep_fraction * len(p)))
-        keep[label] = sorted(p, key=lambda o: -p[o])[:k]
+    for layer in supernet.layers:
+        label = layer.label
+        held = [layer.options[i] for i in sorted(layer.held_out) if bool(layer.alive[i])]
+        ranked = [o for o in probs[label] if o not in held]
+        score = scores[label] if scores is not None else probs[label]
+        k = max(1, math.ceil(keep_fraction * len(ranked)))
+        keep[label] = sorted(ranked, key=lambda o: -score[o])[:k] + held
     if max_flops is not None:
         table = space.flops_table
 

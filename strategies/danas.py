@@ -20,6 +20,8 @@ class ProgressiveDataAdaptedPruning(DifferentiableSearch):
     candidates (about 40% pruned per stage). ``epochs`` is split evenly over the stages.
     """
 
+    name = "danas"
+
     rank_classes = True
 
     def __init__(self, class_fractions: Sequence[float] = (0.3, 0.6, 1.0), keep_fraction: float = 0.6,

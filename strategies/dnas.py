@@ -9,3 +9,5 @@ from ._differentiable import DifferentiableSearch
 @STRATEGIES.register("dnas")
 class DifferentiableNAS(DifferentiableSearch):
     """Same supernet, warm-up, FLOPs penalty and derivation as ``danas``; all classes and candidates throughout."""
+
+    name = "dnas"

@@ -43,10 +43,13 @@ class RegularizedEvolution(MultiTrialStrategy):
                              f"population_size={population_size}, sample_size={sample_size}")
         super().__init__(max_trials=max_trials, **kwargs)
         self.population_size, self.sample_size = population_size, sample_size
+        self.initial: list[dict[str, str]] = []  # architectures queried first (e.g. a derivation's seeds)
 
     def explore(self, space: Any, queries: Queries) -> None:
         rng = random.Random(self.seed)
         population: deque[tuple[dict[str, str], float]] = deque()
+        for arch in self.initial[: self.population_size]:
+            population.append((arch, queries(arch)))
         while len(population) < self.population_size:
             candidates = [space.sample(seed=rng.getrandbits(63), max_flops=queries.max_flops)
                           for _ in range(self.candidates_per_proposal)]

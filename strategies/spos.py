@@ -18,9 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from xsearch.core.data import stratified_subset
 from xsearch.core.registry import call_with_accepted
-from xsearch.evaluators import InheritedWeightsEvaluator
 
 from ._base import STRATEGIES, SearchResult
 from ._differentiable import DifferentiableSearch, Stage, _Context
@@ -34,7 +32,7 @@ class SinglePathOneShot(DifferentiableSearch):
     name = "spos"
 
     def __init__(self, max_trials: int = 50, searcher: str = "evolution", population_size: int = 16,
-                 sample_size: int = 4, recalibration_batches: int = 10, val_samples: int = 2000, **kwargs: Any) -> None:
+                 sample_size: int = 4, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         factory = STRATEGIES.get(searcher)
         if not issubclass(factory, MultiTrialStrategy):  # a bad setting, not a bad type: ValueError -> exit 2
@@ -43,7 +41,7 @@ class SinglePathOneShot(DifferentiableSearch):
         self.searcher = call_with_accepted(factory, {
             "max_trials": max_trials, "population_size": population_size, "sample_size": sample_size,
             "seed": self.seed, "show_progress": self.show_progress})
-        self.max_trials, self.recalibration_batches, self.val_samples = max_trials, recalibration_batches, val_samples
+        self.max_trials = max_trials
 
     def stages(self, num_classes: int) -> list[Stage]:
         return []
@@ -52,11 +50,7 @@ class SinglePathOneShot(DifferentiableSearch):
         return self.warmup_epochs + self.epochs
 
     def finish(self, ctx: _Context, state: dict[str, Any], checkpoint: Path | None) -> SearchResult:
-        space = ctx.space
-        val_idx = stratified_subset(ctx.data.train.targets, self.val_samples, self.seed, indices=ctx.a_idx)
-        scorer = InheritedWeightsEvaluator(ctx.net, ctx.w_idx, val_idx, self.batch_size, self.recalibration_batches,
-                                           self.device)
-        result = self.searcher.query(space, scorer, ctx.data, ctx.max_flops, ctx.events, prefix=self.name)
+        result = self.query_inherited(ctx, self.searcher, ctx.space, self.name)
         result.metrics.update(supernet_seconds=state["seconds"], epochs=state["epochs"])
         result.search_seconds += state["seconds"]
         return result

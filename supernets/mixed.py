@@ -22,6 +22,9 @@ class MixedLayer(nn.Module):
     - ``single``: one alive candidate uniformly at random, unweighted (SPOS);
     - ``fixed``: the candidate chosen by ``fixed_index``.
 
+    ``held_out`` candidates (e.g. ``skip`` while the blocks learn) are alive but left out of the
+    weighted and gated mixtures: their probability is 0 there, ``single`` still samples them.
+
     The candidates run through ``execution`` (the supernet's policy; ``PlainExecution`` alone).
     """
 
@@ -34,33 +37,55 @@ class MixedLayer(nn.Module):
         self.register_buffer("alive", torch.ones(len(options), dtype=torch.bool))
         self.mode = "weighted"
         self.fixed_index = 0
+        # candidates kept out of the weighted and gated mixtures (still sampled by ``single``, still
+        # alive, never pruned by probability): a strategy's setting, not state, so not in the state dict
+        self.held_out: frozenset[int] = frozenset()
         self.execution: Execution = PlainExecution()
 
     def alive_indices(self) -> list[int]:
         return [i for i, a in enumerate(self.alive.tolist()) if a]
 
+    def mixture_indices(self) -> list[int]:
+        """Alive candidates that take part in the weighted and gated mixtures (all but ``held_out``)."""
+        return [i for i in self.alive_indices() if i not in self.held_out]
+
     def probabilities(self) -> torch.Tensor:
-        """Softmax of the logits over alive candidates (0 for pruned ones); differentiable."""
-        logits = self.alpha.masked_fill(~self.alive, float("-inf"))
+        """Softmax of the logits over the mixture's candidates (0 for pruned and held-out ones); differentiable."""
+        keep = self.alive.clone()
+        for i in self.held_out:
+            keep[i] = False
+        if not bool(keep.any()):  # only held-out candidates left: they share the mass
+            keep = self.alive
+        logits = self.alpha.masked_fill(~keep, float("-inf"))
         return torch.softmax(logits, dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alive = self.alive_indices()
+        weights, active = self.path()
+        return self.run(x, weights, active)
+
+    def run(self, x: torch.Tensor, weights: torch.Tensor | None, active: list[int]) -> torch.Tensor:
+        """The sum over ``active`` of ``weights[i] * candidate_i(x)`` (unweighted when ``weights`` is None)."""
+        return self.execution.run(self, x, weights, active)
+
+    def path(self) -> tuple[torch.Tensor | None, list[int]]:
+        """The candidates this forward runs and their weights (None: one candidate, unweighted), per the mode."""
         if self.mode == "weighted":
-            if len(alive) == 1:
-                return self.execution.run(self, x, None, alive)
-            return self.execution.run(self, x, self.probabilities(), alive)
+            mixture = self.mixture_indices() or self.alive_indices()
+            if len(mixture) == 1:
+                return None, mixture
+            return self.probabilities(), mixture
         if self.mode == "gated":
-            if len(alive) == 1:
-                return self.execution.run(self, x, None, alive)
+            mixture = self.mixture_indices() or self.alive_indices()
+            if len(mixture) == 1:
+                return None, mixture
             picked = torch.multinomial(self.probabilities().detach(), 2, replacement=False).tolist()
             weights = torch.zeros_like(self.alpha)
             index = torch.tensor(picked, device=weights.device)
             weights = weights.index_put((index,), torch.softmax(self.alpha[index], 0))
-            return self.execution.run(self, x, weights, sorted(picked))
+            return weights, sorted(picked)
         if self.mode == "single":
-            pick = alive[int(torch.randint(len(alive), ()))]
-            return self.execution.run(self, x, None, [pick])
+            alive = self.alive_indices()
+            return None, [alive[int(torch.randint(len(alive), ()))]]
         if self.mode == "fixed":
-            return self.execution.run(self, x, None, [self.fixed_index])
+            return None, [self.fixed_index]
         raise ValueError(f"unknown path mode {self.mode!r}; valid: {PATH_MODES}")

@@ -11,6 +11,7 @@ from torch import nn
 from ._execution import Execution, PlainExecution
 from .fused import FusedExecution
 from .mixed import PATH_MODES, MixedLayer
+from .shared import SHARING, SharedMixedLayer, can_share
 
 if TYPE_CHECKING:
     from xsearch.search_spaces import Arch, ChainNetwork, SearchSpace
@@ -29,17 +30,29 @@ class Supernet(nn.Module):
     ``fused=False`` gives ``PlainExecution()`` (one candidate at a time, the blocks' own forward).
     An explicit ``execution`` overrides ``fused``; ``set_execution`` or ``supernet.fused = ...``
     switch at any time.
+
+    Weights: ``sharing="none"`` (the default) gives every candidate its own module, and a mixture
+    mixes the candidates' outputs. ``sharing="shared"`` holds the static inverted-residual
+    candidates of a layer as slices of one widest block (``supernets.shared``: kernel sizes as
+    centre crops, expansions as leading channels, SE switched on or off, mixing inside the block),
+    so a weighted step costs about one largest candidate; other candidates (``skip``, dynamic
+    blocks, projections) keep their own weights, and layers with fewer than two shareable
+    candidates stay per-candidate.
     """
 
     def __init__(self, space: SearchSpace, mode: str = "weighted", fused: bool = True,
-                 execution: Execution | None = None) -> None:
+                 execution: Execution | None = None, sharing: str = "none") -> None:
         super().__init__()
-        self.space = space
+        if sharing not in SHARING:
+            raise ValueError(f"sharing must be one of {list(SHARING)}, got {sharing!r}")
+        self.space, self.sharing = space, sharing
         self.stem = space.build_stem()
-        self.layers = nn.ModuleList(
-            MixedLayer(c.label, c.options, [space.build_candidate(i, o) for o in c.options])
-            for i, c in enumerate(space.choices)
-        )
+        layers = []
+        for i, c in enumerate(space.choices):
+            candidates = [space.build_candidate(i, o) for o in c.options]
+            kind = SharedMixedLayer if sharing == "shared" and can_share(candidates) else MixedLayer
+            layers.append(kind(c.label, c.options, candidates))
+        self.layers = nn.ModuleList(layers)
         self.head = space.build_head()
         # per-layer FLOPs of each candidate, as a buffer so expected_flops runs on the right device
         for layer in self.layers:
@@ -142,5 +155,9 @@ class Supernet(nn.Module):
         net.stem.load_state_dict(self.stem.state_dict())
         net.head.load_state_dict(self.head.state_dict())
         for target, layer in zip(net.layers, self.layers):
-            target.load_state_dict(layer.candidates[layer.options.index(arch[layer.label])].state_dict())
+            index = layer.options.index(arch[layer.label])
+            if isinstance(layer, SharedMixedLayer):
+                layer.export(index, target)
+            else:
+                target.load_state_dict(layer.candidates[index].state_dict())
         return net
