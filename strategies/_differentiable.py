@@ -67,7 +67,7 @@ class DifferentiableSearch(Strategy):
                  arch_weight_decay: float = 1e-3, flops_weight: float = 0.2, path_mode: str = "weighted",
                  temperature_epochs: float = 1.0, optimizer: str = "auto", adamw_lr: float = 2e-3,
                  adamw_weight_decay: float = 0.05, sharing: str = "shared", skip: str = "derive",
-                 derive: str = "accuracy", derive_trials: int = 30, prune_score: str = "probability",
+                 derive: str = "accuracy", derive_trials: int = 20, prune_score: str = "probability",
                  val_samples: int = 2000, recalibration_batches: int = 10, seed: int = 0, device: str = "auto",
                  show_progress: bool = True) -> None:
         if path_mode not in ("weighted", "gated"):
@@ -209,8 +209,7 @@ class DifferentiableSearch(Strategy):
         """``searcher`` over ``space`` under the budget, every query scored with the supernet's weights."""
         from xsearch.evaluators import InheritedWeightsEvaluator
 
-        val_idx = stratified_subset(ctx.data.train.targets, self.val_samples, self.seed, indices=ctx.a_idx)
-        scorer = InheritedWeightsEvaluator(ctx.net, ctx.w_idx, val_idx, self.batch_size, self.recalibration_batches,
+        scorer = InheritedWeightsEvaluator(ctx.net, ctx.w_idx, ctx.val_idx, self.batch_size, self.recalibration_batches,
                                            self.device)
         return searcher.query(space, scorer, ctx.data, ctx.max_flops, ctx.events, prefix=prefix)
 
@@ -223,6 +222,9 @@ class _Context:
                  generator: torch.Generator, max_flops: int | None, events: SearchEvents) -> None:
         self.s, self.space, self.net, self.data = strategy, space, supernet, data
         self.w_idx, self.a_idx = w_idx, a_idx
+        # the held-out images every evaluation of the search uses (class ranking, stage records, queries):
+        # a class-stratified ``val_samples`` of the logit half
+        self.val_idx = stratified_subset(data.train.targets, strategy.val_samples, strategy.seed, indices=a_idx)
         self.w_opt, self.a_opt, self.scheduler, self.generator = w_opt, a_opt, scheduler, generator
         self.max_flops, self.events = max_flops, events
         self.weights = list(supernet.weight_parameters())
@@ -264,7 +266,7 @@ class _Context:
             arch = self.space.sample(seed=self.s.seed * 1000 + i, max_flops=self.max_flops)
             self.net.set_arch(arch)
             recalibrate_batchnorm(self.net, self._batches(self.w_idx, augment=False))
-            result = evaluate(self.net, self.data, "train", self.a_idx, device=self.s.device)
+            result = evaluate(self.net, self.data, "train", self.val_idx, device=self.s.device)
             acc += torch.tensor(result["per_class_accuracy"]) / num_paths
             loss += result["loss"] / num_paths
         order = sorted(range(self.data.num_classes), key=lambda c: -float(acc[c]))
@@ -376,9 +378,9 @@ class _Context:
         self.net.set_arch(arch)
         subset = ClassSubset(classes, self.data.num_classes)
         recalibrate_batchnorm(self.net, self._batches(subset.indices(self.data.train.targets, self.w_idx), augment=False))
-        val = evaluate(self.net, self.data, "train", subset.indices(self.data.train.targets, self.a_idx),
+        val = evaluate(self.net, self.data, "train", subset.indices(self.data.train.targets, self.val_idx),
                        device=self.s.device, subset=subset)
-        val_all = evaluate(self.net, self.data, "train", self.a_idx, device=self.s.device)
+        val_all = evaluate(self.net, self.data, "train", self.val_idx, device=self.s.device)
         self.net.set_mode(self.s.path_mode)
         alive_before = self.net.alive_options()
         pruned: dict[str, list[str]] = {}

@@ -96,8 +96,11 @@ def cmd_run(args: list[str]) -> int:
     if stages:
         classes = " -> ".join(str(h.num_classes) for h in stages)
         alive = " -> ".join(f"{sum(h.alive_per_layer.values()) / len(h.alive_per_layer):.1f}" for h in stages)
+        derived = res.metrics.get("derivation")
+        derived = (f", derived by inherited accuracy over {res.metrics.get('derivation_queries')} queries"
+                   if derived == "accuracy" else ", derived by probability" if derived else "")
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']}, classes {classes}, "
-              f"candidates/layer {alive})")
+              f"candidates/layer {alive}{derived})")
     elif res.metrics.get("queries"):
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']}, "
               f"{res.metrics['queries']} queries to {res.metrics.get('scorer', cfg['evaluator']['name'])}, best at query "

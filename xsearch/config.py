@@ -164,7 +164,7 @@ class BenchConfig:
     budgets: list[str] = dataclasses.field(default_factory=lambda: ["30M", "40M", "50M", "60M"])  # bench strategies
     table_seeds: int = 10  # bench strategies: search seeds per strategy and budget
     queries: list[int] = dataclasses.field(default_factory=lambda: [25, 50, 100])  # regret after these many queries
-    ranking_archs: int = 10  # bench ranking: architectures scored both ways
+    ranking_archs: int = 15  # bench ranking: architectures scored both ways
     ranking_epochs: int = 2  # bench ranking: stand-alone training epochs per architecture
     ranking_train_samples: int = 10000  # bench ranking: stand-alone training images
     blocks_spaces: list[str] = dataclasses.field(default_factory=lambda: ["mbv3", "mbv3-dynamic", "micronet",

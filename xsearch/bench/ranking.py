@@ -42,8 +42,9 @@ def bench_ranking(overrides: list[str]) -> dict[str, Any]:
     supernets: dict[str, tuple[Any, Search]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in SUPERNETS:
-            # spos's own query phase is not what is measured here: one query is enough
-            extra = [f"strategy={name}", "search.max_trials=1"] if name == "spos" else [f"strategy={name}"]
+            # the query phases (spos's search, danas's accuracy derivation) are not what is measured here
+            extra = [f"strategy={name}", "search.max_trials=1"] if name == "spos" else [f"strategy={name}",
+                                                                                          "search.derive=probability"]
             ckpt = Path(tmp) / name / "search_checkpoint.pt"
             ckpt.parent.mkdir()
             print(f"[bench] training the {name} supernet ...", flush=True)
@@ -87,7 +88,7 @@ def trained_supernet(s: Search, checkpoint: Path) -> Any:
     from xsearch.core.checkpoint import read_checkpoint
     from xsearch.supernets import Supernet
 
-    net = Supernet(s.space).to(s.strategy.device)
+    net = Supernet(s.space, sharing=s.strategy.sharing).to(s.strategy.device)
     net.load_state_dict(read_checkpoint(checkpoint, "search")["model"])
     return net
 

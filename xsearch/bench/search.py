@@ -40,6 +40,8 @@ from ._harness import (
 VARIANTS: dict[str, list[str]] = {
     "danas_legacy": ["strategy=danas", "search.sharing=none", "search.derive=probability", "search.skip=mixed",
                      "search.prune_score=probability"],
+    # the pruning score: the softmax alone (danas's default) against the blend with each candidate's own held-out loss
+    "danas_blend": ["strategy=danas", "search.prune_score=blend"],
 }
 SEEDLESS = frozenset({"hand"})  # strategies that do not search: the same network whatever the seed, so run once
 RANDOM = "random_distribution"  # the strategy field of the random architectures' rows

@@ -1,11 +1,13 @@
-"""``xsearch bench supernet``: the cost of one supernet training step, plain versus fused execution.
+"""``xsearch bench supernet``: the cost of one supernet training step: per-candidate (plain, fused) and shared weights.
 
 CPU (always): the configured space's supernet (default ``mbv3``, every candidate alive, weighted
 path mode, channels-last batches of ``bench.supernet_batch`` images of the space's input size) is
 trained one SGD step at a time, plain (``fused=False``) and fused (``fused=True``) on the same
 weights, and plain again in NCHW layout (weights and batches contiguous), the steps interleaved so
 that all see the same machine state; the median step of each is reported, with the largest
-difference of the plain and fused outputs and gradients on one batch.
+difference of the plain and fused outputs and gradients on one batch. Beside them, on every
+device: the shared-weight supernet (``sharing="shared"``, weighted) and the single largest
+candidate network alone, the shared step's target being at most 1.5x the largest network's.
 
 CUDA (when a GPU is visible): the same two steps on the GPU, a training step of the single largest
 candidate network alone (the fused step's target is within 1.5x of it), and each Triton kernel
@@ -203,18 +205,21 @@ def supernet_rows(space: Any, batch: int, steps: int, warmup: int, device: torch
     if device.type == "cpu":  # the plain step in NCHW: what channels-last batches and weights save
         nets["naive_nchw"] = convert_4d(copy.deepcopy(naive), _nchw_tensor)
         inputs["naive_nchw"] = _nchw_tensor(x)
-    if device.type == "cuda":
-        nets["largest"] = channels_last(space.build(largest_arch(space)).to(device)).train()
-        inputs["largest"] = x
+    # the shared-weight supernet (candidates as slices of one widest block per layer) and its target,
+    # the single largest candidate network alone
+    torch.manual_seed(0)
+    nets["shared"] = channels_last(Supernet(space, mode="weighted", sharing="shared").to(device)).train()
+    nets["largest"] = channels_last(space.build(largest_arch(space)).to(device)).train()
+    inputs["shared"] = inputs["largest"] = x
     seconds = time_steps(nets, inputs, y, steps, warmup)
     result.update(naive_step_seconds=seconds["naive"], fused_step_seconds=seconds["fused"],
                   fused_over_naive=seconds["fused"] / seconds["naive"])
     if "naive_nchw" in seconds:
         result.update(naive_nchw_step_seconds=seconds["naive_nchw"],
                       channels_last_speedup=seconds["naive_nchw"] / seconds["naive"])
-    if "largest" in seconds:
-        result.update(largest_network_step_seconds=seconds["largest"],
-                      fused_over_largest=seconds["fused"] / seconds["largest"])
+    result.update(largest_network_step_seconds=seconds["largest"], fused_over_largest=seconds["fused"] / seconds["largest"],
+                  shared_step_seconds=seconds["shared"], shared_over_largest=seconds["shared"] / seconds["largest"],
+                  shared_layers=sum(type(layer).__name__ == "SharedMixedLayer" for layer in nets["shared"].layers))
     return result
 
 
@@ -252,17 +257,24 @@ def bench_supernet(overrides: list[str]) -> dict[str, Any]:
 
 def format_supernet(p: dict[str, Any]) -> str:
     """The README tables of a ``bench supernet`` payload: step times per device, then (CUDA) the kernels."""
+    def shared(r: dict[str, Any], digits: int) -> list[str]:  # rows written before the shared supernet lack these
+        if "shared_step_seconds" not in r:
+            return ["-", "-" if "largest_network_step_seconds" not in r else
+                    f"{r['largest_network_step_seconds']:.{digits}f}", "-"]
+        return [f"{r['shared_step_seconds']:.{digits}f}", f"{r['largest_network_step_seconds']:.{digits}f}",
+                f"{r['shared_over_largest']:.2f}"]
+
     steps = [[f"CPU, {p['cpu_threads']} threads", f"{p['naive_nchw_step_seconds']:.3f}", f"{p['naive_step_seconds']:.3f}",
-              f"{p['fused_step_seconds']:.3f}", f"{p['fused_over_naive']:.2f}", "-", f"{p['max_abs_diff']:.2g}"]]
+              f"{p['fused_step_seconds']:.3f}", f"{p['fused_over_naive']:.2f}", *shared(p, 3), f"{p['max_abs_diff']:.2g}"]]
     g = p.get("gpu")
     if g:
         steps.append([g["name"], "-", f"{g['naive_step_seconds']:.4f}", f"{g['fused_step_seconds']:.4f}",
-                      f"{g['fused_over_naive']:.2f}", f"{g['largest_network_step_seconds']:.4f}",
-                      f"{g['max_abs_diff']:.2g}"])
+                      f"{g['fused_over_naive']:.2f}", *shared(g, 4), f"{g['max_abs_diff']:.2g}"])
     lines = [(f"machine: {p['machine']}; {p['shapes']['space']} supernet, input {p['shapes']['input']}, "
               f"candidates per layer {p['shapes']['candidates_per_layer']}"), "",
              markdown_table(["device", "naive step, NCHW (s)", "naive step (s)", "fused step (s)", "fused / naive",
-                             "largest net alone (s)", "max abs diff"], "lllllll", steps)]
+                             "shared step (s)", "largest net alone (s)", "shared / largest", "max abs diff"],
+                            "lllllllll", steps)]
     if g:
         kernels = [[r["kernel"], r["shape"], f"{r['triton_ms']:.3f}", f"{r['reference_ms']:.3f}",
                     "-" if r["cudnn_ms"] is None else f"{r['cudnn_ms']:.3f}", f"{r['speedup_vs_reference']:.2f}x"]
