@@ -104,7 +104,7 @@ class SharedInvertedResidual(nn.Module):
         widest = max(candidates, key=lambda c: c.mid_channels)
         kernel = max(c.kernel_size for c in candidates)
         self.block = InvertedResidual(first.in_channels, first.out_channels, kernel, widest.expansion,
-                                      first.stride, se=True, act=first.act)
+                                      first.stride, se=any(c.use_se for c in candidates), act=first.act)
         self.kernel_size, self.mid_channels = kernel, self.block.mid_channels
         self.stride, self.act, self.has_residual = first.stride, first.act, first.has_residual
 

@@ -47,7 +47,8 @@ def test_every_layer_of_the_inverted_residual_spaces_shares(shared):
     space, net = shared
     assert all(isinstance(layer, SharedMixedLayer) for layer in net.layers)
     per_candidate = Supernet(space)
-    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in per_candidate.parameters()) / 2
+    # fewer parameters: the static blocks are slices (dynamic ones, in mbv3-dynamic, keep their own)
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in per_candidate.parameters())
 
 
 def test_one_candidate_equals_the_built_network_with_the_shared_weights(shared):
@@ -74,12 +75,12 @@ def _slow_mixture(layer: SharedMixedLayer, x: torch.Tensor, weights: dict[int, f
     kernel = torch.zeros_like(b.depthwise.conv.weight)
     mask = torch.zeros(M, dtype=x.dtype)
     q = 0.0
-    hidden = torch.zeros(b.se.reduced, dtype=x.dtype)
+    hidden = torch.zeros(b.se.reduced if hasattr(b.se, "reduced") else 1, dtype=x.dtype)
     for i, w in shared_w.items():
         k, mid, se = layer.candidates[i].spec
         padded = torch.zeros_like(kernel)
         s = (K - k) // 2
-        padded[:mid, :, s:s + k, s:s + k] = b.depthwise.conv.weight[:mid, :, s:s + k, s:s + k]
+        padded[:, :, s:s + k, s:s + k] = b.depthwise.conv.weight[:, :, s:s + k, s:s + k]  # taps, every channel
         kernel += w / total * padded
         mask[:mid] += w / total
         if se:
@@ -94,9 +95,12 @@ def _slow_mixture(layer: SharedMixedLayer, x: torch.Tensor, weights: dict[int, f
 
     h = act(bn(F.conv2d(x, b.expand.conv.weight), b.expand.bn))
     d = act(bn(F.conv2d(h, kernel, None, layer.shared.stride, K // 2, 1, M), b.depthwise.bn)) * mask.view(1, -1, 1, 1)
-    gate = F.hardsigmoid(F.conv2d(F.relu(F.conv2d(d.mean((2, 3), keepdim=True), b.se.reduce.weight, b.se.reduce.bias))
-                                  * hidden.view(1, -1, 1, 1), b.se.expand.weight, b.se.expand.bias))
-    s = d * (q * gate + (1 - q))
+    s = d
+    if q > 0:
+        gate = F.hardsigmoid(F.conv2d(F.relu(F.conv2d(d.mean((2, 3), keepdim=True), b.se.reduce.weight,
+                                                      b.se.reduce.bias)) * hidden.view(1, -1, 1, 1),
+                                      b.se.expand.weight, b.se.expand.bias))
+        s = d * (q * gate + (1 - q))
     y = bn(F.conv2d(s, b.project.conv.weight), b.project.bn)
     if layer.shared.has_residual:
         y = y + x
@@ -151,7 +155,7 @@ def test_pruned_options_get_no_weight_and_no_gradient():
     pruned = [i for i, o in enumerate(layer.options) if o not in small]
     assert layer.alpha.grad[pruned].abs().sum() == 0
     assert layer.alpha.grad[[layer.options.index(o) for o in small]].abs().sum() > 0
-    assert float(layer.probabilities()[pruned].sum()) == 0
+    assert float(layer.probabilities().detach()[pruned].sum()) == 0
 
 
 def test_gradient_reaches_every_shared_weight_and_every_logit():

@@ -187,7 +187,7 @@ def test_inherited_score_equals_the_extracted_network_after_the_same_recalibrati
     from xsearch.evaluators import InheritedWeightsEvaluator
 
     space, result = _search("spos", digits, None, tmp_path, max_trials=2, population_size=2, sample_size=1)
-    net = Supernet(space)
+    net = Supernet(space, sharing="shared")  # spos trains the shared-weight supernet by default
     net.load_state_dict(read_checkpoint(tmp_path / "ckpt.pt", "search")["model"])
     w_idx, a_idx = split_for_search(digits.train.targets, 600, 0)
     got = InheritedWeightsEvaluator(net, w_idx, a_idx, 50, recalibration_batches=3).score(space, result.arch, digits, 5)
