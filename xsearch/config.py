@@ -394,7 +394,7 @@ def parse_count(value: Any, what: str = "constraints.flops") -> int | None:
 # learning rate wherever it appears), so one table serves them all. What only one component knows
 # (danas's class_fractions, evolution's sample_size <= population_size) its constructor checks.
 AT_LEAST = {"epochs": 1, "batch_size": 1, "train_samples": 1, "test_samples": 1, "val_samples": 1, "max_trials": 1,
-            "population_size": 1, "sample_size": 1, "prescreen_factor": 1, "num_layers": 1, "num_blocks": 1,
+            "population_size": 1, "sample_size": 1, "prescreen_factor": 1, "num_layers": 1, "num_blocks": 1, "derive_trials": 1,
             "warmup_epochs": 0, "n_startup_trials": 0, "recalibration_batches": 0, "temperature_epochs": 0,
             "weight_decay": 0, "arch_weight_decay": 0, "adamw_weight_decay": 0, "flops_weight": 0, "dropout": 0,
             "label_smoothing": 0, "image_size": 1, "channels": 1}
