@@ -37,6 +37,7 @@ from xsearch.core.training import (
 )
 
 from ._base import EVALUATORS, Evaluator
+from .tasks import CLASSIFICATION
 
 
 @EVALUATORS.register("classification")
@@ -44,6 +45,7 @@ class ClassificationEvaluator(Evaluator):
     """Train ``space.build(arch)`` from scratch, report test accuracy, save the weights."""
 
     name = "classification"
+    task = CLASSIFICATION
 
     def __init__(self, epochs: int = 4, batch_size: int = 128, lr: float = 0.2, weight_decay: float = 5e-5,
                  label_smoothing: float = 0.1, train_samples: int | None = None, test_samples: int | None = None,

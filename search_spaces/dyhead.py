@@ -3,15 +3,17 @@
 A fixed convolutional backbone (strides 8, 16 and 32) and 1x1 lateral convolutions give three
 maps of ``channels`` channels; then up to ``num_blocks`` DyHead blocks, each choosing which of its
 attentions are on (``scale``, ``spatial``, ``task``: the seven non-empty combinations, named like
-``scale_spatial_task``), and ``skip`` after the first block, which makes the number of blocks
-searchable (1 to ``num_blocks``); then a shared prediction head per level (3x3 convolutions to
-``num_classes`` class logits and 4 box offsets per location, anchor-free as in ATSS/FCOS).
+``scale_spatial_task``) or ``skip``, which makes the number of blocks searchable (0 to
+``num_blocks``; all skipped is the detector without a DyHead); then torchvision's FCOS head with no
+tower (``FCOSHead(num_convs=0)``: shared across levels, 3x3 convolutions to ``num_classes`` class
+logits, 4 box distances and 1 centre-ness per location, anchor-free as in FCOS/ATSS).
 
-The network maps an image to a list of ``(class_logits, boxes)`` per level. It builds and counts
-FLOPs (the deformable convolution through the project's own fvcore handle, see ``xsearch.core.flops``);
-training it needs the detection evaluator, which is not built yet, so classification evaluators
-refuse this space (``task = "detection"``). ``channels`` is a space argument, not a per-layer
-choice: every block of a DyHead shares one width.
+The network maps an image to the FCOS head's output dict (``cls_logits``, ``bbox_regression``,
+``bbox_ctrness``, locations of every level concatenated). ``evaluator=detection`` trains it inside
+torchvision's ``FCOS`` (losses, decoding, NMS) and scores it with ``COCOeval``; classification
+evaluators refuse this space (``task = "detection"``). FLOPs count the deformable convolution
+through the project's own fvcore handle (see ``xsearch.core.flops``). ``channels`` is a space
+argument, not a per-layer choice: every block of a DyHead shares one width.
 """
 
 from __future__ import annotations
@@ -74,20 +76,15 @@ class PyramidBackbone(nn.Module):
         return total + sum(s * s * self.widths[i] * self.channels for i, s in enumerate(sizes) if i >= 2)
 
 
-class PredictionHead(nn.Module):
-    """Per level, shared across levels: 3x3 conv to class logits and 3x3 conv to 4 box offsets."""
+def prediction_head(channels: int, num_classes: int) -> nn.Module:
+    """torchvision's FCOS head without a tower: 3x3 convs to class logits, 4 box distances, 1 centre-ness."""
+    from torchvision.models.detection.fcos import FCOSHead
 
-    def __init__(self, channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.cls = nn.Conv2d(channels, num_classes, 3, padding=1)
-        self.box = nn.Conv2d(channels, 4, 3, padding=1)
-        self.channels, self.num_classes = channels, num_classes
+    return FCOSHead(channels, 1, num_classes, num_convs=0)
 
-    def forward(self, features: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(self.cls(f), self.box(f)) for f in features]
 
-    def macs(self, sizes: list[int]) -> int:
-        return sum(s * s * self.channels * 9 * (self.num_classes + 4) for s in sizes)
+def prediction_head_macs(channels: int, num_classes: int, sizes: list[int]) -> int:
+    return sum(s * s * channels * 9 * (num_classes + 4 + 1) for s in sizes)
 
 
 @SPACES.register("dyhead")
@@ -108,14 +105,14 @@ class DyHeadSpace(SearchSpace):
         self.sizes = self.build_stem().level_sizes(image_size)
         options = attention_options()
         for i in range(num_blocks):
-            self.choices.append(Choice(f"block{i + 1}", options + ((SKIP,) if i > 0 else ())))
+            self.choices.append(Choice(f"block{i + 1}", options + (SKIP,)))
         self._build_tables()
 
     def build_stem(self) -> PyramidBackbone:
         return PyramidBackbone(self.in_chans, self.channels, self.backbone_width)
 
-    def build_head(self) -> PredictionHead:
-        return PredictionHead(self.channels, self.num_classes)
+    def build_head(self) -> nn.Module:
+        return prediction_head(self.channels, self.num_classes)
 
     def build_candidate(self, index: int, option: str) -> nn.Module:
         if option == SKIP:
@@ -124,7 +121,7 @@ class DyHeadSpace(SearchSpace):
         return DyHeadBlock(self.channels, NUM_LEVELS, scale="scale" in on, spatial="spatial" in on, task="task" in on)
 
     def fixed_macs(self) -> int:
-        return self.build_stem().macs(self.image_size) + self.build_head().macs(self.sizes)
+        return self.build_stem().macs(self.image_size) + prediction_head_macs(self.channels, self.num_classes, self.sizes)
 
     def candidate_macs(self, index: int, module: nn.Module) -> int:
         return module.macs([(s, s) for s in self.sizes]) if isinstance(module, DyHeadBlock) else 0

@@ -22,6 +22,7 @@ from torch import nn
 
 from xsearch.core.checkpoint import Resumable
 from xsearch.core.data import ImageData, split_for_search, stratified_subset
+from xsearch.core.errors import UserError
 from xsearch.core.training import (
     ClassSubset,
     anneal_temperature,
@@ -29,15 +30,13 @@ from xsearch.core.training import (
     check_finite_weights,
     check_optimizer,
     cosine_with_warmup,
-    evaluate,
     optimizer_step,
-    recalibrate_batchnorm,
     resolve_device,
     seed_everything,
-    supervised_step,
     train_epoch,
     weight_optimizer,
 )
+from xsearch.evaluators import task_of
 from xsearch.supernets import SHARING, Supernet
 
 from ._base import Constraints, NoEvents, SearchEvents, SearchResult, StageRecord, Strategy, row_from_dict
@@ -95,13 +94,18 @@ class DifferentiableSearch(Strategy):
     def search(self, space: Any, evaluator: Any, data: ImageData, constraints: Constraints,
                events: SearchEvents | None = None, checkpoint: Path | None = None) -> SearchResult:
         space.check_budget(constraints.flops)
+        task = task_of(evaluator)
+        if task.name != "classification" and self.prune_score == "blend":
+            raise UserError(f"search.prune_score=blend scores candidates by cross-entropy, which task {task.name!r} "
+                            "has not; use search.prune_score=probability")
         seed_everything(self.seed)
         w_idx, a_idx = split_for_search(data.train.targets, self.train_samples, self.seed)
         stages = self.stages(data.num_classes)
         supernet = channels_last(Supernet(space, sharing=self.sharing).to(self.device))
         if self.skip == "derive":
             hold_out_parameter_free(supernet)
-        w_opt = weight_optimizer(supernet.weight_parameters(), self.optimizer, space, self.batch_size,
+        model = task.model(space, supernet, data).to(self.device)
+        w_opt = weight_optimizer(task.weight_parameters(model, supernet), self.optimizer, space, self.batch_size,
                                  (self.lr, self.weight_decay), (self.adamw_lr, self.adamw_weight_decay))
         self._optimizer_kind = "adamw" if isinstance(w_opt, torch.optim.AdamW) else "sgd"
         a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
@@ -113,7 +117,7 @@ class DifferentiableSearch(Strategy):
         generator = torch.Generator().manual_seed(self.seed)
         state: dict[str, Any] = {"step": 0, "class_order": list(range(data.num_classes)), "history": [],
                                  "epochs": [], "seconds": 0.0}
-        resumable = Resumable(supernet, {"weights": w_opt, "arch": a_opt}, {"weights": scheduler}, generator)
+        resumable = Resumable(model, {"weights": w_opt, "arch": a_opt}, {"weights": scheduler}, generator)
         saved = resumable.restore(checkpoint, "search") if checkpoint else None
         if saved is not None:
             state = saved
@@ -126,7 +130,7 @@ class DifferentiableSearch(Strategy):
             steps.append(("end_stage", s))
 
         ctx = _Context(self, space, supernet, data, w_idx, a_idx, w_opt, a_opt, scheduler, generator,
-                       constraints.flops, events if events is not None else NoEvents())
+                       constraints.flops, events if events is not None else NoEvents(), task, model)
         while state["step"] < len(steps):
             step = steps[state["step"]]
             t0 = time.time()
@@ -148,7 +152,7 @@ class DifferentiableSearch(Strategy):
             state["seconds"] += time.time() - t0
             state["step"] += 1
             if step[0] in ("warmup", "train"):  # never checkpoint weights an overflowing update made infinite
-                check_finite_weights(supernet, f"{step[0]} epoch {len(state['epochs'])}", self.diverge_hint())
+                check_finite_weights(model, f"{step[0]} epoch {len(state['epochs'])}", self.diverge_hint())
             if checkpoint:
                 resumable.save(checkpoint, "search", state)
         return self.finish(ctx, state, checkpoint)
@@ -210,7 +214,7 @@ class DifferentiableSearch(Strategy):
         from xsearch.evaluators import InheritedWeightsEvaluator
 
         scorer = InheritedWeightsEvaluator(ctx.net, ctx.w_idx, ctx.val_idx, self.batch_size, self.recalibration_batches,
-                                           self.device)
+                                           self.device, task=ctx.task, model=ctx.model)
         return searcher.query(space, scorer, ctx.data, ctx.max_flops, ctx.events, prefix=prefix)
 
 
@@ -219,21 +223,24 @@ class _Context:
 
     def __init__(self, strategy: DifferentiableSearch, space: Any, supernet: Any, data: ImageData,
                  w_idx: torch.Tensor, a_idx: torch.Tensor, w_opt: Any, a_opt: Any, scheduler: Any,
-                 generator: torch.Generator, max_flops: int | None, events: SearchEvents) -> None:
+                 generator: torch.Generator, max_flops: int | None, events: SearchEvents, task: Any,
+                 model: nn.Module) -> None:
         self.s, self.space, self.net, self.data = strategy, space, supernet, data
+        self.task, self.model = task, model  # what the supernet is trained as (a classifier, a detector)
         self.w_idx, self.a_idx = w_idx, a_idx
         # the held-out images every evaluation of the search uses (class ranking, stage records, queries):
         # a class-stratified ``val_samples`` of the logit half
         self.val_idx = stratified_subset(data.train.targets, strategy.val_samples, strategy.seed, indices=a_idx)
         self.w_opt, self.a_opt, self.scheduler, self.generator = w_opt, a_opt, scheduler, generator
         self.max_flops, self.events = max_flops, events
-        self.weights = list(supernet.weight_parameters())
+        self.weights = task.weight_parameters(model, supernet)
         self.epochs_done = 0  # training epochs finished so far (drives dynamic convolutions' temperature)
         self.alphas = supernet.arch_parameters()
 
-    def _batches(self, indices: torch.Tensor, shuffle: bool = True, augment: bool = True):
-        return self.data.batches("train", indices, self.s.batch_size, shuffle=shuffle, augment=augment,
-                                 generator=self.generator, device=self.s.device)
+    def _batches(self, indices: torch.Tensor, shuffle: bool = True, augment: bool = True,
+                 classes: list[int] | None = None):
+        return self.task.batches(self.data, indices, self.s.batch_size, shuffle=shuffle, augment=augment,
+                                 generator=self.generator, device=self.s.device, classes=classes)
 
     def _requires_grad(self, params: list[nn.Parameter], flag: bool) -> None:
         for p in params:
@@ -245,7 +252,7 @@ class _Context:
         self.net.set_mode("single")
         self._requires_grad(self.alphas, False)
         t0 = time.time()
-        step = supervised_step(self.net, nn.functional.cross_entropy, self.w_opt, self.scheduler)
+        step = self.task.train_step(self.model, self.w_opt, self.scheduler)
         total = self.data.num_batches(len(self.w_idx), self.s.batch_size)
         metrics = train_epoch(self._batches(self.w_idx), step, total,
                               f"single-path {epoch + 1}/{self.s.single_path_epochs()}", self.s.show_progress,
@@ -261,25 +268,23 @@ class _Context:
     def rank_classes(self, num_paths: int = 4) -> tuple[list[int], list[dict[str, Any]]]:
         """Easy-first class order: per-class accuracy on held-out data, averaged over sampled paths."""
         acc = torch.zeros(self.data.num_classes)
-        loss = 0.0
         for i in range(num_paths):
             arch = self.space.sample(seed=self.s.seed * 1000 + i, max_flops=self.max_flops)
             self.net.set_arch(arch)
-            recalibrate_batchnorm(self.net, self._batches(self.w_idx, augment=False))
-            result = evaluate(self.net, self.data, "train", self.val_idx, device=self.s.device)
-            acc += torch.tensor(result["per_class_accuracy"]) / num_paths
-            loss += result["loss"] / num_paths
+            self.task.recalibrate(self.model, self._batches(self.w_idx, augment=False))
+            result = self.task.evaluate(self.model, self.data, "train", self.val_idx, device=self.s.device)
+            acc += torch.tensor(result["per_class"]) / num_paths
         order = sorted(range(self.data.num_classes), key=lambda c: -float(acc[c]))
-        ranking = [{"class": self.data.class_names[c], "index": c, "heldout_accuracy": float(acc[c])} for c in order]
+        metric = f"heldout_{self.task.metric}"
+        ranking = [{"class": self.data.class_names[c], "index": c, metric: float(acc[c])} for c in order]
         return order, ranking
 
     def search_epoch(self, stage_index: int, num_stages: int, epoch: int, stage: Stage,
                      classes: list[int]) -> dict[str, Any]:
         """One epoch of alternating weight and logit steps on the stage's classes."""
-        subset = ClassSubset(classes, self.data.num_classes)
-        targets = self.data.train.targets
-        w_idx, a_idx = subset.indices(targets, self.w_idx), subset.indices(targets, self.a_idx)
-        self.net.train()
+        w_idx = self.task.subset_indices(self.data, classes, self.w_idx)
+        a_idx = self.task.subset_indices(self.data, classes, self.a_idx)
+        self.model.train()
         self.net.set_mode(self.s.path_mode)
         t0 = time.time()
         total = self.data.num_batches(min(len(w_idx), len(a_idx)), self.s.batch_size)
@@ -288,25 +293,27 @@ class _Context:
                 f"({len(classes)} classes, {alive:.1f} cand/layer)")
 
         def step(batch: tuple[Any, Any]) -> tuple[dict[str, float], int]:
-            (xw, yw), (xa, ya) = batch
+            batch_w, batch_a = batch
             # weight step: training half, logits frozen
             self._requires_grad(self.alphas, False)
-            logits, target = subset.apply(self.net(xw), yw)
-            loss = nn.functional.cross_entropy(logits, target)
+            loss, _ = self.task.loss(self.model, batch_w, classes)
             optimizer_step(loss, self.w_opt, self.scheduler)
             self._requires_grad(self.alphas, True)
             # logit step: held-out half, weights frozen
             self._requires_grad(self.weights, False)
-            logits, target = subset.apply(self.net(xa), ya)
-            arch_loss = nn.functional.cross_entropy(logits, target) + self.flops_penalty()
+            arch_loss, extra = self.task.loss(self.model, batch_a, classes)
+            arch_loss = arch_loss + self.flops_penalty()
             optimizer_step(arch_loss, self.a_opt)
             self._requires_grad(self.weights, True)
             return {"train_loss": float(loss.detach()), "arch_loss": float(arch_loss.detach()),
-                    "arch_accuracy": float((logits.argmax(1) == target).float().mean())}, len(yw)
+                    **{k: v for k, v in extra.items() if k == "arch_accuracy"}}, len(batch_w[1])
 
-        averages = train_epoch(zip(self._batches(w_idx), self._batches(a_idx)), step, total, desc,
-                               self.s.show_progress, self._anneal, diverge_hint=self.s.diverge_hint())
-        record = {"train_loss": 0.0, "arch_loss": 0.0, "arch_accuracy": 0.0, **averages}  # zeros: no batch
+        averages = train_epoch(zip(self._batches(w_idx, classes=classes), self._batches(a_idx, classes=classes)),
+                               step, total, desc, self.s.show_progress, self._anneal,
+                               diverge_hint=self.s.diverge_hint())
+        zeros = {"train_loss": 0.0, "arch_loss": 0.0, "arch_accuracy": 0.0} if self.task.name == "classification" \
+            else {"train_loss": 0.0, "arch_loss": 0.0}
+        record = {**zeros, **averages}  # zeros: no batch
         record.update(phase="search", stage=stage_index + 1, epoch=epoch + 1, classes=len(classes),
                       expected_flops=float(self.net.expected_flops().detach()), seconds=time.time() - t0)
         return record
@@ -376,15 +383,16 @@ class _Context:
         t0 = time.time()
         arch = self.derive()
         self.net.set_arch(arch)
-        subset = ClassSubset(classes, self.data.num_classes)
-        recalibrate_batchnorm(self.net, self._batches(subset.indices(self.data.train.targets, self.w_idx), augment=False))
-        val = evaluate(self.net, self.data, "train", subset.indices(self.data.train.targets, self.val_idx),
-                       device=self.s.device, subset=subset)
-        val_all = evaluate(self.net, self.data, "train", self.val_idx, device=self.s.device)
+        self.task.recalibrate(self.model, self._batches(self.task.subset_indices(self.data, classes, self.w_idx),
+                                                        augment=False, classes=classes))
+        val = self.task.evaluate(self.model, self.data, "train", self.task.subset_indices(self.data, classes, self.val_idx),
+                                 classes=classes, device=self.s.device)
+        val_all = self.task.evaluate(self.model, self.data, "train", self.val_idx, device=self.s.device)
         self.net.set_mode(self.s.path_mode)
         alive_before = self.net.alive_options()
         pruned: dict[str, list[str]] = {}
         if stage.keep_fraction is not None:
+            subset = ClassSubset(classes, self.data.num_classes)
             scores = self.blend_scores(subset) if self.s.prune_score == "blend" else None
             pruned = prune(self.net, self.space, stage.keep_fraction, self.max_flops, scores)
         seconds = train_seconds + time.time() - t0
@@ -396,8 +404,8 @@ class _Context:
             alive=alive_before,
             pruned=pruned,
             seconds=seconds,
-            val_accuracy=val["accuracy"],
-            val_accuracy_all_classes=val_all["accuracy"],
+            val_accuracy=val["score"],
+            val_accuracy_all_classes=val_all["score"],
             derived_arch=arch,
             derived_flops=self.space.flops(arch),
             probabilities=self.net.probabilities(),

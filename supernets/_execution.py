@@ -49,6 +49,10 @@ class PlainExecution(Execution):
         out = None
         for i in active:
             y = layer.candidates[i](x)
+            if isinstance(y, (list, tuple)):  # a feature pyramid (DyHead blocks): mixed level by level
+                y = [t * weights[i] for t in y] if weights is not None else list(y)
+                out = y if out is None else [a + b for a, b in zip(out, y)]
+                continue
             if weights is not None:
                 y = y * weights[i]
             out = y if out is None else out + y

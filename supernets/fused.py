@@ -276,7 +276,7 @@ class FusedExecution(Execution):
     def run(self, layer: MixedLayer, x: torch.Tensor, weights: torch.Tensor | None,
             active: list[int]) -> torch.Tensor:
         """The plain sum with the active inverted-residual candidates horizontally fused."""
-        if len(active) <= 1:
+        if len(active) <= 1 or not isinstance(x, torch.Tensor):  # a pyramid (DyHead blocks): nothing to fuse
             return _PLAIN.run(layer, x, weights, active)
         candidates = layer.candidates
         if weights is None:

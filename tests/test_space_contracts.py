@@ -50,8 +50,12 @@ def covering_archs(space, extra: int = 3) -> list[dict[str, str]]:
 def _outputs(space, out) -> list[torch.Tensor]:
     """The network's output as a list of tensors, after checking its shape against the space's task."""
     if space.task == "detection":
-        assert len(out) == 3 and all(cls.shape[1] == space.num_classes and box.shape[1] == 4 for cls, box in out)
-        return [t for pair in out for t in pair]
+        # the FCOS head's output: every level's locations concatenated
+        assert set(out) == {"cls_logits", "bbox_regression", "bbox_ctrness"}
+        locations = sum(s * s for s in space.sizes)
+        assert out["cls_logits"].shape[1:] == (locations, space.num_classes)
+        assert out["bbox_regression"].shape[1:] == (locations, 4)
+        return list(out.values())
     assert out.shape[1:] == (space.num_classes,)
     return [out]
 
