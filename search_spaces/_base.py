@@ -59,6 +59,42 @@ class ChainNetwork(nn.Module):
         return self.head(x)
 
 
+class FeatureNetwork(nn.Module):
+    """A chain network's stem and layers up to its last feature level (no head): ``forward(x)`` gives the
+    NCHW outputs of the level layers, in increasing stride.
+
+    Module names match ``ChainNetwork`` (``stem``, ``layers.<i>``), so a ChainNetwork's state dict
+    without the head and the layers after the last level loads into it. ``out_channels``, ``strides``
+    and ``feature_info`` (timm-style dicts ``num_chs``/``reduction``/``module``) describe the levels.
+    """
+
+    def __init__(self, stem: nn.Module, layers: list[nn.Module], levels: list[int], info: list[dict]) -> None:
+        super().__init__()
+        if not levels or len(layers) != levels[-1] + 1 or len(info) != len(levels):
+            raise ValueError(f"FeatureNetwork needs layers up to the last level {levels} and one info per level")
+        self.stem = stem
+        self.layers = nn.ModuleList(layers)
+        self.levels = list(levels)
+        self.feature_info = [dict(d) for d in info]
+        self.out_channels = [d["num_chs"] for d in info]
+        self.strides = [d["reduction"] for d in info]
+
+    @classmethod
+    def from_network(cls, net: ChainNetwork, levels: list[int], info: list[dict]) -> FeatureNetwork:
+        """The feature network of a built ``net`` with its weights (copied: ``net`` is left untouched)."""
+        layers = [copy.deepcopy(layer) for layer in net.layers[: levels[-1] + 1]]
+        return cls(copy.deepcopy(net.stem), layers, levels, info)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features, wanted = [], set(self.levels)
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i in wanted:
+                features.append(x)
+        return features
+
+
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -73,6 +109,7 @@ class SearchSpace(ABC):
 
     name: str = ""
     task: str = "classification"  # what the built network predicts; evaluators refuse other tasks
+    stem_stride: int = 1  # the stem's output stride; chain spaces whose stem strides set it
 
     def __init__(self, num_classes: int, in_chans: int, image_size: int) -> None:
         self.num_classes, self.in_chans, self.image_size = num_classes, in_chans, image_size
@@ -100,6 +137,10 @@ class SearchSpace(ABC):
     @abstractmethod
     def candidate_macs(self, index: int, module: nn.Module) -> int:
         """MACs of one candidate module at layer ``index`` for one image."""
+
+    def stem_macs(self) -> int:
+        """MACs of the stem alone for one image (part of ``fixed_macs``); override where the stem has no ``macs``."""
+        return self.build_stem().macs(self.image_size, self.image_size)
 
     def to_timm(self, arch: Arch) -> list[list[str]] | None:
         """timm ``arch_def`` block strings for ``arch``, or None where the blocks have no timm form."""
@@ -234,6 +275,62 @@ class SearchSpace(ABC):
         arch = self.validate(arch)
         layers = [self.build_candidate(i, arch[c.label]) for i, c in enumerate(self.choices)]
         return ChainNetwork(self.build_stem(), layers, self.build_head())
+
+
+    # --- multi-scale features for downstream tasks (detection, segmentation) --------------
+    def _check_chain(self) -> None:
+        if self.task != "classification" or not hasattr(self, "plan"):
+            raise UserError(f"space {self.name!r} ({self.task}) is not a classification chain of layers: "
+                            f"it has no backbone feature levels (build_features needs a chain space, e.g. mbv3)")
+
+    def layer_strides(self) -> list[int]:
+        """Output stride of each layer: the stem's stride times the layer strides so far."""
+        self._check_chain()
+        strides, stride = [], self.stem_stride
+        for layer in self.plan:
+            stride *= layer.stride
+            strides.append(stride)
+        return strides
+
+    def feature_levels(self) -> list[int]:
+        """Indices (into self.plan / the layers) of the layers whose outputs are the feature levels: the last layer
+        at each of the last three distinct output strides of the chain (fewer when the chain has fewer), in increasing
+        stride."""
+        strides = self.layer_strides()
+        last = {s: i for i, s in enumerate(strides)}  # the last layer of each stride, in increasing stride
+        return sorted(last.values())[-3:]
+
+    def feature_info(self) -> list[dict]:
+        """timm-style level descriptions: ``[{"num_chs": C, "reduction": stride, "module": "layers.<i>"}, ...]``."""
+        strides = self.layer_strides()
+        return [{"num_chs": self.plan[i].out_channels, "reduction": strides[i], "module": f"layers.{i}"}
+                for i in self.feature_levels()]
+
+    def build_features(self, arch: Arch) -> FeatureNetwork:
+        """stem + the layers up to the last level (head dropped), freshly initialised; forward(x) -> list of NCHW
+        tensors, one per level (``feature_info``), each ``ceil(image_size / reduction)`` pixels square.
+
+        At ``image_size=128``: ``mbv3`` gives strides 4, 8, 16 (widths 24/40/112 x ``width_mult`` at the default 8 layers);
+        ``micronet`` and ``focalnet`` 2, 4, 8 (micronet 32/48/128, focalnet 24/48/96, x ``width_mult``;
+        ``nasbench_macro`` at 32 px: 2, 4, 8 with 64/128/256).
+        A skipped level layer passes its input on (same shape). UserError for a space without a chain
+        of layers (``dyhead``).
+        """
+        arch = self.validate(arch)
+        levels = self.feature_levels()
+        layers = [self.build_candidate(i, arch[c.label]) for i, c in enumerate(self.choices[: levels[-1] + 1])]
+        return FeatureNetwork(self.build_stem(), layers, levels, self.feature_info())
+
+    def features_from(self, net: ChainNetwork) -> FeatureNetwork:
+        """The feature network of ``net`` (built by this space), reusing its weights (copied)."""
+        return FeatureNetwork.from_network(net, self.feature_levels(), self.feature_info())
+
+    def feature_flops(self, arch: Arch) -> int:
+        """Exact MACs of build_features(arch) for one image of self.input_shape, from the tables (stem + layers up to
+        the last level), equal to fvcore's count."""
+        arch = self.validate(arch)
+        last = self.feature_levels()[-1]
+        return self.stem_macs() + sum(self.flops_table[c.label][arch[c.label]] for c in self.choices[: last + 1])
 
 
 def format_flops(value: float) -> str:

@@ -8,6 +8,9 @@ starting at 0.01 leave the blocks near identity. Each layer searches its focal l
 ratio (2/4), named ``l2_w3_m4``; every layer but a stage's first may also be ``skip``, which
 makes each stage's depth searchable (1 to ``depths[i]`` blocks). Head: LayerNorm, global
 average pool, linear classifier.
+
+Feature levels (``build_features``): the stages' last layers; at ``image_size=128`` (patch-embed
+stride 2, ``stem_stride``) strides 2, 4, 8 with 24/48/96 channels (x ``width_mult``).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class FocalNetSpace(SearchSpace):
     """Hierarchical FocalNet with searchable focal level, focal window, MLP ratio and depth per stage."""
 
     name = "focalnet"
+    stem_stride = 2  # the 3x3 stride-2 patch embedding
     optimizer = "adamw"  # trainers' optimizer=auto: SGD trains this attention-like net poorly (see README)
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, width_mult: float = 1.0,
@@ -101,7 +105,7 @@ class FocalNetSpace(SearchSpace):
         return DownsampleBlock(PatchEmbed(cin, cout), block) if stride == 2 else block
 
     def fixed_macs(self) -> int:
-        return self.build_stem().macs(self.image_size, self.image_size) + self.final_channels * self.num_classes
+        return self.stem_macs() + self.final_channels * self.num_classes
 
     def candidate_macs(self, index: int, module: nn.Module) -> int:
         size = self.plan[index][3]

@@ -9,6 +9,9 @@ chooses between static and dynamic blocks. Stem: 3x3 conv (stride 1 for inputs u
 depthwise-separable block; then stages of widths 24/40/80/112 (times ``width_mult``), each opening
 with a stride-2 layer; head: 1x1 conv, global pool, a hidden linear layer and the classifier,
 as in MobileNetV3.
+
+Feature levels (``build_features``): the last layer at each of the last three output strides; at
+``image_size=128`` (stem stride 2) strides 4, 8, 16 with 24/40/112 channels (x ``width_mult``, 8 layers).
 """
 
 from __future__ import annotations
@@ -174,12 +177,15 @@ class MobileNetV3Space(SearchSpace):
         cin, cout, stride, _ = self.plan[index]
         return candidate_block(cin, cout, stride, option, self.act)
 
-    def fixed_macs(self) -> int:
+    def stem_macs(self) -> int:
         stem = self.build_stem()
         size = conv_out_size(self.image_size, 3, self.stem_stride)
+        return stem[0].macs(self.image_size, self.image_size) + stem[1].macs(size, size)
+
+    def fixed_macs(self) -> int:
         head = self.final_size ** 2 * self.final_channels * self.last_channels
         head += self.last_channels * self.head_hidden + self.head_hidden * self.num_classes
-        return stem[0].macs(self.image_size, self.image_size) + stem[1].macs(size, size) + head
+        return self.stem_macs() + head
 
     def candidate_macs(self, index: int, module: nn.Module) -> int:
         size = self.plan[index][3]

@@ -8,6 +8,9 @@ pointwise project), its kernel (3/5), its expansion (2/4: the depthwise multipli
 expansion of C; the group counts follow from the widths as G = sqrt(C/R), R = 2) and Dynamic
 Shift-Max on or off (off: ReLU), named like ``B_k5_e2_dsm``; plus ``skip`` where the layer keeps
 its shape. Head: 1x1 conv to 384 channels, global pool, dropout, linear classifier.
+
+Feature levels (``build_features``): at ``image_size=128`` (stem stride 2) strides 2, 4, 8 with
+32/48/128 channels (x ``width_mult``; the last layers of the stride-2, stride-4 and stride-8 stages).
 """
 
 from __future__ import annotations
@@ -88,9 +91,8 @@ class MicroNetSpace(SearchSpace):
         return micro_block(cin, cout, stride, option)
 
     def fixed_macs(self) -> int:
-        stem = self.build_stem().macs(self.image_size, self.image_size)
         head = self.final_size ** 2 * self.final_channels * self.last_channels
-        return stem + head + self.last_channels * self.num_classes
+        return self.stem_macs() + head + self.last_channels * self.num_classes
 
     def candidate_macs(self, index: int, module: nn.Module) -> int:
         size = self.plan[index][3]

@@ -27,6 +27,8 @@ Network (no convolution has a bias; every convolution is followed by batch norm)
 
 FLOPs are multiply-accumulates of the convolutions and the linear layer for one image (the
 table's ``flops``: 7,713,280 for ``00000000`` up to 105,660,928 for ``22222222``).
+
+Feature levels (``build_features``): the stages' last layers, at 32 px strides 2, 4, 8 with 64/128/256 channels.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class NASBenchMacroSpace(SearchSpace):
     """NAS-Bench-Macro: 8 layers, each identity / IR k3 e3 / IR k5 e6 (ReLU, no SE)."""
 
     name = "nasbench_macro"
+    stem_stride = 1
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, image_size: int = 32) -> None:
         super().__init__(num_classes, in_chans, image_size)
@@ -78,9 +81,8 @@ class NASBenchMacroSpace(SearchSpace):
         raise ValueError(f"unknown option {option!r} for layer {index + 1}; valid: {list(OPTIONS)}")
 
     def fixed_macs(self) -> int:
-        stem = self.build_stem().macs(self.image_size, self.image_size)
         head = self.final_size ** 2 * self.final_channels * LAST_CHANNELS + LAST_CHANNELS * self.num_classes
-        return stem + head
+        return self.stem_macs() + head
 
     def candidate_macs(self, index: int, module: nn.Module) -> int:
         size = self.plan[index][3]
