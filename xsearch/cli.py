@@ -1,4 +1,4 @@
-"""The ``xsearch`` command: run, train, flops, list, dashboard, bench."""
+"""The ``xsearch`` command: run, train, flops, list, dashboard, bench, data."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ COMMAND_LINES = (
     ("list settings [options]", "every setting and its value for the chosen components (space=, strategy=, ...)"),
     ("dashboard [STORAGE] [port=N] [host=H]", "Optuna dashboard over the runs' studies (default runs/xsearch.db)"),
     ("bench NAME [options] [out=FILE.json]", "a benchmark (below); its rows go to out="),
+    ("data fashion-coco DIR [options]", "write the built-in COCO detection data for data=coco data.root=DIR"),
 )
 
 
@@ -266,8 +267,48 @@ def cmd_bench(args: list[str]) -> int:
     return 0
 
 
+DATA_OPTIONS = {"train": int, "val": int, "seed": int, "size": int, "fashion_root": str, "progress": bool}
+DATA_USAGE = ("usage: xsearch data fashion-coco DIR [train=4000] [val=500] [seed=0] [size=128] [fashion_root=DIR] "
+              "[progress=true]")
+
+
+def cmd_data(args: list[str]) -> int:
+    from .core.coco import write_fashion_coco
+
+    if len(args) < 2 or args[0] != "fashion-coco" or "=" in args[1]:
+        raise UserError(f"{DATA_USAGE}; got {' '.join(args)!r}" if args else DATA_USAGE)
+    out_dir, options = args[1], {}
+    for arg in args[2:]:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in DATA_OPTIONS:
+            raise UserError(f"{arg!r} is not an option of xsearch data fashion-coco; valid: "
+                            f"{', '.join(k + '=' for k in DATA_OPTIONS)}")
+        kind = DATA_OPTIONS[key]
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise UserError(f"{key} must be true or false; got {value!r}")
+            options[key] = value.lower() in ("true", "1", "yes")
+        elif kind is int:
+            try:
+                options[key] = int(value)
+            except ValueError:
+                raise UserError(f"{key} must be an integer; got {value!r}") from None
+        else:
+            options[key] = value
+    show_progress = options.pop("progress", sys.stderr.isatty())
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder")
+    counts = write_fashion_coco(out_dir, show_progress=show_progress, **options)
+    print(f"wrote fashion-coco to {out_dir} in {_fmt_seconds(counts['seconds'])}: "
+          f"{counts['train_images']} train images ({counts['train_objects']} objects) in {out_dir}/train/, "
+          f"{counts['val_images']} val images ({counts['val_objects']} objects) in {out_dir}/val/, "
+          f"annotations in {out_dir}/annotations/ (instances_*.json, keypoints_*.json)")
+    print(f"use it with: xsearch run data=coco data.root={out_dir} (data.task=detection|segmentation|keypoints)")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "train": cmd_train, "flops": cmd_flops, "list": cmd_list,
-            "dashboard": cmd_dashboard, "bench": cmd_bench}
+            "dashboard": cmd_dashboard, "bench": cmd_bench, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

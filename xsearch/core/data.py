@@ -311,3 +311,5 @@ def load_imagefolder(root: str | None = None, image_size: int = 64) -> ImageData
 def load_dataset(name: str, root: str | None = None, **kwargs: Any) -> ImageData:
     """Load dataset ``name`` (see ``DATASETS.names()``) from ``root``."""
     return DATASETS.get(name)(root=root, **kwargs)
+
+from . import coco  # noqa: F401  registers data=coco

@@ -1,0 +1,633 @@
+"""COCO-format detection data: a loader (``data=coco``), COCOeval metrics, a drawing, and the built-in
+fashion-coco dataset (Fashion-MNIST items pasted on black canvases) written in that format.
+
+The loaded splits hold every image as a uint8 tensor in memory, with torchvision-style targets
+(``boxes`` xyxy in pixels, ``labels`` 1..K with 0 the background, and ``masks`` / ``keypoints``
+when the task has them); the ground truth stays a ``pycocotools.coco.COCO`` object for COCOeval.
+Every mistake in the files (a missing file, an unknown category, a box outside its image, ...) is
+a UserError raised while loading, before any training starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .data import DATASETS, FASHION_MNIST_CLASSES, load_fashion_mnist
+from .errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pycocotools.coco import COCO
+
+TASKS = ("detection", "segmentation", "keypoints")
+
+# COCO's per-keypoint OKS sigmas for its 17 person keypoints (nose, eyes, ears, shoulders, elbows, wrists, hips,
+# knees, ankles), as pycocotools' COCOeval uses them by default.
+COCO_PERSON_SIGMAS = (0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062,
+                      0.107, 0.107, 0.087, 0.087, 0.089, 0.089)
+
+# fashion-coco keypoints: the extreme pixels of an item's mask and its centroid.
+FASHION_KEYPOINTS = ("top", "bottom", "left", "right", "centre")
+# OKS sigmas for them. COCOeval scores a keypoint by exp(-d^2 / (2 * area * (2 sigma)^2)), so at OKS 0.5 a point may
+# be d = 1.18 * sqrt(area) * 2 sigma off. For a typical item (mask area ~800 px, sqrt ~28): 3.3 px for the extremes
+# (sigma 0.05), which are single, sharply defined pixels on the outline (like COCO's eyes and nose, 0.025, but our
+# objects are small and drawn at low resolution, so a pixel or two of error must still count); 5.3 px for the centre
+# (sigma 0.08), which no edge marks, so it is as loosely located as COCO's hips (0.107) and knees (0.087).
+FASHION_SIGMAS = (0.05, 0.05, 0.05, 0.05, 0.08)
+FASHION_SKELETON = ((5, 1), (5, 2), (5, 3), (5, 4))  # 1-based, COCO's convention: centre to each extreme
+FASHION_THRESHOLD = 20  # an item's pixel belongs to it when brighter than this (of 255) after scaling
+FASHION_ITEM_SIDE = (24, 64)  # the side of a scaled 28x28 item, in pixels
+FASHION_MAX_IOU = 0.3  # an item's box overlaps each earlier one by less than this
+FASHION_MIN_VISIBLE = 0.3  # an item covered so much that less than this fraction of its pixels shows is dropped
+
+
+def _quiet_coco(path: Path) -> COCO:
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return COCO(str(path))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"{path} is not a COCO annotation file ({type(exc).__name__}: {exc})") from exc
+
+
+# --- splits and data -------------------------------------------------------------------------
+
+class CocoSplit:
+    """One split: images in memory, torchvision-style targets, and the COCO ground truth for evaluation."""
+
+    def __init__(self, images: list[torch.Tensor], annotations: list[dict[str, torch.Tensor]], image_ids: list[int],
+                 coco: COCO) -> None:
+        self.images = images
+        self.annotations = annotations
+        self.image_ids = image_ids
+        self.coco = coco
+        self.classes_per_image = [frozenset((a["labels"] - 1).tolist()) for a in annotations]
+        largest = [int(a["labels"][a["area"].argmax()]) - 1 if len(a["labels"]) else 0 for a in annotations]
+        self.targets = torch.tensor(largest, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, index: torch.Tensor, classes: set[int] | None = None
+              ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """Images as float (3, H, W) in [0, 1] and cloned target dicts; with ``classes`` (0-based), only their objects."""
+        images, targets = [], []
+        for i in torch.as_tensor(index).reshape(-1).tolist():
+            images.append(self.images[i].float().div_(255.0))
+            ann = self.annotations[i]
+            if classes is not None:
+                keep = torch.tensor([int(c) - 1 in classes for c in ann["labels"]], dtype=torch.bool)
+                targets.append({k: v[keep].clone() for k, v in ann.items()})
+            else:
+                targets.append({k: v.clone() for k, v in ann.items()})
+        return images, targets
+
+
+@dataclass
+class DetectionData:
+    """A detection / instance segmentation / keypoint dataset in COCO format."""
+
+    name: str
+    train: CocoSplit
+    val: CocoSplit
+    class_names: tuple[str, ...]
+    category_ids: tuple[int, ...]
+    image_size: int = 128
+    keypoint_names: tuple[str, ...] | None = None
+    keypoint_sigmas: tuple[float, ...] | None = None
+    flip_pairs: tuple[tuple[int, int], ...] = ()
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def test(self) -> CocoSplit:
+        return self.val
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    @property
+    def has_masks(self) -> bool:
+        return all(bool(s.annotations) and "masks" in s.annotations[0] for s in (self.train, self.val))
+
+    @property
+    def has_keypoints(self) -> bool:
+        return all(bool(s.annotations) and "keypoints" in s.annotations[0] for s in (self.train, self.val))
+
+    def split(self, split: str) -> CocoSplit:
+        if split == "train":
+            return self.train
+        if split in ("val", "test"):
+            return self.val
+        raise ValueError(f"split must be 'train', 'val' or 'test', not {split!r}")
+
+    def num_batches(self, n: int, batch_size: int) -> int:
+        return (n + batch_size - 1) // batch_size
+
+    def batches(self, split: str, indices: torch.Tensor | None = None, batch_size: int = 16, shuffle: bool = False,
+                augment: bool = False, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                classes: set[int] | None = None) -> Iterator[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]]:
+        """(images, targets) batches of ``split``: images float (3, H, W) in [0, 1] (the model normalises with
+        ``mean``/``std``); ``augment`` flips each image horizontally with probability 1/2, targets with it."""
+        data = self.split(split)
+        if indices is None:
+            indices = torch.arange(len(data))
+        indices = torch.as_tensor(indices).reshape(-1)
+        if shuffle:
+            indices = indices[torch.randperm(len(indices), generator=generator)]
+        for start in range(0, len(indices), batch_size):
+            images, targets = data.batch(indices[start:start + batch_size], classes)
+            if augment:
+                flips = torch.rand(len(images), generator=generator) < 0.5
+                for j in torch.nonzero(flips).reshape(-1).tolist():
+                    images[j], targets[j] = self._flip(images[j], targets[j])
+            if device is not None:
+                images = [x.to(device, non_blocking=True) for x in images]
+                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+            yield images, targets
+
+    def _flip(self, image: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        width = image.shape[-1]
+        out = dict(target)
+        boxes = target["boxes"].clone()
+        boxes[:, 0], boxes[:, 2] = width - target["boxes"][:, 2], width - target["boxes"][:, 0]
+        out["boxes"] = boxes
+        if "masks" in target:
+            out["masks"] = target["masks"].flip(-1)
+        if "keypoints" in target:
+            kp = target["keypoints"].clone()
+            kp[..., 0] = torch.where(kp[..., 2] > 0, width - kp[..., 0], kp[..., 0])
+            if self.flip_pairs:
+                perm = list(range(kp.shape[1]))
+                for a, b in self.flip_pairs:
+                    perm[a], perm[b] = b, a
+                kp = kp[:, perm]
+            out["keypoints"] = kp
+        return image.flip(-1), out
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+def _flip_pairs_from_names(names: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """Pairs of keypoints a horizontal flip swaps, from their names ('left_eye' <-> 'right_eye', 'left' <-> 'right')."""
+    index = {n: i for i, n in enumerate(names)}
+    pairs = []
+    for i, n in enumerate(names):
+        if "left" in n:
+            j = index.get(n.replace("left", "right"))
+            if j is not None and j != i:
+                pairs.append((i, j))
+    return tuple(pairs)
+
+
+def _find_file(candidates: list[Path]) -> Path | None:
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _load_image(path: Path) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("L", "LA", "1"):
+            arr = np.asarray(im.convert("L"))
+            return torch.from_numpy(arr.copy()).unsqueeze(0).expand(3, -1, -1)  # a view: grey images cost one channel
+        arr = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _load_split(split: str, ann_path: Path, image_dir: Path, task: str, max_images: int | None,
+                keypoint_count: int | None) -> tuple[CocoSplit, dict[int, dict], int | None]:
+    coco = _quiet_coco(ann_path)
+    cats = coco.cats
+    if not cats:
+        raise UserError(f"{ann_path} has no categories")
+    cat_ids = sorted(cats)
+    label_of = {c: i + 1 for i, c in enumerate(cat_ids)}
+    anns_all = coco.dataset.get("annotations", [])
+    for a in anns_all:
+        if a.get("category_id") not in cats:
+            raise UserError(f"{ann_path}: annotation {a.get('id')} (image {a.get('image_id')}) has unknown category "
+                            f"{a.get('category_id')!r}; the file's categories are {cat_ids}")
+        if a.get("image_id") not in coco.imgs:
+            raise UserError(f"{ann_path}: annotation {a.get('id')} names image {a.get('image_id')}, "
+                            "which the file's 'images' list lacks")
+    if task == "segmentation" and not any(a.get("segmentation") for a in anns_all):
+        raise UserError(f"task=segmentation needs segmentations, but {ann_path} has none; use data.task=detection "
+                        "or an annotation file with 'segmentation' polygons or RLE")
+    if task == "keypoints":
+        counts = {len(cats[c].get("keypoints") or []) for c in cat_ids}
+        if not any(a.get("keypoints") for a in anns_all) or counts == {0}:
+            raise UserError(f"task=keypoints needs keypoints, but {ann_path} has none (its categories need "
+                            "'keypoints' names and its annotations 'keypoints' lists); use data.task=detection")
+        with_kp = {c for c in cat_ids if cats[c].get("keypoints")}
+        counts = {len(cats[c]["keypoints"]) for c in with_kp}
+        if len(counts) != 1 or (keypoint_count is not None and counts != {keypoint_count}):
+            raise UserError(f"{ann_path}: categories name different numbers of keypoints ({sorted(counts)}"
+                            + (f", the other split {keypoint_count}" if keypoint_count is not None else "")
+                            + "); one model predicts one fixed set")
+        keypoint_count = counts.pop()
+
+    image_ids = sorted(coco.imgs)
+    if max_images:
+        image_ids = image_ids[:max_images]
+    images, targets = [], []
+    for image_id in image_ids:
+        meta = coco.imgs[image_id]
+        path = image_dir / meta["file_name"]
+        if not path.is_file():
+            raise UserError(f"{ann_path} names image {meta['file_name']!r} (id {image_id}), but {path} does not exist; "
+                            f"the {split} images belong in {image_dir} (or set data.{split}_images=DIR)")
+        image = _load_image(path)
+        height, width = image.shape[1:]
+        if (meta.get("height", height), meta.get("width", width)) != (height, width):
+            raise UserError(f"{path} is {width}x{height} pixels, but {ann_path} says {meta.get('width')}x"
+                            f"{meta.get('height')}")
+        boxes, labels, areas, crowd, masks, keypoints = [], [], [], [], [], []
+        for a in coco.imgToAnns.get(image_id, []):
+            where = f"{ann_path}: annotation {a.get('id')} of image {meta['file_name']!r} ({width}x{height})"
+            bbox = a.get("bbox")
+            if not bbox or len(bbox) != 4:
+                raise UserError(f"{where} has no 'bbox' [x, y, width, height]")
+            x, y, w, h = (float(v) for v in bbox)
+            if not (w > 0 and h > 0):
+                raise UserError(f"{where} has a box of non-positive size {bbox} ([x, y, width, height])")
+            if x < -1 or y < -1 or x + w > width + 1 or y + h > height + 1:
+                raise UserError(f"{where} has a box {bbox} ([x, y, width, height]) outside the image")
+            if task == "keypoints":
+                kp = a.get("keypoints") or []
+                if kp and len(kp) != 3 * keypoint_count:
+                    raise UserError(f"{where} has {len(kp) / 3:g} keypoints, but its category "
+                                    f"{a['category_id']} has {keypoint_count}")
+                if "num_keypoints" not in a:  # COCOeval reads it
+                    a["num_keypoints"] = int(sum(1 for v in kp[2::3] if v > 0))
+            if a.get("iscrowd", 0):
+                continue  # crowd regions stay in `coco` (COCOeval ignores matches to them) but train nothing
+            if task == "segmentation" and not a.get("segmentation"):
+                raise UserError(f"{where} has no segmentation (task=segmentation needs one on every object)")
+            boxes.append([max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)])
+            labels.append(label_of[a["category_id"]])
+            areas.append(float(a.get("area") or w * h))
+            crowd.append(0)
+            if task == "segmentation":
+                with warnings.catch_warnings():  # pycocotools' decoder trips a numpy 2 DeprecationWarning
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    masks.append(coco.annToMask(a))
+            if task == "keypoints":
+                kp = a.get("keypoints") or [0.0] * (3 * keypoint_count)
+                keypoints.append(np.asarray(kp, dtype=np.float32).reshape(keypoint_count, 3))
+        target = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                  "labels": torch.tensor(labels, dtype=torch.long),
+                  "area": torch.tensor(areas, dtype=torch.float32),
+                  "iscrowd": torch.tensor(crowd, dtype=torch.long)}
+        if task == "segmentation":
+            target["masks"] = (torch.from_numpy(np.stack(masks)) if masks
+                               else torch.zeros((0, height, width), dtype=torch.uint8))
+        if task == "keypoints":
+            target["keypoints"] = (torch.from_numpy(np.stack(keypoints)) if keypoints
+                                   else torch.zeros((0, keypoint_count, 3), dtype=torch.float32))
+        images.append(image)
+        targets.append(target)
+    return CocoSplit(images, targets, image_ids, coco), cats, keypoint_count
+
+
+@DATASETS.register("coco")
+def load_coco(root: str | None = None, task: str = "detection", image_size: int = 128,
+              train_annotations: str | None = None, val_annotations: str | None = None,
+              train_images: str | None = None, val_images: str | None = None, max_images: int | None = None,
+              keypoint_sigmas: list[float] | None = None) -> DetectionData:
+    """COCO-format detection, instance segmentation or keypoints (data.task=...) from data.root=DIR.
+
+    DIR holds annotations/instances_{train,val}.json (or person_keypoints_/keypoints_{train,val}.json for
+    task=keypoints) and the images in DIR/train/ and DIR/val/; explicit paths override. Make one with
+    ``xsearch data fashion-coco DIR``.
+    """
+    if task not in TASKS:
+        raise UserError(f"data.task must be one of {', '.join(TASKS)}; got {task!r}")
+    explicit = {"train": (train_annotations, train_images), "val": (val_annotations, val_images)}
+    if not root and not all(all(v) for v in explicit.values()):
+        raise UserError("data=coco needs data.root=DIR, a folder with annotations/instances_{train,val}.json and the "
+                        "images in DIR/train/ and DIR/val/ (or data.train_annotations, data.val_annotations, "
+                        "data.train_images, data.val_images). Make the built-in one with: "
+                        "xsearch data fashion-coco DIR")
+    base = Path(root) if root else None
+    if base is not None and not base.is_dir():
+        raise UserError(f"data.root {str(base)!r} is not a folder. data=coco needs a folder with "
+                        "annotations/instances_{train,val}.json and the images in train/ and val/; make the built-in "
+                        f"one with: xsearch data fashion-coco {base}")
+    stems = (("person_keypoints", "keypoints") if task == "keypoints" else ("instances",))
+    splits, cats, count, paths = {}, None, None, {}
+    for split, (ann, img) in explicit.items():
+        if ann:
+            candidates = [Path(ann)]
+        else:
+            candidates = [base / "annotations" / f"{stem}_{split}{year}.json"  # type: ignore[operator]
+                          for year in ("", "2017") for stem in stems]
+        ann_path = _find_file(candidates)
+        if ann_path is None:
+            raise UserError(f"no {split} annotation file for data.task={task}; looked for "
+                            + ", ".join(str(p) for p in candidates)
+                            + (f". Set data.{split}_annotations=FILE" if not ann else "")
+                            + ". Make the built-in data with: xsearch data fashion-coco DIR")
+        if img:
+            image_dir = Path(img)
+        else:
+            image_dir = next((d for d in (base / split, base / f"{split}2017") if d.is_dir()),  # type: ignore[operator]
+                             base / split)  # type: ignore[operator]
+        split_data, split_cats, count = _load_split(split, ann_path, image_dir, task, max_images, count)
+        if cats is not None and sorted(cats) != sorted(split_cats):
+            raise UserError(f"the train and val annotation files have different categories ({sorted(cats)} and "
+                            f"{sorted(split_cats)})")
+        splits[split], cats, paths[split] = split_data, split_cats, (ann_path, image_dir)
+    assert cats is not None
+    cat_ids = tuple(sorted(cats))
+    kw: dict[str, Any] = {}
+    if task == "keypoints":
+        cat = next(cats[c] for c in cat_ids if cats[c].get("keypoints"))
+        names = tuple(cat["keypoints"])
+        file_sigmas = [c.get("oks_sigmas") for s in splits.values() for c in s.coco.cats.values() if c.get("oks_sigmas")]
+        sigmas = keypoint_sigmas or (file_sigmas[0] if file_sigmas else None)
+        if not sigmas and len(names) == len(COCO_PERSON_SIGMAS):
+            sigmas = COCO_PERSON_SIGMAS
+        if not sigmas:
+            raise UserError(f"no OKS sigmas for the {len(names)} keypoints ({', '.join(names)}): the file's categories "
+                            "carry no 'oks_sigmas'; pass data.keypoint_sigmas=[...], one per keypoint")
+        if len(sigmas) != len(names):
+            raise UserError(f"{len(sigmas)} keypoint sigmas for {len(names)} keypoints ({', '.join(names)})")
+        kw.update(keypoint_names=names, keypoint_sigmas=tuple(float(s) for s in sigmas),
+                  flip_pairs=tuple(tuple(p) for p in cat.get("flip_pairs", ())) or _flip_pairs_from_names(names))
+    info_block = splits["train"].coco.dataset.get("info") or {}
+    if isinstance(info_block, dict) and info_block.get("mean") and info_block.get("std"):
+        kw.update(mean=tuple(float(v) for v in info_block["mean"]), std=tuple(float(v) for v in info_block["std"]))
+    name = str(info_block.get("dataset", "coco")) if isinstance(info_block, dict) else "coco"
+    info = {"root": str(base) if base else None, "task": task,
+            **{f"{s}_annotations": str(p[0]) for s, p in paths.items()},
+            **{f"{s}_images": str(p[1]) for s, p in paths.items()}}
+    return DetectionData(name, splits["train"], splits["val"], tuple(str(cats[c]["name"]) for c in cat_ids), cat_ids,
+                         image_size=image_size, info=info, **kw)
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def coco_evaluate(split: CocoSplit, predictions: dict[int, dict[str, torch.Tensor]], iou_type: str,
+                  category_ids: tuple[int, ...], keypoint_sigmas: tuple[float, ...] | None = None,
+                  indices: list[int] | None = None) -> dict[str, Any]:
+    """COCOeval's metrics of ``predictions`` ({position in split: torchvision-style output in the image's pixels})."""
+    from pycocotools.cocoeval import COCOeval
+
+    if iou_type not in ("bbox", "segm", "keypoints"):
+        raise ValueError(f"iou_type must be 'bbox', 'segm' or 'keypoints', not {iou_type!r}")
+    positions = list(range(len(split))) if indices is None else [int(i) for i in indices]
+    image_ids = [split.image_ids[i] for i in positions]
+    chosen = set(positions)
+    results = []
+    for pos, pred in predictions.items():
+        if int(pos) not in chosen:
+            continue
+        image_id = split.image_ids[int(pos)]
+        boxes = pred["boxes"].detach().float().cpu().numpy().reshape(-1, 4)
+        labels = pred["labels"].detach().cpu().numpy().reshape(-1)
+        scores = pred["scores"].detach().float().cpu().numpy().reshape(-1)
+        masks = keypoints = None
+        if iou_type == "segm":
+            masks = (pred["masks"].detach().cpu() > 0.5).numpy()
+            masks = masks.reshape(len(boxes), *masks.shape[-2:])
+        if iou_type == "keypoints":
+            keypoints = pred["keypoints"].detach().float().cpu().numpy().reshape(len(boxes), -1)
+        for j in range(len(boxes)):
+            x1, y1, x2, y2 = (float(v) for v in boxes[j])
+            res = {"image_id": image_id, "category_id": int(category_ids[int(labels[j]) - 1]),
+                   "score": float(scores[j]), "bbox": [x1, y1, x2 - x1, y2 - y1]}
+            if masks is not None:
+                res["segmentation"] = _rle(masks[j])
+            if keypoints is not None:
+                res["keypoints"] = [float(v) for v in keypoints[j]]
+            results.append(res)
+    keys = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100")
+    if not results:
+        gt_cats = {a["category_id"] for a in split.coco.dataset.get("annotations", []) if a["image_id"] in image_ids}
+        return {**{k: 0.0 for k in keys}, "per_class_ap": [0.0 if c in gt_cats else -1.0 for c in category_ids]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = split.coco.loadRes(results)
+        ev = COCOeval(split.coco, dt, iou_type)
+        ev.params.imgIds = image_ids
+        ev.params.catIds = list(category_ids)
+        if iou_type == "keypoints":
+            if keypoint_sigmas is None:
+                raise ValueError("keypoint evaluation needs keypoint_sigmas")
+            ev.params.kpt_oks_sigmas = np.asarray(keypoint_sigmas, dtype=np.float64)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    s = [float(v) for v in ev.stats]
+    if iou_type == "keypoints":  # AP, AP50, AP75, AP_M, AP_L, AR(20 detections), ...; no small objects
+        out = dict(zip(keys, (s[0], s[1], s[2], -1.0, s[3], s[4], s[5])))
+    else:
+        out = dict(zip(keys, (s[0], s[1], s[2], s[3], s[4], s[5], s[8])))
+    precision = ev.eval["precision"]  # (iou thresholds, recall points, categories, area ranges, max detections)
+    per_class = []
+    for k in range(len(category_ids)):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        per_class.append(float(p.mean()) if p.size else -1.0)
+    out["per_class_ap"] = per_class
+    return out
+
+
+# --- drawing ---------------------------------------------------------------------------------
+
+def draw_predictions(split: CocoSplit, predictions: dict[int, dict], class_names, path, indices: list[int],
+                     score_threshold: float = 0.3) -> None:
+    """A grid of the images at ``indices``: ground truth thin and dashed, predictions (score >= threshold) labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    indices = [int(i) for i in indices]
+    n = max(len(indices), 1)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, indices):
+        image = split.images[i].permute(1, 2, 0).numpy()
+        ax.imshow(image)
+        gt = split.annotations[i]
+        for box in gt["boxes"].tolist():
+            ax.add_patch(plt.Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False, lw=0.8,
+                                       ls="--", ec="white"))
+        pred = predictions.get(i)
+        if pred:
+            scores = pred["scores"].detach().float().cpu()
+            keep = torch.nonzero(scores >= score_threshold).reshape(-1).tolist()
+            boxes = pred["boxes"].detach().float().cpu()
+            labels = pred["labels"].detach().cpu()
+            overlay = np.zeros((*image.shape[:2], 4), dtype=np.float32)
+            for j in keep:
+                label = int(labels[j])
+                colour = colours((label - 1) % 10)
+                x1, y1, x2, y2 = boxes[j].tolist()
+                ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.6, ec=colour))
+                name = class_names[label - 1] if 0 < label <= len(class_names) else str(label)
+                ax.text(x1, y1, f"{name} {float(scores[j]):.2f}", fontsize=6, color="black", va="bottom",
+                        bbox={"facecolor": colour, "alpha": 0.8, "pad": 0.5, "lw": 0})
+                if "masks" in pred:
+                    m = (pred["masks"][j].detach().float().cpu().reshape(image.shape[:2]) > 0.5).numpy()
+                    overlay[m] = (*colour[:3], 0.45)
+                if "keypoints" in pred:
+                    kp = pred["keypoints"][j].detach().float().cpu().reshape(-1, 3)
+                    ax.scatter(kp[:, 0], kp[:, 1], s=6, c=[colour], edgecolors="black", linewidths=0.3)
+            if "masks" in pred and keep:
+                ax.imshow(overlay)
+        ax.set_title(f"#{i} (image {split.image_ids[i]})", fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the built-in dataset: fashion-coco ------------------------------------------------------
+
+def _box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _fashion_canvas(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray, size: int
+                    ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """One canvas and its objects (0-based class, visible mask), 1 to 4 items pasted on black."""
+    from PIL import Image
+
+    canvas = np.zeros((size, size), dtype=np.uint8)
+    objects: list[list[Any]] = []  # [class, full-canvas mask, pixels when pasted]
+    placed: list[tuple[int, int, int, int]] = []
+    low, high = FASHION_ITEM_SIDE[0], min(FASHION_ITEM_SIDE[1], size)
+    for _ in range(int(rng.integers(1, 5))):
+        k = int(rng.integers(len(items)))
+        side = int(rng.integers(low, high + 1))
+        item = np.asarray(Image.fromarray(items[k]).resize((side, side), Image.BILINEAR))
+        mask = item > FASHION_THRESHOLD
+        pixels = int(mask.sum())
+        if pixels < 16:
+            continue
+        ys, xs = np.nonzero(mask)
+        for _attempt in range(20):
+            x0, y0 = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
+            box = (x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
+            if all(_box_iou(box, b) < FASHION_MAX_IOU for b in placed):
+                break
+        else:
+            continue
+        full = np.zeros((size, size), dtype=bool)
+        full[y0:y0 + side, x0:x0 + side] = mask
+        for obj in objects:
+            obj[1] &= ~full
+        region = canvas[y0:y0 + side, x0:x0 + side]
+        canvas[y0:y0 + side, x0:x0 + side] = np.where(mask, item, np.maximum(region, item))
+        placed.append(box)
+        objects.append([int(labels[k]), full, pixels])
+    return canvas, [(c, m) for c, m, p in objects if m.sum() >= FASHION_MIN_VISIBLE * p]
+
+
+def _fashion_keypoints(mask: np.ndarray) -> list[float]:
+    """Top-most, bottom-most, left-most, right-most pixel and centroid of ``mask``, at pixel centres, visibility 2.
+
+    Along the extreme row (column) the point is the mean of its pixels, so a horizontal flip maps each point exactly
+    onto its flipped counterpart (left and right swapping)."""
+    ys, xs = np.nonzero(mask)
+    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+    points = [(xs[ys == top].mean(), top), (xs[ys == bottom].mean(), bottom), (left, ys[xs == left].mean()),
+              (right, ys[xs == right].mean()), (xs.mean(), ys.mean())]
+    out: list[float] = []
+    for x, y in points:
+        out += [round(float(x) + 0.5, 2), round(float(y) + 0.5, 2), 2]
+    return out
+
+
+def write_fashion_coco(out_dir: str | Path, train: int = 4000, val: int = 500, size: int = 128, seed: int = 0,
+                       fashion_root: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Write fashion-coco: Fashion-MNIST items (train items for train, test items for val) pasted 1 to 4 per black
+    ``size`` x ``size`` canvas, as PNG images and COCO annotation files (boxes, masks, 5 keypoints per object)."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    for name, value, least in (("train", train, 1), ("val", val, 1), ("size", size, 32)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise UserError(f"fashion-coco {name} must be an integer of at least {least}; got {value!r}")
+    start = time.perf_counter()
+    fm = load_fashion_mnist(fashion_root)
+    out = Path(out_dir)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    categories = [{"id": i + 1, "name": n, "supercategory": "fashion"} for i, n in enumerate(FASHION_MNIST_CLASSES)]
+    kp_categories = [{**c, "keypoints": list(FASHION_KEYPOINTS), "skeleton": [list(s) for s in FASHION_SKELETON],
+                      "oks_sigmas": list(FASHION_SIGMAS)} for c in categories]
+    train_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    counts: dict[str, Any] = {"out_dir": str(out)}
+    mean = std = None
+    for split, n, source, rng in (("train", train, fm.train, train_rng), ("val", val, fm.test, val_rng)):
+        items = source.images[:, 0].numpy()
+        labels = source.targets.numpy()
+        (out / split).mkdir(exist_ok=True)
+        images, instances, keypoints = [], [], []
+        total, total_sq = 0.0, 0.0
+        for i in tqdm(range(n), desc=f"fashion-coco {split}", disable=not show_progress, leave=False):
+            canvas, objects = _fashion_canvas(rng, items, labels, size)
+            file_name = f"{i:06d}.png"
+            Image.fromarray(canvas, mode="L").save(out / split / file_name, compress_level=1)
+            image_id = i + 1
+            images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+            pixels = canvas.astype(np.float64) / 255.0
+            total, total_sq = total + pixels.mean(), total_sq + (pixels ** 2).mean()
+            for c, mask in objects:
+                ys, xs = np.nonzero(mask)
+                x1, y1 = int(xs.min()), int(ys.min())
+                ann = {"id": len(instances) + 1, "image_id": image_id, "category_id": c + 1, "iscrowd": 0,
+                       "bbox": [x1, y1, int(xs.max()) + 1 - x1, int(ys.max()) + 1 - y1], "area": int(mask.sum()),
+                       "segmentation": _rle(mask)}
+                instances.append(ann)
+                keypoints.append({**ann, "keypoints": _fashion_keypoints(mask), "num_keypoints": 5})
+        if split == "train":
+            m = total / n
+            mean, std = (m,) * 3, (math.sqrt(max(total_sq / n - m * m, 1e-12)),) * 3
+        info = {"description": "fashion-coco: Fashion-MNIST items on black canvases, written by xsearch",
+                "dataset": "fashion_coco", "version": "1", "seed": seed, "size": size, "split": split,
+                "mean": [round(v, 4) for v in mean], "std": [round(v, 4) for v in std]}  # type: ignore[union-attr]
+        for stem, anns, cats in (("instances", instances, categories), ("keypoints", keypoints, kp_categories)):
+            doc = {"info": info, "licenses": [], "images": images, "annotations": anns, "categories": cats}
+            (out / "annotations" / f"{stem}_{split}.json").write_text(json.dumps(doc, separators=(",", ":")))
+        counts[f"{split}_images"] = n
+        counts[f"{split}_objects"] = len(instances)
+    counts["seconds"] = round(time.perf_counter() - start, 2)
+    return counts
