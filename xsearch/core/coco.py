@@ -504,7 +504,7 @@ def draw_predictions(split: CocoSplit, predictions: dict[int, dict], class_names
                     overlay[m] = (*colour[:3], 0.45)
                 if "keypoints" in pred:
                     kp = pred["keypoints"][j].detach().float().cpu().reshape(-1, 3)
-                    ax.scatter(kp[:, 0], kp[:, 1], s=6, c=[colour], edgecolors="black", linewidths=0.3)
+                    ax.scatter(kp[:, 0], kp[:, 1], s=12, c=[colour], edgecolors="black", linewidths=0.3)
             if "masks" in pred and keep:
                 ax.imshow(overlay)
         ax.set_title(f"#{i} (image {split.image_ids[i]})", fontsize=7)
