@@ -41,9 +41,15 @@ class Evaluator(ABC):
         task = getattr(space, "task", "classification")
         if task != "classification":
             raise UserError(f"space {space.name!r} builds {task} networks; evaluator {self.name!r} judges image "
-                            f"classifiers. A {task} evaluator is not built yet: use `xsearch flops space="
-                            f"{space.name}` to count its FLOPs, or pick a classification space (mbv3, micronet, "
-                            "focalnet)")
+                            f"classifiers. Use evaluator={task} with data=coco data.root=DIR (make one with `xsearch "
+                            f"data fashion-coco DIR`), or pick a classification space (mbv3, micronet, focalnet)")
+
+    def check_data(self, data: Any) -> None:
+        """Raise UserError when this evaluator cannot train on ``data``. Default: image classification data."""
+        if data is not None and hasattr(data, "category_ids"):
+            raise UserError(f"data={data.name} holds detection annotations (COCO format); evaluator {self.name!r} "
+                            "judges image classifiers. Use evaluator=detection, segmentation or keypoints, or a "
+                            "classification dataset (data=fashion_mnist, digits, cifar10, imagefolder)")
 
     def score(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0) -> dict[str, Any]:
         """Metrics of ``arch`` for search, with ``score`` (higher is better). Default: test accuracy."""

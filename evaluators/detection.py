@@ -172,7 +172,7 @@ class DetectionTask(Task):
         points = len(data.keypoint_names or ())
         return KeypointRCNN(features, keypoint_roi_pool=MultiScaleRoIAlign(names, 14, 2),
                             keypoint_head=KeypointRCNNHeads(channels, [channels] * 4),
-                            keypoint_predictor=KeypointRCNNPredictor(channels, points), num_keypoints=points, **rcnn)
+                            keypoint_predictor=KeypointRCNNPredictor(channels, points), **rcnn)
 
     def dense_flops(self, model: nn.Module, data: Any) -> int:
         """MACs of the dense part (features, and FCOS's head or the RPN head) for one ``data.image_size`` image."""

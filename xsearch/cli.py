@@ -119,7 +119,8 @@ def cmd_run(args: list[str]) -> int:
 
 
 def cmd_train(args: list[str]) -> int:
-    from xsearch.search_spaces import format_flops
+    from xsearch.evaluators import task_of
+    from xsearch.search_spaces import format_flops, get_space
 
     from .config import build_data, build_evaluator, compose, validate
     from .records import RunRecorder, check_run_location, load_arch, new_run_dir, read_arch_record
@@ -133,18 +134,33 @@ def cmd_train(args: list[str]) -> int:
         overrides = [f"data={saved['data']}"] + overrides
     cfg = validate(compose(overrides))
     check_run_location(cfg["runs_root"], cfg.get("run_dir"))  # before loading data
+    evaluator = build_evaluator(cfg)
     data = build_data(cfg)
-    if (data.num_classes, *data.input_shape) != (space.num_classes, space.in_chans, space.image_size, space.image_size):
+    evaluator.check_data(data)
+    downstream = task_of(evaluator).name != "classification"
+    if downstream and space.task == "classification":  # a found backbone, rebuilt for the task's images
+        c, h, _ = data.input_shape
+        space = get_space(space.name, **{**space.space_kwargs, "num_classes": data.num_classes, "in_chans": c,
+                                         "image_size": h})
+        arch = space.validate(arch)
+    elif (data.num_classes, *data.input_shape) != (space.num_classes, space.in_chans, space.image_size,
+                                                   space.image_size):
         raise UserError(f"the architecture was built for {space.num_classes} classes of {space.input_shape} images, "
                         f"but data={cfg['data']['name']} has {data.num_classes} classes of {data.input_shape}; "
                         "pass the data it was searched on")
-    evaluator = build_evaluator(cfg)
+    evaluator.check(space)
     recorder = RunRecorder(new_run_dir(cfg["runs_root"], space.name, "train", cfg.get("run_dir")), space)
     print(f"retraining {format_flops(space.flops(arch))}-MAC network in {recorder.run_dir}", flush=True)
     metrics = evaluator.evaluate(space, arch, data, seed=cfg["seed"], workdir=recorder.run_dir)
-    recorder.save_arch(arch, metrics={"test_accuracy": metrics["test_accuracy"]}, data=cfg["data"]["name"],
-                       trained_from=str(path))
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    recorder.save_arch(arch, metrics=scalars if downstream else {"test_accuracy": metrics["test_accuracy"]},
+                       data=cfg["data"]["name"], evaluator=cfg["evaluator"]["name"], trained_from=str(path))
     recorder.write_metrics(metrics)
+    if downstream:
+        shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in scalars.items() if k.endswith(("_ap", "_ap50")))
+        print(f"{shown} (COCOeval, %) after {metrics['train_epochs']} epochs; weights in {recorder.path('model.pt')}, "
+              f"predictions in {recorder.path('predictions.png')}")
+        return 0
     print(f"test accuracy {100 * metrics['test_accuracy']:.2f}% after {metrics['train_epochs']} epochs; "
           f"weights in {recorder.path('model.pt')}")
     return 0

@@ -465,6 +465,9 @@ def _construct(group: str, name: str, knobs: dict[str, Any]) -> Any:
 def build_data(cfg: dict[str, Any]) -> ImageData:
     """The configured dataset, checked against the configured sample counts before any search or training."""
     name, knobs = _settings_of(cfg, "data")
+    if "task" in knobs and knobs["task"] is None and cfg["evaluator"]["name"] in ("detection", "segmentation",
+                                                                                   "keypoints"):
+        knobs = {**knobs, "task": cfg["evaluator"]["name"]}  # data=coco loads the annotations the evaluator needs
     data = _construct("data", name, knobs)
     check_sample_counts(cfg, data)
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     data = build_data(cfg) if needs_data(strategy, evaluator) else None
     space = build_space(cfg, data)
     evaluator.check(space)
+    evaluator.check_data(data)
     max_flops = cfg["constraints"]["flops"]
     space.check_budget(max_flops)
     if resuming:
@@ -59,8 +61,10 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.time()
     metrics = evaluator.evaluate(space, result.arch, data, seed=cfg["seed"], workdir=run_dir / "retrain")
+    if (run_dir / "retrain" / "predictions.png").exists():  # a downstream evaluator's picture, shown at the top
+        shutil.copyfile(run_dir / "retrain" / "predictions.png", run_dir / "predictions.png")
     value = metrics["test_accuracy"] if evaluator.reports_accuracy else metrics["score"]
-    kind = "retrained" if cfg["evaluator"]["name"] == "classification" else "evaluated"
+    kind = "retrained" if hasattr(evaluator, "epochs") else "evaluated"
     recorder.trial(result.arch, value, "retrained",
                    {"kind": kind, "search_seconds": result.search_seconds,
                     **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})

@@ -309,7 +309,7 @@ def _load_split(split: str, ann_path: Path, image_dir: Path, task: str, max_imag
 
 
 @DATASETS.register("coco")
-def load_coco(root: str | None = None, task: str = "detection", image_size: int = 128,
+def load_coco(root: str | None = None, task: str | None = None, image_size: int = 128,
               train_annotations: str | None = None, val_annotations: str | None = None,
               train_images: str | None = None, val_images: str | None = None, max_images: int | None = None,
               keypoint_sigmas: list[float] | None = None) -> DetectionData:
@@ -319,6 +319,7 @@ def load_coco(root: str | None = None, task: str = "detection", image_size: int 
     task=keypoints) and the images in DIR/train/ and DIR/val/; explicit paths override. Make one with
     ``xsearch data fashion-coco DIR``.
     """
+    task = task or "detection"  # the configuration fills it from the evaluator (evaluator=segmentation -> masks)
     if task not in TASKS:
         raise UserError(f"data.task must be one of {', '.join(TASKS)}; got {task!r}")
     explicit = {"train": (train_annotations, train_images), "val": (val_annotations, val_images)}
@@ -411,6 +412,8 @@ def coco_evaluate(split: CocoSplit, predictions: dict[int, dict[str, torch.Tenso
             continue
         image_id = split.image_ids[int(pos)]
         boxes = pred["boxes"].detach().float().cpu().numpy().reshape(-1, 4)
+        if len(boxes) == 0:
+            continue
         labels = pred["labels"].detach().cpu().numpy().reshape(-1)
         scores = pred["scores"].detach().float().cpu().numpy().reshape(-1)
         masks = keypoints = None
