@@ -295,6 +295,9 @@ class DetectionEvaluator(Evaluator):
                                   ("val_samples", val_samples, 1)):
             if value < least:
                 raise ValueError(f"train.{key} must be at least {least}, got {value}")
+        if head_convs > 0 and channels % 32:
+            raise ValueError(f"train.channels={channels} must be a multiple of 32 when train.head_convs > 0 (the FCOS "
+                             "tower's GroupNorm has 32 groups); use train.channels=32, 64, ... or train.head_convs=0")
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.train_samples, self.test_samples, self.val_samples = train_samples, test_samples, val_samples
         self.device, self.show_progress = resolve_device(device), show_progress

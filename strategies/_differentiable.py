@@ -178,6 +178,8 @@ class DifferentiableSearch(Strategy):
             "inherited_val_accuracy": final.val_accuracy_all_classes, "derivation": self.derive,
             "class_order": [ctx.data.class_names[c] for c in state["class_order"]],
             "class_ranking": state.get("class_ranking"), "epochs": state["epochs"]}
+        if ctx.task.name != "classification":  # the stage records' and queries' "accuracy" is this metric
+            metrics["inherited_metric"] = ctx.task.metric
         seconds = state["seconds"]
         if self.derive == "accuracy":
             result = self.derive_by_accuracy(ctx, arch)

@@ -88,6 +88,11 @@ def cmd_run(args: list[str]) -> int:
     elif "test_accuracy" in met:
         print(f"  test accuracy  {100 * met['test_accuracy']:.2f}%  (retrained from scratch, {met['train_epochs']} "
               f"epochs, {met['test_samples']} test images)")
+    elif any(k.endswith("_ap") for k in met):  # a downstream task: COCOeval's metrics
+        shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in met.items()
+                          if k.endswith(("_ap", "_ap50")) and isinstance(v, float))
+        print(f"  {cfg['evaluator']['name']:<14} {shown} (COCOeval, %; {met['train_epochs']} epochs, "
+              f"{met['test_samples']} val images; predictions.png)")
     else:
         print(f"  score          {met['score']:.4g}  ({cfg['evaluator']['name']} {met.get('proxy', '')})")
     budget = cfg["constraints"]["flops"]
@@ -98,7 +103,7 @@ def cmd_run(args: list[str]) -> int:
         classes = " -> ".join(str(h.num_classes) for h in stages)
         alive = " -> ".join(f"{sum(h.alive_per_layer.values()) / len(h.alive_per_layer):.1f}" for h in stages)
         derived = res.metrics.get("derivation")
-        derived = (f", derived by inherited accuracy over {res.metrics.get('derivation_queries')} queries"
+        derived = (f", derived by inherited {res.metrics.get('inherited_metric', 'accuracy')} over {res.metrics.get('derivation_queries')} queries"
                    if derived == "accuracy" else ", derived by probability" if derived else "")
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']}, classes {classes}, "
               f"candidates/layer {alive}{derived})")
@@ -110,11 +115,14 @@ def cmd_run(args: list[str]) -> int:
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']})")
     if "train_seconds" in met:
         print(f"  retraining     {_fmt_seconds(met['train_seconds'])}")
-    files = [f for f in ("arch.json", "search.png", "stages.csv", "trials.csv", "retrain/model.pt")
+    files = [f for f in ("arch.json", "search.png", "stages.csv", "trials.csv", "predictions.png", "retrain/model.pt")
              if (Path(out["run_dir"]) / f).exists()]
     print(f"  run folder     {out['run_dir']}  ({', '.join(files)})")
     print(f"  dashboard      xsearch dashboard {cfg['storage']}")
-    print(f"  retrain again  xsearch train {out['run_dir']}/arch.json train.epochs=20")
+    downstream = "" if cfg["evaluator"]["name"] == "classification" else f" evaluator={cfg['evaluator']['name']}"
+    print(f"  retrain again  xsearch train {out['run_dir']}/arch.json{downstream} train.epochs=20")
+    if cfg["evaluator"]["name"] == "classification" and rec["space"] != "dyhead":
+        print(f"  downstream     xsearch train {out['run_dir']}/arch.json evaluator=detection data=coco data.root=DIR")
     return 0
 
 
@@ -319,7 +327,9 @@ def cmd_data(args: list[str]) -> int:
           f"{counts['train_images']} train images ({counts['train_objects']} objects) in {out_dir}/train/, "
           f"{counts['val_images']} val images ({counts['val_objects']} objects) in {out_dir}/val/, "
           f"annotations in {out_dir}/annotations/ (instances_*.json, keypoints_*.json)")
-    print(f"use it with: xsearch run data=coco data.root={out_dir} (data.task=detection|segmentation|keypoints)")
+    print(f"use it with: xsearch train runs/<run>/arch.json evaluator=detection data=coco data.root={out_dir} "
+          "(or evaluator=segmentation, keypoints), or xsearch run space=dyhead strategy=danas evaluator=detection "
+          f"data=coco data.root={out_dir}")
     return 0
 
 
