@@ -12,6 +12,7 @@ from ._execution import Execution, PlainExecution
 from .fused import FusedExecution
 from .mixed import PATH_MODES, MixedLayer
 from .shared import SHARING, SharedMixedLayer, can_share
+from .shared_dyhead import SharedDyHeadLayer, can_share_dyhead
 
 if TYPE_CHECKING:
     from xsearch.search_spaces import Arch, ChainNetwork, SearchSpace
@@ -50,7 +51,11 @@ class Supernet(nn.Module):
         layers = []
         for i, c in enumerate(space.choices):
             candidates = [space.build_candidate(i, o) for o in c.options]
-            kind = SharedMixedLayer if sharing == "shared" and can_share(candidates) else MixedLayer
+            kind = MixedLayer
+            if sharing == "shared" and can_share(candidates):
+                kind = SharedMixedLayer
+            elif sharing == "shared" and can_share_dyhead(candidates):
+                kind = SharedDyHeadLayer
             layers.append(kind(c.label, c.options, candidates))
         self.layers = nn.ModuleList(layers)
         self.head = space.build_head()

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from xsearch.evaluators import CLASSIFICATION
 from xsearch.search_spaces import get_space
 from xsearch.search_spaces.blocks import make_divisible
 from xsearch.strategies import STRATEGIES, Constraints, NoEvents, StageRecord, prune
@@ -213,6 +214,7 @@ def test_accuracy_derivation_returns_the_best_architecture_under_the_budget(monk
     strategy = STRATEGIES.get("danas")(derive_trials=len(feasible), show_progress=False)
     net = SimpleNamespace(alive_options=lambda: alive)
     ctx = SimpleNamespace(space=space, net=net, max_flops=budget, events=NoEvents(), w_idx=torch.arange(10),
+                          task=CLASSIFICATION, model=net,
                           a_idx=torch.arange(10), val_idx=torch.arange(10), data=SimpleNamespace(train=SimpleNamespace(targets=torch.zeros(10).long())))
     by_probability = {c.label: c.options[0] for c in small.choices}
     if space.flops(by_probability) > budget:
@@ -252,3 +254,33 @@ def test_blend_pruning_scores_every_mixed_candidate(digits):
     assert sum(stages[0].alive_per_layer.values()) > sum(stages[1].alive_per_layer.values())
     for choice in space.choices:  # skip is held out of the mixture: never pruned
         assert ("skip" in stages[-1].alive[choice.label]) == ("skip" in choice.options)
+
+
+def test_dyhead_layers_share_one_block_and_mix_like_their_candidates():
+    from xsearch.supernets._execution import PlainExecution
+    from xsearch.supernets.shared_dyhead import SharedDyHeadLayer
+
+    space = get_space("dyhead", num_classes=4, in_chans=3, image_size=64, channels=8, num_blocks=2)
+    net = Supernet(space, sharing="shared").eval()
+    assert all(isinstance(layer, SharedDyHeadLayer) for layer in net.layers)
+    layer = net.layers[0]
+    spatial = [c for c in layer.candidates if getattr(c, "use_spatial", False)]
+    assert len({id(c.dcn_weight) for c in spatial}) == 1  # one deformable conv for every spatial candidate
+    with torch.no_grad():
+        for p in layer.shared.offset_conv.parameters():  # non-zero offsets, so the reads are really deformable
+            p.normal_(0, 0.1)
+    features = net.stem(torch.randn(2, 3, 64, 64))
+    weights = torch.softmax(torch.randn(len(layer.options)), 0)
+    active = list(range(len(layer.options)))
+    with torch.no_grad():
+        mixed = layer.run(features, weights, active)
+        plain = PlainExecution().run(layer, features, weights, active)
+    for a, b in zip(mixed, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    arch = {c.label: "scale_spatial" for c in space.choices}
+    net.set_arch(arch)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = net(x), net.extract(arch).eval()(x)
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6)

@@ -173,6 +173,11 @@ class BenchConfig:
     supernet_batch: int = 128  # bench supernet: images per training step
     supernet_steps: int = 5  # bench supernet: timed steps (median reported)
     supernet_warmup: int = 1  # bench supernet: untimed steps first
+    downstream_budget: str = "5M"  # bench downstream: the backbones' FLOPs budget (Fashion-MNIST size)
+    downstream_tasks: list[str] = dataclasses.field(default_factory=lambda: ["detection", "segmentation",
+                                                                             "keypoints"])
+    head_budget: str = "auto"  # bench downstream: the DyHead search's budget (auto: halfway none -> fixed)
+    head_search: list[str] = dataclasses.field(default_factory=list)  # bench downstream: search.* for the DyHead
 
 
 DEFAULT_CHOICES = {"space": "mbv3", "strategy": "danas", "data": "fashion_mnist", "evaluator": "classification"}

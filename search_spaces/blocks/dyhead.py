@@ -106,19 +106,31 @@ class DyHeadBlock(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         features = list(features)
         self._check(features)
-        if self.use_spatial:
-            offsets = [self.offsets_and_mask(x) for x in features]
-            own = [self.deform_read(x, off, mask) for x, (off, mask) in zip(features, offsets)]
-        else:
-            own = features
-        outputs = []
+        return self.combine(self.spatial_reads(features) if self.use_spatial else [[x] for x in features])
+
+    def spatial_reads(self, features: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Per level, the maps the spatial-aware attention reads: own level, the level below (stride 2), the level above.
+
+        Needs ``spatial=True`` (the deformable conv's weights). A supernet whose DyHead candidates share
+        these weights computes this once per forward for all of them (``supernets.shared_dyhead``).
+        """
+        offsets = [self.offsets_and_mask(x) for x in features]
+        own = [self.deform_read(x, off, mask) for x, (off, mask) in zip(features, offsets)]
+        reads = []
         for level in range(self.num_levels):
             maps = [own[level]]
-            if self.use_spatial and level > 0:
+            if level > 0:
                 maps.append(self.deform_read(features[level - 1], *offsets[level], stride=2))
-            if self.use_spatial and level < self.num_levels - 1:
+            if level < self.num_levels - 1:
                 maps.append(F.interpolate(own[level + 1], size=own[level].shape[-2:], mode="bilinear",
                                           align_corners=False))
+            reads.append(maps)
+        return reads
+
+    def combine(self, reads: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        """Scale-aware attention on each map, their mean per level, then the task-aware attention."""
+        outputs = []
+        for maps in reads:
             maps = [self._scaled(m) for m in maps]
             fused = maps[0] if len(maps) == 1 else torch.stack(maps).mean(0)
             outputs.append(fused if self.task_attn is None else self.task_attn(fused))

@@ -10,15 +10,17 @@ from collections.abc import Callable
 from typing import Any
 
 from .blocks import bench_blocks
+from .downstream import bench_downstream
 from .ranking import bench_ranking
 from .search import bench_search
 from .strategies import bench_strategies
 from .supernet import bench_supernet
 from .throughput import bench_throughput
 
-__all__ = ["BENCHMARKS", "bench_blocks", "bench_ranking", "bench_search", "bench_strategies", "bench_supernet",
+__all__ = ["BENCHMARKS", "bench_blocks", "bench_downstream", "bench_ranking", "bench_search", "bench_strategies", "bench_supernet",
            "bench_throughput"]
 
 BENCHMARKS: dict[str, Callable[[list[str]], Any]] = {
     "search": bench_search, "strategies": bench_strategies, "ranking": bench_ranking, "blocks": bench_blocks,
-    "throughput": bench_throughput, "supernet": bench_supernet}
+    "throughput": bench_throughput, "supernet": bench_supernet,
+    "downstream": bench_downstream}
