@@ -287,7 +287,7 @@ class DetectionEvaluator(Evaluator):
     reports_accuracy = False
 
     def __init__(self, epochs: int = 6, batch_size: int = 16, lr: float = 2e-3, weight_decay: float = 0.05,
-                 channels: int = 64, head_convs: int = 1, dyhead_blocks: int = 0, train_samples: int | None = 2000,
+                 channels: int = 64, head_convs: int = 1, dyhead_blocks: int = 0, train_samples: int | None = 1500,
                  test_samples: int | None = None, val_samples: int = 300, score_threshold: float = 0.05,
                  device: str = "auto", show_progress: bool = True) -> None:
         for key, value, least in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("channels", channels, 8),

@@ -3,7 +3,8 @@
 Two parts, on COCO-format data (the built-in fashion-coco unless ``data.root=DIR`` names another):
 
 1. **Backbones** (``mbv3``): the network ``danas`` finds on Fashion-MNIST under
-   ``bench.downstream_budget`` (a classification search, ``search.*`` overrides apply to it), a
+   ``bench.downstream_budget`` (a classification search, ``search.*`` overrides apply to it; or
+   the one in ``bench.downstream_arch``, an ``arch.json``, e.g. ``docs/bench/danas_5M_arch.json``), a
    uniformly random network and the hand-designed one under the same budget, each rebuilt for the
    task's 128x128 RGB canvases and trained in every task of ``bench.downstream_tasks`` with
    ``evaluator=detection`` (FCOS), ``segmentation`` (Mask R-CNN) and ``keypoints`` (Keypoint R-CNN).
@@ -127,13 +128,21 @@ def bench_downstream(overrides: list[str]) -> list[dict[str, Any]]:
         archs: dict[str, tuple[dict[str, str], dict[str, Any]]] = {}
         found = [r for r in rows if r["part"] == "backbone" and r["source"] == "danas"]
         if found:
-            archs["danas"] = (found[0]["arch"], {k: found[0][k] for k in ("search_seconds", "classification_flops")})
+            archs["danas"] = (found[0]["arch"], {k: found[0].get(k) for k in ("search_seconds", "arch_from")})
+        elif bench["downstream_arch"]:  # a network danas found before (an arch.json), instead of searching again
+            from xsearch.records import load_arch
+
+            found_space, arch = load_arch(bench["downstream_arch"])
+            if found_space.name != "mbv3" or found_space.space_kwargs != small.space_kwargs:
+                raise UserError(f"bench.downstream_arch={bench['downstream_arch']} is not an mbv3 network at "
+                                f"Fashion-MNIST's size ({found_space.name}, {found_space.space_kwargs})")
+            archs["danas"] = (arch, {"search_seconds": None, "arch_from": bench["downstream_arch"]})
         elif _needs_search(done, tasks, seeds):
             print(f"[bench] backbone: danas on Fashion-MNIST under {budget} ...", flush=True)
             cls_data = build_data(cls_cfg)
             s = search(cls_cfg, cls_data)
             small = s.space
-            archs["danas"] = (s.result.arch, {"search_seconds": s.seconds, "classification_flops": s.result.flops})
+            archs["danas"] = (s.result.arch, {"search_seconds": s.seconds, "arch_from": "searched"})
         archs["random"] = (small.sample(seed=0, max_flops=budget_macs), {})
         archs["hand"] = (small.hand_designed(budget_macs), {})
         for source in SOURCES:
