@@ -7,7 +7,7 @@ from typing import Any
 from xsearch.core.errors import UserError
 
 from . import dyhead, focalnet, mbv3, micronet, nasbench_macro  # noqa: F401  (registers the spaces)
-from ._base import SKIP, Arch, ChainNetwork, Choice, SearchSpace, format_flops
+from ._base import SKIP, Arch, ChainNetwork, Choice, FeatureNetwork, SearchSpace, format_flops
 from ._registry import SPACES
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "Arch",
     "ChainNetwork",
     "Choice",
+    "FeatureNetwork",
     "SearchSpace",
     "arch_from_record",
     "arch_record",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -207,6 +208,21 @@ def test_voc_photograph_round_trips(tmp_path):
         res = coco_evaluate(data.val, gt_predictions(data.val), iou_type, data.category_ids)
         assert res["ap"] == res["ap50"] == res["ap75"] == 1.0
         assert coco_evaluate(data.val, gt_predictions(data.val, jitter=6.0), iou_type, data.category_ids)["ap"] < 1.0
+    # every task's torchvision model trains a step on the photograph and predicts on it (a found mbv3 backbone)
+    from xsearch.evaluators import DetectionTask
+    from xsearch.search_spaces import get_space
+
+    space = get_space("mbv3", num_classes=data.num_classes, in_chans=3, image_size=128, width_mult=0.5)
+    arch = space.sample(seed=0)
+    with_points = dataclasses.replace(data, keypoint_names=("a", "b", "c"))  # no keypoints in VOC: eval only
+    for kind, source in (("detection", data), ("segmentation", data), ("keypoints", with_points)):
+        task = DetectionTask(kind, channels=16, head_convs=0)
+        model = task.model(space, space.build(arch), source)
+        if kind != "keypoints":
+            loss, _ = task.loss(model.train(), next(iter(source.batches("train", None, 1))))
+            assert torch.isfinite(loss)
+        out = task.predict(model, source, "val", None)
+        assert set(out) == {0} and out[0]["boxes"].shape[-1] == 4
 
 
 # --- bad inputs ------------------------------------------------------------------------------

@@ -137,3 +137,22 @@ def test_bad_downstream_input_exits_2(coco_root, tmp_path, capsys, args, message
     code = main(["run", "budget=smoke", f"runs_root={tmp_path}", "progress=false", *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("space, strategy", [("dyhead", "random"), ("dyhead", "spos"), ("mbv3", "dnas")])
+def test_other_strategies_search_on_detection(coco_root, tmp_path, space, strategy):
+    own = {"random": ["search.max_trials=2"],
+           "spos": ["search.max_trials=3", "search.warmup_epochs=1", "search.batch_size=8", "search.val_samples=8"],
+           "dnas": ["search.epochs=1", "search.warmup_epochs=1", "search.batch_size=8", "search.val_samples=8",
+                    "search.derive_trials=2", "search.train_samples=null"]}[strategy]
+    space_settings = (["space.channels=8", "space.num_blocks=2"] if space == "dyhead" else
+                      ["space.width_mult=0.5", "space.num_layers=4"])
+    args = ["run", f"space={space}", f"strategy={strategy}", "evaluator=detection", "data=coco",
+            f"data.root={coco_root}", "budget=smoke", *space_settings, *own,
+            "train.epochs=1", "train.train_samples=null", "train.batch_size=8", "train.channels=8",
+            "train.head_convs=0", "train.val_samples=8", f"runs_root={tmp_path}", "progress=false"]
+    assert main(args) == 0
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    trials = (run_dir / "trials.csv").read_text().splitlines()
+    assert len(trials) >= 3  # header, the queries, the retrained network
+    assert "box_ap" in json.loads((run_dir / "arch.json").read_text())["metrics"]
