@@ -24,7 +24,7 @@ Training recipe (CPU-sized, documented in the README): AdamW (``lr``, ``weight_d
 epoch (or 10 % of training) then cosine decay, random horizontal flips, images resized by the
 detector's transform to ``data.image_size``. Metrics are ``COCOeval``'s fractions on the data's
 ``val`` split (``box_ap``, ``box_ap50``, ``box_ap75``, ``mask_ap``..., ``keypoint_ap``...);
-``score`` (what searches maximize) trains on the training split minus ``val_samples`` held-out
+``score`` (what searches maximize) trains on the training split minus ``holdout_images`` held-out
 images and reports the AP on those.
 """
 
@@ -287,19 +287,19 @@ class DetectionEvaluator(Evaluator):
     reports_accuracy = False
 
     def __init__(self, epochs: int = 6, batch_size: int = 16, lr: float = 2e-3, weight_decay: float = 0.05,
-                 channels: int = 64, head_convs: int = 1, dyhead_blocks: int = 0, train_samples: int | None = 1500,
-                 test_samples: int | None = None, val_samples: int = 300, score_threshold: float = 0.05,
+                 channels: int = 64, head_convs: int = 1, dyhead_blocks: int = 0, train_images: int | None = 1500,
+                 test_images: int | None = None, holdout_images: int = 300, score_threshold: float = 0.05,
                  device: str = "auto", show_progress: bool = True) -> None:
         for key, value, least in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("channels", channels, 8),
                                   ("head_convs", head_convs, 0), ("dyhead_blocks", dyhead_blocks, 0),
-                                  ("val_samples", val_samples, 1)):
+                                  ("holdout_images", holdout_images, 1)):
             if value < least:
                 raise ValueError(f"train.{key} must be at least {least}, got {value}")
         if head_convs > 0 and channels % 32:
             raise ValueError(f"train.channels={channels} must be a multiple of 32 when train.head_convs > 0 (the FCOS "
                              "tower's GroupNorm has 32 groups); use train.channels=32, 64, ... or train.head_convs=0")
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
-        self.train_samples, self.test_samples, self.val_samples = train_samples, test_samples, val_samples
+        self.train_images, self.test_images, self.holdout_images = train_images, test_images, holdout_images
         self.device, self.show_progress = resolve_device(device), show_progress
         self.task = DetectionTask(self.kind, channels, head_convs, dyhead_blocks, score_threshold)
 
@@ -330,22 +330,22 @@ class DetectionEvaluator(Evaluator):
 
     # --- evaluation ---------------------------------------------------------------------
     def holdout(self, data: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(training indices, held-out indices) of the training split for ``score``: ``val_samples`` (at most a fifth)."""
+        """(training indices, held-out indices) of the training split for ``score``: ``holdout_images`` (at most a fifth)."""
         from xsearch.core.data import stratified_subset
 
         n = len(data.train)
-        n_val = max(1, min(self.val_samples, n // 5))
+        n_val = max(1, min(self.holdout_images, n // 5))
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(10_007 + seed))
-        return stratified_subset(data.train.targets, self.train_samples, seed, indices=perm[n_val:]), perm[:n_val]
+        return stratified_subset(data.train.targets, self.train_images, seed, indices=perm[n_val:]), perm[:n_val]
 
     def evaluate(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0,
                  workdir: Path | None = None) -> dict[str, Any]:
         from xsearch.core.data import stratified_subset
 
         self.check_data(data)
-        train_idx = stratified_subset(data.train.targets, self.train_samples, seed)
+        train_idx = stratified_subset(data.train.targets, self.train_images, seed)
         model, history, elapsed = self._fit(space, arch, data, train_idx, seed, workdir)
-        test_idx = (stratified_subset(data.val.targets, self.test_samples, seed) if self.test_samples else None)
+        test_idx = (stratified_subset(data.val.targets, self.test_images, seed) if self.test_images else None)
         t0 = time.time()
         predictions = self.task.predict(model, data, "val", test_idx, self.batch_size, self.device)
         metrics = self.task.metrics(data, "val", predictions, sorted(predictions))
@@ -354,7 +354,7 @@ class DetectionEvaluator(Evaluator):
             atomic_write(Path(workdir) / "model.pt", lambda f: torch.save(weights, f), binary=True)
             self._draw(data, predictions, Path(workdir) / "predictions.png")
         return {"score": metrics[self.task.metric], **metrics, "flops": self.task.dense_flops(model, data),
-                "space_flops": space.flops(arch), "test_samples": len(predictions), "train_samples": len(train_idx),
+                "space_flops": space.flops(arch), "test_images": len(predictions), "train_images": len(train_idx),
                 "train_epochs": self.epochs, "train_seconds": elapsed, "eval_seconds": time.time() - t0,
                 "history": history, "seed": seed}
 
@@ -363,7 +363,7 @@ class DetectionEvaluator(Evaluator):
         train_idx, val_idx = self.holdout(data, seed)
         model, _, elapsed = self._fit(space, arch, data, train_idx, seed, None)
         result = self.task.evaluate(model, data, "train", val_idx, device=self.device)
-        return {"score": result["score"], f"val_{self.task.metric}": result["score"], "val_samples": result["samples"],
+        return {"score": result["score"], f"val_{self.task.metric}": result["score"], "holdout_images": result["samples"],
                 "train_epochs": self.epochs, "train_seconds": elapsed, "seed": seed}
 
     def _draw(self, data: Any, predictions: dict[int, dict[str, torch.Tensor]], path: Path) -> None:

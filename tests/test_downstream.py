@@ -46,14 +46,14 @@ def _space(name: str):
 def test_each_task_trains_and_reports_cocoeval_metrics(datasets, tmp_path, kind, space_name):
     space = _space(space_name)
     arch = space.sample(seed=1)
-    evaluator = EVALUATORS.get(kind)(epochs=1, batch_size=8, train_samples=16, channels=16, head_convs=0, **QUIET)
+    evaluator = EVALUATORS.get(kind)(epochs=1, batch_size=8, train_images=16, channels=16, head_convs=0, **QUIET)
     metrics = evaluator.evaluate(space, arch, datasets[kind], seed=0, workdir=tmp_path)
     main_metric = {"detection": "box_ap", "segmentation": "mask_ap", "keypoints": "keypoint_ap"}[kind]
     assert metrics["score"] == metrics[main_metric]
     for key in (main_metric, f"{main_metric}50", "box_ap"):
         assert 0.0 <= metrics[key] <= 1.0
     assert len(metrics[f"per_class_{main_metric}"]) == 10
-    assert metrics["test_samples"] == 10 and metrics["train_epochs"] == 1
+    assert metrics["test_images"] == 10 and metrics["train_epochs"] == 1
     assert (tmp_path / "predictions.png").stat().st_size > 1000
     assert (tmp_path / "model.pt").exists()
     if space_name == "dyhead":  # the detector's dense part is exactly the space's network
@@ -97,7 +97,7 @@ def test_danas_searches_the_dyhead_for_detection(coco_root, tmp_path):
     args = ["run", "space=dyhead", "strategy=danas", "evaluator=detection", "data=coco", f"data.root={coco_root}",
             "budget=smoke", "space.channels=8", "space.num_blocks=2", "search.epochs=3", "search.warmup_epochs=1",
             "search.batch_size=8", "search.train_samples=null", "search.val_samples=8", "search.derive_trials=3",
-            "train.epochs=1", "train.train_samples=null", "train.batch_size=8", "train.channels=8", "train.head_convs=0",
+            "train.epochs=1", "train.train_images=null", "train.batch_size=8", "train.channels=8", "train.head_convs=0",
             f"runs_root={tmp_path}", "progress=false"]
     assert main(args) == 0
     run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
@@ -116,7 +116,7 @@ def test_a_classification_arch_retrains_downstream(coco_root, tmp_path):
     path = tmp_path / "arch.json"
     path.write_text(json.dumps(arch_record(space, arch, data="fashion_mnist")))
     args = ["train", str(path), "evaluator=segmentation", "data=coco", f"data.root={coco_root}", "train.epochs=1",
-            "train.train_samples=null", "train.batch_size=8", "train.channels=16", "train.head_convs=0", f"runs_root={tmp_path / 'runs'}",
+            "train.train_images=null", "train.batch_size=8", "train.channels=16", "train.head_convs=0", f"runs_root={tmp_path / 'runs'}",
             "progress=false"]
     assert main(args) == 0
     run_dir = next((tmp_path / "runs").iterdir())
@@ -149,8 +149,8 @@ def test_other_strategies_search_on_detection(coco_root, tmp_path, space, strate
                       ["space.width_mult=0.5", "space.num_layers=4"])
     args = ["run", f"space={space}", f"strategy={strategy}", "evaluator=detection", "data=coco",
             f"data.root={coco_root}", "budget=smoke", *space_settings, *own,
-            "train.epochs=1", "train.train_samples=null", "train.batch_size=8", "train.channels=8",
-            "train.head_convs=0", "train.val_samples=8", f"runs_root={tmp_path}", "progress=false"]
+            "train.epochs=1", "train.train_images=null", "train.batch_size=8", "train.channels=8",
+            "train.head_convs=0", "train.holdout_images=8", f"runs_root={tmp_path}", "progress=false"]
     assert main(args) == 0
     run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
     trials = (run_dir / "trials.csv").read_text().splitlines()

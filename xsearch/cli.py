@@ -92,7 +92,7 @@ def cmd_run(args: list[str]) -> int:
         shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in met.items()
                           if k.endswith(("_ap", "_ap50")) and isinstance(v, float))
         print(f"  {cfg['evaluator']['name']:<14} {shown} (COCOeval, %; {met['train_epochs']} epochs, "
-              f"{met['test_samples']} val images; predictions.png)")
+              f"{met['test_images']} val images; predictions.png)")
     else:
         print(f"  score          {met['score']:.4g}  ({cfg['evaluator']['name']} {met.get('proxy', '')})")
     budget = cfg["constraints"]["flops"]
