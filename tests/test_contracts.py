@@ -30,6 +30,8 @@ SMOKE_SEARCH = {"epochs": 3, "warmup_epochs": 1, "train_samples": 300, "batch_si
                 "population_size": 3, "sample_size": 2, "n_startup_trials": 3, "val_samples": 100,
                 "recalibration_batches": 2}
 SMOKE_TRAIN = {"train.epochs": 1, "train.train_samples": 300, "train.test_samples": 200, "train.val_samples": 100}
+DOWNSTREAM_TRAIN = {"train.train_images": 16, "train.holdout_images": 4, "train.channels": 16, "train.head_convs": 0,
+                    "train.batch_size": 8}
 ON_IMAGES = ["data=digits", "budget=smoke", "space=mbv3", "space.num_layers=4", "space.width_mult=0.5",
              *(f"{k}={v}" for k, v in SMOKE_TRAIN.items())]
 TABLE_BUDGET = 40_000_000
@@ -167,20 +169,27 @@ def test_killed_run_resumes_to_the_uninterrupted_result(name, synthetic_macro_ta
 
 
 @pytest.mark.parametrize("name", EVALUATORS.names())
-def test_evaluator_reports_its_metrics(name, digits, synthetic_macro_table):
+def test_evaluator_reports_its_metrics(name, digits, synthetic_macro_table, fashion_coco):
     defaults = compose([f"evaluator={name}"])
-    smoke = {"evaluator.table": synthetic_macro_table, **SMOKE_TRAIN}
-    settings = [f"evaluator={name}", "space=nasbench_macro", "data=digits", "progress=false"]
+    downstream = OmegaConf.select(defaults, "train.train_images", default=ABSENT) is not ABSENT
+    smoke = {"evaluator.table": synthetic_macro_table, **SMOKE_TRAIN, **DOWNSTREAM_TRAIN}
+    settings = [f"evaluator={name}", "progress=false"]
+    settings += (["space=mbv3", "space.num_layers=4", "space.width_mult=0.5", "data=coco", f"data.root={fashion_coco}"]
+                 if downstream else ["space=nasbench_macro", "data=digits"])
     settings += [f"{k}={v}" for k, v in smoke.items() if OmegaConf.select(defaults, k, default=ABSENT) is not ABSENT]
     cfg = validate(compose(settings))
     evaluator = build_evaluator(cfg)
-    data = digits if evaluator.needs_data else None
+    data = (build_data(cfg) if downstream else digits) if evaluator.needs_data else None
     space = build_space(cfg, data)  # sized for the images, or the table's own network
     evaluator.check(space)
+    evaluator.check_data(data)
     arch = space.sample(seed=0)
     if evaluator.reports_accuracy:
         metrics = evaluator.evaluate(space, arch, data, seed=0)
         assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    if downstream:  # COCOeval's fractions
+        metrics = evaluator.evaluate(space, arch, data, seed=0)
+        assert 0.0 <= metrics["score"] <= 1.0 and metrics["score"] == metrics[evaluator.task.metric]
     score = evaluator.score(space, arch, data, seed=0)["score"]
     assert isinstance(score, float) and math.isfinite(score)
     assert evaluator.score(space, arch, data, seed=0)["score"] == score  # the same answer when asked again

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from xsearch.cli import main
-from xsearch.core.coco import load_coco, write_fashion_coco
+from xsearch.core.coco import load_coco
 from xsearch.core.flops import fvcore_macs
 from xsearch.evaluators import EVALUATORS, DetectionTask
 from xsearch.evaluators.detection import _DenseCore
@@ -24,10 +24,8 @@ QUIET = {"show_progress": False}
 
 
 @pytest.fixture(scope="module")
-def coco_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fashion-coco")
-    write_fashion_coco(root, train=40, val=10, seed=0, show_progress=False)
-    return root
+def coco_root(fashion_coco):
+    return fashion_coco
 
 
 @pytest.fixture(scope="module")
