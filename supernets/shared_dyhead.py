@@ -2,7 +2,7 @@
 
 A ``dyhead`` layer's candidates differ only in which attentions are on (scale, spatial, task) and
 whether the layer is skipped. ``SharedDyHeadLayer`` holds one full ``DyHeadBlock`` (``shared``)
-and points each candidate's deformable conv, offset conv, scale conv and DyReLU at its modules,
+and points each candidate's deformable conv, offset conv, norm, scale conv and DyReLU at its modules,
 so a candidate trained in the supernet is that combination of the shared weights, and extraction
 copies them. A mixture computes the spatial reads (the deformable convolutions, the costly part
 on every device) once for all candidates with spatial attention, then each candidate's cheap
@@ -38,7 +38,7 @@ class SharedDyHeadLayer(MixedLayer):
         for block in blocks:
             if block.use_spatial:
                 block.dcn_weight, block.dcn_bias = shared.dcn_weight, shared.dcn_bias
-                block.offset_conv = shared.offset_conv
+                block.offset_conv, block.norm = shared.offset_conv, shared.norm
             if block.use_scale:
                 block.scale_attn = shared.scale_attn
             if block.use_task:

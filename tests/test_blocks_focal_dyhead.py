@@ -137,13 +137,22 @@ def test_deform_read_with_zero_offsets_and_unit_mask_is_conv(stride, size):
     torch.testing.assert_close(block.deform_read(x, offset, mask, stride), ref)
 
 
-def test_dyhead_starts_as_half_weight_conv():
+def test_dyhead_starts_as_normalised_half_weight_conv():
     block = DyHeadBlock(4, 1, scale=False, task=False)
     x = torch.randn(2, 4, 6, 6)
     off, mask = block.offsets_and_mask(x)
     assert off.abs().max() == 0 and torch.all(mask == 0.5)
-    ref = F.conv2d(x, 0.5 * block.dcn_weight, block.dcn_bias, padding=1)
+    ref = F.group_norm(F.conv2d(x, 0.5 * block.dcn_weight, block.dcn_bias, padding=1), 4)
     torch.testing.assert_close(block([x])[0], ref)
+
+
+def test_a_stack_of_dyhead_blocks_keeps_the_signal():
+    torch.manual_seed(0)
+    feats = _pyramid(sizes=((16, 16), (8, 8), (4, 4)))
+    for _ in range(6):
+        feats = DyHeadBlock(4, 3)(feats)
+    # every level keeps spatial structure (no collapse to a constant map) and the levels stay distinct
+    assert all(float(f.std((2, 3)).mean()) > 0.05 for f in feats)
 
 
 @pytest.mark.parametrize("scale,spatial,task", FLAGS)
@@ -171,9 +180,9 @@ def test_dyhead_partial_semantics():
     block = _randomise(DyHeadBlock(4, 2, scale=False, spatial=True, task=False), std=0.1)
     x0, x1 = _pyramid(sizes=((8, 8), (4, 4)))
     (o0, m0), (o1, m1) = block.offsets_and_mask(x0), block.offsets_and_mask(x1)
-    own0, own1 = block.deform_read(x0, o0, m0), block.deform_read(x1, o1, m1)
+    own0, own1 = block.norm(block.deform_read(x0, o0, m0)), block.norm(block.deform_read(x1, o1, m1))
     up = F.interpolate(own1, size=(8, 8), mode="bilinear", align_corners=False)
-    low = block.deform_read(x0, o1, m1, stride=2)
+    low = block.norm(block.deform_read(x0, o1, m1, stride=2))
     y0, y1 = block([x0, x1])
     torch.testing.assert_close(y0, (own0 + up) / 2)
     torch.testing.assert_close(y1, (own1 + low) / 2)

@@ -15,8 +15,11 @@ size of the previous one. Output: a list with the same shapes. For level ``l``:
    - the read of ``l+1`` outputs on level ``l+1``'s grid, so it uses level ``l+1``'s offsets,
      which makes it exactly level ``l+1``'s own stride-1 read: it is computed once and reused.
 
-   The offset conv is zero-initialised: the block starts as a plain conv on the regular grid,
-   scaled by sigmoid(0) = 0.5 (plus bias). With ``spatial=False`` nothing is read from the
+   Every deformable read is normalised by one GroupNorm (``min(16, C)``-ish groups dividing ``C``,
+   shared across levels), as in the paper's implementation: without it a stack of blocks
+   shrinks and averages the features until the spatial signal is gone (six blocks trained to
+   0 box AP in ``bench downstream``). The offset conv is zero-initialised: the block starts as
+   the GroupNorm of a plain conv on the regular grid, scaled by sigmoid(0) = 0.5 (plus bias). With ``spatial=False`` nothing is read from the
    neighbours: level ``l``'s only map is its own feature, untouched (the paper puts the
    cross-level aggregation inside the spatial attention, so without it levels stay separate).
 2. **Scale-aware** (``scale=True``): each map ``m`` is multiplied by the scalar
@@ -60,6 +63,7 @@ class DyHeadBlock(nn.Module):
             self.dcn_weight = nn.Parameter(torch.empty(channels, channels, _K, _K))
             self.dcn_bias = nn.Parameter(torch.empty(channels))
             self.offset_conv = nn.Conv2d(channels, 3 * _K * _K, _K, padding=_K // 2)
+            self.norm = nn.GroupNorm(math.gcd(16, channels), channels)
         self.scale_attn = nn.Conv2d(channels, 1, 1) if scale else None
         self.task_attn = DyReLU(channels, reduction=dyrelu_reduction) if task else None
         self.reset_parameters()
@@ -115,12 +119,12 @@ class DyHeadBlock(nn.Module):
         these weights computes this once per forward for all of them (``supernets.shared_dyhead``).
         """
         offsets = [self.offsets_and_mask(x) for x in features]
-        own = [self.deform_read(x, off, mask) for x, (off, mask) in zip(features, offsets)]
+        own = [self.norm(self.deform_read(x, off, mask)) for x, (off, mask) in zip(features, offsets)]
         reads = []
         for level in range(self.num_levels):
             maps = [own[level]]
             if level > 0:
-                maps.append(self.deform_read(features[level - 1], *offsets[level], stride=2))
+                maps.append(self.norm(self.deform_read(features[level - 1], *offsets[level], stride=2)))
             if level < self.num_levels - 1:
                 maps.append(F.interpolate(own[level + 1], size=own[level].shape[-2:], mode="bilinear",
                                           align_corners=False))
