@@ -12,7 +12,6 @@ sees the test split.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,11 @@ from xsearch.core.io import atomic_write
 from xsearch.core.training import (
     anneal_temperature,
     channels_last,
-    check_finite_weights,
     check_optimizer,
     cosine_with_warmup,
     evaluate,
     resolve_device,
+    retrain_epochs,
     seed_everything,
     supervised_step,
     train_epoch,
@@ -110,28 +109,19 @@ class ClassificationEvaluator(Evaluator):
         criterion = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
         generator = torch.Generator().manual_seed(seed)
         resumable = Resumable(model, {"weights": optimizer}, {"weights": scheduler}, generator)
-        state = {"epoch": 0, "history": [], "seconds": 0.0}
-        ckpt_path = Path(workdir) / "train_checkpoint.pt" if workdir else None
-        if ckpt_path is not None:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            state = resumable.restore(ckpt_path, "retrain") or state
-        history, elapsed = state["history"], state["seconds"]
         step = supervised_step(model, criterion, optimizer, scheduler)
         hint = self._diverge_hint(optimizer)
-        for epoch in range(state["epoch"], self.epochs):
-            t0 = time.time()
-            model.train()
+
+        def run_epoch(epoch: int) -> tuple[str, dict[str, float]]:
             batches = data.batches("train", train_idx, self.batch_size, shuffle=True, augment=True,
                                    generator=generator, device=self.device)
             desc = f"train epoch {epoch + 1}/{self.epochs}"
             metrics = train_epoch(batches, step, steps, desc, self.show_progress,
-                                  lambda t, epoch=epoch: anneal_temperature(model, epoch + t, self.temperature_epochs),
+                                  lambda t: anneal_temperature(model, epoch + t, self.temperature_epochs),
                                   diverge_hint=hint)
-            check_finite_weights(model, desc, hint)  # never checkpoint (or return) weights a step made infinite
-            elapsed += time.time() - t0
-            history.append({"epoch": epoch + 1, "train_loss": metrics.get("train_loss", 0.0), "seconds": elapsed})
-            if ckpt_path is not None:
-                resumable.save(ckpt_path, "retrain", {"epoch": epoch + 1, "history": history, "seconds": elapsed})
+            return desc, {"train_loss": metrics.get("train_loss", 0.0)}
+
+        history, elapsed = retrain_epochs(model, resumable, workdir, self.epochs, run_epoch, hint)
         return model, history, elapsed
 
     def _diverge_hint(self, optimizer: torch.optim.Optimizer) -> str:

@@ -43,11 +43,11 @@ from xsearch.core.errors import UserError
 from xsearch.core.flops import fvcore_macs
 from xsearch.core.io import atomic_write
 from xsearch.core.training import (
-    check_finite_weights,
     cosine_with_warmup,
     optimizer_step,
     recalibrate_batchnorm,
     resolve_device,
+    retrain_epochs,
     seed_everything,
     train_epoch,
 )
@@ -384,12 +384,6 @@ class DetectionEvaluator(Evaluator):
                                        warmup_steps=min(steps, steps * self.epochs // 10))
         generator = torch.Generator().manual_seed(seed)
         resumable = Resumable(model, {"weights": optimizer}, {"weights": scheduler}, generator)
-        state = {"epoch": 0, "history": [], "seconds": 0.0}
-        ckpt_path = Path(workdir) / "train_checkpoint.pt" if workdir else None
-        if ckpt_path is not None:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            state = resumable.restore(ckpt_path, "retrain") or state
-        history, elapsed = state["history"], state["seconds"]
         hint = (f"Lower train.lr (now {self.lr:g}, the AdamW learning rate of evaluator={self.name}) and train "
                 "again.")
 
@@ -398,18 +392,14 @@ class DetectionEvaluator(Evaluator):
             optimizer_step(loss, optimizer, scheduler)
             return {"train_loss": float(loss.detach()), **parts}, len(batch[0])
 
-        for epoch in range(state["epoch"], self.epochs):
-            t0 = time.time()
-            model.train()
+        def run_epoch(epoch: int) -> tuple[str, dict[str, float]]:
             batches = self.task.batches(data, train_idx, self.batch_size, shuffle=True, augment=True,
                                         generator=generator, device=self.device)
             desc = f"{self.name} epoch {epoch + 1}/{self.epochs}"
             metrics = train_epoch(batches, step, steps, desc, self.show_progress, diverge_hint=hint)
-            check_finite_weights(model, desc, hint)
-            elapsed += time.time() - t0
-            history.append({"epoch": epoch + 1, **{k: float(v) for k, v in metrics.items()}, "seconds": elapsed})
-            if ckpt_path is not None:
-                resumable.save(ckpt_path, "retrain", {"epoch": epoch + 1, "history": history, "seconds": elapsed})
+            return desc, {k: float(v) for k, v in metrics.items()}
+
+        history, elapsed = retrain_epochs(model, resumable, workdir, self.epochs, run_epoch, hint)
         return model, history, elapsed
 
 

@@ -315,3 +315,35 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor
     model.train(was_training)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
+
+
+def retrain_epochs(model: nn.Module, resumable: Any, workdir: Any, epochs: int,
+                   run_epoch: Callable[[int], tuple[str, dict[str, float]]],
+                   diverge_hint: str = "") -> tuple[list[dict[str, float]], float]:
+    """The retraining loop every evaluator shares: resume, train the remaining epochs, checkpoint after each.
+
+    ``resumable`` (a ``core.checkpoint.Resumable``) restores ``workdir/train_checkpoint.pt`` when
+    there is one and saves it after every epoch (no ``workdir``: no checkpoint). ``run_epoch(epoch)``
+    trains one epoch (0-based) and returns its progress label and the scalars to record. Weights a
+    step made infinite are never checkpointed (``check_finite_weights``). Returns the per-epoch
+    history (``epoch``, the scalars, cumulative ``seconds``) and the training seconds.
+    """
+    import time
+    from pathlib import Path
+
+    state = {"epoch": 0, "history": [], "seconds": 0.0}
+    ckpt_path = Path(workdir) / "train_checkpoint.pt" if workdir else None
+    if ckpt_path is not None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        state = resumable.restore(ckpt_path, "retrain") or state
+    history, elapsed = state["history"], state["seconds"]
+    for epoch in range(state["epoch"], epochs):
+        t0 = time.time()
+        model.train()
+        desc, record = run_epoch(epoch)
+        check_finite_weights(model, desc, diverge_hint)
+        elapsed += time.time() - t0
+        history.append({"epoch": epoch + 1, **record, "seconds": elapsed})
+        if ckpt_path is not None:
+            resumable.save(ckpt_path, "retrain", {"epoch": epoch + 1, "history": history, "seconds": elapsed})
+    return history, elapsed
