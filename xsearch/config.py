@@ -181,6 +181,19 @@ class BenchConfig:
     head_search: list[str] = dataclasses.field(default_factory=list)  # bench downstream: search.* for the DyHead
 
 
+@dataclasses.dataclass
+class RayConfig:
+    """``launcher=ray``: where the trials run and what each one gets (``ray.*``)."""
+
+    address: str | None = None  # null = start a local Ray; "auto" or "ray://HOST:10001" joins a cluster
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None  # trials at once; null = as many as the resources allow
+
+
+LAUNCHERS = ("local", "ray")
+
+
 DEFAULT_CHOICES = {"space": "mbv3", "strategy": "danas", "data": "fashion_mnist", "evaluator": "classification"}
 
 
@@ -204,6 +217,9 @@ class RunConfig:
     run_dir: str | None = None  # null = <runs_root>/<time>-<space>-<strategy>
     progress: bool = True
     constraints: ConstraintsConfig = dataclasses.field(default_factory=ConstraintsConfig)
+    study: str | None = None  # Optuna study name; workers started with the same study and storage share a search
+    launcher: str = "local"  # local (in this process) | ray (each evaluation a Ray Tune trial)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     out: str | None = None  # xsearch bench: where to write (or, for throughput, read) the JSON rows
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
 
@@ -435,6 +451,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     plain.pop("defaults", None)
     check_ranges(plain)
     plain["constraints"]["flops"] = parse_count(plain["constraints"].get("flops"))
+    if plain["launcher"] not in LAUNCHERS:
+        raise UserError(f"launcher={plain['launcher']!r} is not valid; use {' or '.join(LAUNCHERS)} "
+                        "(local runs every evaluation in this process, ray runs them as Ray Tune trials)")
     if plain["device"] not in ("auto", "cpu", "cuda"):
         raise UserError(f"device={plain['device']!r} is not valid; use auto, cpu or cuda")
     if plain["device"] == "cuda":
