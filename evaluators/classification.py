@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xsearch.core import distributed
 from xsearch.core.checkpoint import Resumable
 from xsearch.core.data import ImageData, stratified_subset
 from xsearch.core.io import atomic_write
@@ -65,7 +66,7 @@ class ClassificationEvaluator(Evaluator):
         model, history, elapsed = self._fit(space, arch, data, train_idx, seed, workdir)
         test_idx = stratified_subset(data.test.targets, self.test_samples, seed) if self.test_samples else None
         result = evaluate(model, data, "test", test_idx, device=self.device)
-        if workdir is not None:
+        if workdir is not None and distributed.is_main():  # under torchrun only rank 0 writes
             weights = model.state_dict()
             atomic_write(Path(workdir) / "model.pt", lambda f: torch.save(weights, f), binary=True)
         return {

@@ -53,12 +53,13 @@ class Task:
 
     def train_step(self, model: nn.Module, optimizer: Any, scheduler: Any,
                    classes: list[int] | None = None) -> Callable[[Any], tuple[dict[str, float], int]]:
+        from xsearch.core.distributed import reduce_metrics
         from xsearch.core.training import optimizer_step
 
         def step(batch: Any) -> tuple[dict[str, float], int]:
             loss, _ = self.loss(model, batch, classes)
-            optimizer_step(loss, optimizer, scheduler)
-            return {"train_loss": float(loss.detach())}, len(batch[1])
+            optimizer_step(loss, optimizer, scheduler, samples=len(batch[1]))
+            return reduce_metrics({"train_loss": float(loss.detach())}, len(batch[1]))
 
         return step
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xsearch.core import distributed
 from xsearch.core.checkpoint import Resumable
 from xsearch.core.data import ImageData, split_for_search, stratified_subset
 from xsearch.core.errors import UserError
@@ -121,6 +122,7 @@ class DifferentiableSearch(Strategy):
         saved = resumable.restore(checkpoint, "search") if checkpoint else None
         if saved is not None:
             state = saved
+        distributed.broadcast_module(model)  # under torchrun: rank 0's weights everywhere (seeded alike anyway)
 
         steps: list[tuple[Any, ...]] = [("warmup", e) for e in range(self.single_path_epochs())]
         if self.rank_classes:
@@ -153,7 +155,7 @@ class DifferentiableSearch(Strategy):
             state["step"] += 1
             if step[0] in ("warmup", "train"):  # never checkpoint weights an overflowing update made infinite
                 check_finite_weights(model, f"{step[0]} epoch {len(state['epochs'])}", self.diverge_hint())
-            if checkpoint:
+            if checkpoint and distributed.is_main():  # under torchrun every rank resumes from rank 0's file
                 resumable.save(checkpoint, "search", state)
         return self.finish(ctx, state, checkpoint)
 
@@ -299,16 +301,20 @@ class _Context:
             # weight step: training half, logits frozen
             self._requires_grad(self.alphas, False)
             loss, _ = self.task.loss(self.model, batch_w, classes)
-            optimizer_step(loss, self.w_opt, self.scheduler)
+            optimizer_step(loss, self.w_opt, self.scheduler, samples=len(batch_w[1]))
             self._requires_grad(self.alphas, True)
             # logit step: held-out half, weights frozen
             self._requires_grad(self.weights, False)
             arch_loss, extra = self.task.loss(self.model, batch_a, classes)
             arch_loss = arch_loss + self.flops_penalty()
-            optimizer_step(arch_loss, self.a_opt)
+            optimizer_step(arch_loss, self.a_opt, samples=len(batch_a[1]))
             self._requires_grad(self.weights, True)
-            return {"train_loss": float(loss.detach()), "arch_loss": float(arch_loss.detach()),
-                    **{k: v for k, v in extra.items() if k == "arch_accuracy"}}, len(batch_w[1])
+            # the global batch's means under torchrun (each half its own size); unchanged for one process
+            weights, size = distributed.reduce_metrics({"train_loss": float(loss.detach())}, len(batch_w[1]))
+            logits, _ = distributed.reduce_metrics(
+                {"arch_loss": float(arch_loss.detach()), **{k: v for k, v in extra.items() if k == "arch_accuracy"}},
+                len(batch_a[1]))
+            return {**weights, **logits}, size
 
         averages = train_epoch(zip(self._batches(w_idx, classes=classes), self._batches(a_idx, classes=classes)),
                                step, total, desc, self.s.show_progress, self._anneal,

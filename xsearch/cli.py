@@ -15,9 +15,11 @@ COMMAND_LINES = (
     ("flops space=NAME [seed=N]", "a space's FLOPs range and a sampled network's FLOPs, checked with fvcore"),
     ("list [WHAT]", "what there is, with one line each: spaces|strategies|datasets|evaluators|budgets"),
     ("list settings [options]", "every setting and its value for the chosen components (space=, strategy=, ...)"),
-    ("dashboard [STORAGE] [port=N] [host=H]", "Optuna dashboard over the runs' studies (default runs/xsearch.db)"),
+    ("dashboard [STORAGE] [port=N] [host=H]", "Optuna dashboard: runs' studies, notes, plots (default runs/xsearch.db)"),
     ("bench NAME [options] [out=FILE.json]", "a benchmark (below); its rows go to out="),
     ("data fashion-coco DIR [options]", "write the built-in COCO detection data for data=coco data.root=DIR"),
+    ("export ARCH_JSON --format F [out=FILE]", "the retrained network as a file, F = onnx|torchscript (weights=none)"),
+    ("nni-import EXPORTED.json space=NAME", "an architecture NNI exported as arch.json (out=FILE; README: NNI interop)"),
 )
 
 
@@ -78,6 +80,10 @@ def cmd_run(args: list[str]) -> int:
         where = cfg.get("_run_dir") or "the run folder printed above"
         print(f"\ninterrupted; nothing finished is lost. Resume with: xsearch run resume={where}", file=sys.stderr)
         return 130
+    from .core import distributed
+
+    if not distributed.is_main():  # under torchrun rank 0 reports (and wrote) the run
+        return 0
     rec, res, met, cfg = out["record"], out["result"], out["metrics"], out["cfg"]
     labels = " ".join(f"{v}" for v in rec["arch"].values())
     print("\n" + "=" * 72)
@@ -131,7 +137,8 @@ def cmd_train(args: list[str]) -> int:
     from xsearch.search_spaces import format_flops, get_space
 
     from .config import build_data, build_evaluator, compose, validate
-    from .records import RunRecorder, check_run_location, load_arch, new_run_dir, read_arch_record
+    from .core import distributed
+    from .records import ReadOnlyRecorder, RunRecorder, check_run_location, load_arch, new_run_dir, read_arch_record
 
     if not args or "=" in args[0]:
         raise UserError("usage: xsearch train ARCH_JSON [overrides]; ARCH_JSON is a run's arch.json")
@@ -141,6 +148,9 @@ def cmd_train(args: list[str]) -> int:
     if not any(o.startswith("data=") for o in overrides) and saved.get("data"):
         overrides = [f"data={saved['data']}"] + overrides
     cfg = validate(compose(overrides))
+    if distributed.init(str(cfg.get("device", "auto"))) and cfg["evaluator"]["name"] != "classification":
+        raise UserError(f"torchrun with several processes retrains with evaluator=classification; got "
+                        f"evaluator={cfg['evaluator']['name']}: run it as a single process (plain 'xsearch train')")
     check_run_location(cfg["runs_root"], cfg.get("run_dir"))  # before loading data
     evaluator = build_evaluator(cfg)
     data = build_data(cfg)
@@ -157,7 +167,13 @@ def cmd_train(args: list[str]) -> int:
                         f"but data={cfg['data']['name']} has {data.num_classes} classes of {data.input_shape}; "
                         "pass the data it was searched on")
     evaluator.check(space)
-    recorder = RunRecorder(new_run_dir(cfg["runs_root"], space.name, "train", cfg.get("run_dir")), space)
+    # under torchrun rank 0 creates and writes the folder; the others learn its name and write nothing
+    made = new_run_dir(cfg["runs_root"], space.name, "train", cfg.get("run_dir")) if distributed.is_main() else None
+    run_dir = Path(distributed.broadcast_object(str(made) if made else None))
+    recorder = RunRecorder(run_dir, space) if distributed.is_main() else ReadOnlyRecorder(run_dir, space)
+    if not distributed.is_main():
+        evaluator.evaluate(space, arch, data, seed=cfg["seed"], workdir=recorder.run_dir)
+        return 0
     print(f"retraining {format_flops(space.flops(arch))}-MAC network in {recorder.run_dir}", flush=True)
     metrics = evaluator.evaluate(space, arch, data, seed=cfg["seed"], workdir=recorder.run_dir)
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
@@ -256,6 +272,7 @@ def _budget_line(name: str) -> str:
 
 def cmd_dashboard(args: list[str]) -> int:
     from .config import compose
+    from .dashboard import artifact_dir, check_port, open_storage
 
     if any(a.startswith("--") for a in args):
         raise UserError("xsearch dashboard takes key=value options like every xsearch command: write port=8080 "
@@ -271,13 +288,29 @@ def cmd_dashboard(args: list[str]) -> int:
                             "(e.g. xsearch dashboard sqlite:///path/to/xsearch.db)")
         storage = f"sqlite:///{db.resolve()}"
     elif "://" not in storage:
-        if not Path(storage).exists():
+        if not Path(storage).is_file():
             raise UserError(f"storage {storage!r} is neither a URL nor an existing SQLite file")
         storage = f"sqlite:///{Path(storage).resolve()}"
+    # every check before serving: a bad port or address, a missing or empty storage, no server
+    port = check_port(cfg.host, cfg.port)
+    rdb, studies = open_storage(storage)
+    artifacts = Path(cfg.artifacts) if cfg.artifacts else artifact_dir(storage, "runs")
+    if cfg.artifacts and not artifacts.is_dir():
+        raise UserError(f"artifacts={cfg.artifacts!r} is not a folder; pass the artifacts/ folder beside the "
+                        "runs' xsearch.db (or leave artifacts= out)")
+    from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
-    print(f"Optuna dashboard on http://{cfg.host}:{cfg.port} for {storage} (Ctrl-C to stop)", flush=True)
-    run_server(storage, host=cfg.host, port=cfg.port)
+    store = FileSystemArtifactStore(artifacts) if artifacts.is_dir() else None
+    shown = f"plots from {artifacts}" if store else f"no plots ({artifacts} does not exist)"
+    print(f"Optuna dashboard on http://{cfg.host}:{port} for {storage}: {len(studies)} studies, {shown} "
+          "(Ctrl-C to stop)", flush=True)
+    try:
+        run_server(rdb, host=cfg.host, port=port, artifact_store=store)
+    except OSError as exc:  # the port was taken between the check and the start
+        raise UserError(f"cannot serve on {cfg.host}:{port}: {exc.strerror or exc}; choose another port=") from None
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -333,8 +366,28 @@ def cmd_data(args: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: list[str]) -> int:
+    from .export import export, parse_args
+
+    result = export(parse_args(args))
+    weights = result["weights"] or "none: the UNTRAINED network (weights=none)"
+    print(f"wrote {result['out']} ({result['format']}, {result['space']}, input (batch, "
+          f"{', '.join(map(str, result['input_shape']))}) normalised images, output (batch, {result['num_classes']}) "
+          f"logits; weights {weights})")
+    checker = "onnxruntime" if result["format"] == "onnx" else "torch.jit.load"
+    print(f"checked: {checker} output equals the PyTorch network's within {result['max_abs_diff']:.1e}")
+    return 0
+
+
+def cmd_nni_import(args: list[str]) -> int:
+    from .nni import nni_import
+
+    return nni_import(args)
+
+
 COMMANDS = {"run": cmd_run, "train": cmd_train, "flops": cmd_flops, "list": cmd_list,
-            "dashboard": cmd_dashboard, "bench": cmd_bench, "data": cmd_data}
+            "dashboard": cmd_dashboard, "bench": cmd_bench, "data": cmd_data, "export": cmd_export,
+            "nni-import": cmd_nni_import}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,25 +11,61 @@ import yaml
 
 from xsearch.strategies import Constraints
 
-from .config import build_data, build_evaluator, build_space, build_strategy, needs_data
+from .config import build_data, build_evaluator, build_launcher, build_space, build_strategy, needs_data
+from .core import distributed
 from .core.errors import UserError
-from .records import RunRecorder, check_run_location, check_writable, default_storage, new_run_dir, open_study
+from .dashboard import FLOPS, publish_run, record_final, search_metric
+from .records import (
+    ReadOnlyRecorder,
+    RunRecorder,
+    check_run_location,
+    check_storage,
+    check_writable,
+    default_storage,
+    new_run_dir,
+    open_study,
+)
+from .top_k import retrain_top
 
 # what a saved config.yaml must hold for a run to resume: sections with a "name", then the others
 _NAMED_SECTIONS = ("space", "strategy", "data", "evaluator")
 _SECTIONS = ("search", "train", "constraints")
 _VALUES = ("seed", "device", "storage", "progress")
+# what runs under torchrun: supernet strategies whose training is one data-parallel loop
+DISTRIBUTED_STRATEGIES = ("danas", "dnas", "spos")
+
+
+def check_distributed(strategy_name: str, evaluator: Any) -> None:
+    """Refuse, under torchrun with several processes, what does not split one global batch across them."""
+    from xsearch.evaluators import task_of
+
+    if strategy_name not in DISTRIBUTED_STRATEGIES or task_of(evaluator).name != "classification":
+        raise UserError(f"torchrun with {distributed.world()} processes runs strategy={'|'.join(DISTRIBUTED_STRATEGIES)} "
+                        f"on classification; got strategy={strategy_name} with evaluator={evaluator.name}. Run this "
+                        "one as a single process (plain 'xsearch run'), or pick one of those strategies")
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Search, retrain the found network from scratch, and record everything. Resumable."""
-    strategy = build_strategy(cfg)
+    """Search, retrain the found network from scratch, and record everything. Resumable.
+
+    Under ``torchrun`` every process runs this (``core.distributed``): rank 0 chooses and writes the
+    run folder and the study, the others train their slices of each batch and write nothing.
+    """
+    distributed.init(str(cfg.get("device", "auto")))
+    launcher = build_launcher(cfg)  # launcher=ray: Ray starts below, once the cheap checks have passed
+    strategy = build_strategy(cfg, launcher)
     evaluator = build_evaluator(cfg)
+    if distributed.world() > 1:
+        check_distributed(cfg["strategy"]["name"], evaluator)
     resuming = bool(cfg.get("_run_dir"))
     if not resuming:  # refuse an unusable run folder before loading data or searching
         check_run_location(cfg["runs_root"], cfg.get("run_dir"))
         if not cfg.get("storage"):  # the default study file lives in runs_root
             check_writable(cfg["runs_root"], "runs_root")
+        else:  # a bad URL or an unreachable server: refused before a run folder exists
+            check_storage(cfg["storage"])
+    launcher.check(evaluator, "the evaluator")  # launcher=ray: it must travel to Ray workers
+    launcher.connect()  # launcher=ray: Ray started or the cluster joined; an unreachable one is a UserError here
     data = build_data(cfg) if needs_data(strategy, evaluator) else None
     space = build_space(cfg, data)
     evaluator.check(space)
@@ -39,13 +75,20 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     if resuming:
         run_dir = Path(cfg["_run_dir"])
     else:
-        run_dir = new_run_dir(cfg["runs_root"], space.name, cfg["strategy"]["name"], cfg.get("run_dir"))
+        # rank 0 creates the (time-stamped) folder; under torchrun the others learn its name from it
+        made = new_run_dir(cfg["runs_root"], space.name, cfg["strategy"]["name"], cfg.get("run_dir")) \
+            if distributed.is_main() else None
+        run_dir = Path(distributed.broadcast_object(str(made) if made else None))
         cfg = {**cfg, "_run_dir": str(run_dir)}
-        if not cfg.get("storage"):
+        if not cfg.get("storage") and distributed.is_main():
             cfg["storage"] = default_storage(cfg["runs_root"])
-    recorder = RunRecorder(run_dir, space, open_study(cfg["storage"], run_dir.name))
+    # study=NAME: every worker started with that name and storage joins one search (strategies/_multi_trial.py)
+    metric = search_metric(strategy, evaluator)  # what the run study's trials are valued by (the dashboard's axis)
+    recorder = RunRecorder(run_dir, space, open_study(cfg["storage"], cfg.get("study") or run_dir.name, [metric, FLOPS]),
+                           shared=bool(cfg.get("study"))) if distributed.is_main() else ReadOnlyRecorder(run_dir, space)
     if not resuming:
         recorder.write_config(cfg)
+    launcher.storage_path = run_dir / "ray"  # launcher=ray: Ray Tune's trial folders
     data_name = cfg["data"]["name"] if data is not None else None
     recorder.describe(run_dir=str(run_dir.resolve()), space=space.name, strategy=cfg["strategy"]["name"],
                       data=data_name or f"table ({cfg['evaluator']['name']})", flops_budget=max_flops)
@@ -55,19 +98,26 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         result = strategy.search(space, evaluator, data, Constraints(max_flops), recorder,
                                  checkpoint=recorder.path("search_checkpoint.pt"))
         recorder.save_result(result)
+    result.arch = distributed.broadcast_object(result.arch)  # every rank retrains the architecture rank 0 records
     if max_flops is not None and result.flops > max_flops:  # the contract every strategy must keep
         raise RuntimeError(f"strategy returned {result.flops} MACs over the budget {max_flops}")
     recorder.write_search(result, f"{cfg['strategy']['name']} on {cfg['data']['name']} ({space.name})")
+    if distributed.is_main():  # under torchrun only rank 0 writes the study
+        publish_run(recorder, cfg, result, metric, data_name)  # the dashboard's note and plots for the run study
 
     t0 = time.time()
-    metrics = evaluator.evaluate(space, result.arch, data, seed=cfg["seed"], workdir=run_dir / "retrain")
-    if (run_dir / "retrain" / "predictions.png").exists():  # a downstream evaluator's picture, shown at the top
+    if cfg.get("retrain_top"):  # the k best distinct networks retrained as launcher trials; the best one is the answer
+        result, metrics = retrain_top(cfg, space, evaluator, data, result, launcher, recorder)
+    else:
+        metrics = evaluator.evaluate(space, result.arch, data, seed=cfg["seed"], workdir=run_dir / "retrain")
+    if distributed.is_main() and (run_dir / "retrain" / "predictions.png").exists():  # a downstream task's picture
         shutil.copyfile(run_dir / "retrain" / "predictions.png", run_dir / "predictions.png")
     value = metrics["test_accuracy"] if evaluator.reports_accuracy else metrics["score"]
     kind = "retrained" if hasattr(evaluator, "epochs") else "evaluated"
-    recorder.trial(result.arch, value, "retrained",
-                   {"kind": kind, "search_seconds": result.search_seconds,
-                    **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
+    # the final network goes to the study of every run's final networks on this space, data and evaluator
+    if distributed.is_main():  # under torchrun only rank 0 writes the studies
+        final = record_final(recorder, cfg, evaluator, data_name, result, metrics, value, kind)
+        publish_run(recorder, cfg, result, metric, data_name, final)
     recorder.describe(test_accuracy=metrics.get("test_accuracy"))
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
     record = recorder.save_arch(result.arch,

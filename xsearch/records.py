@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import optuna
 import yaml
 
 from xsearch.search_spaces import Arch, SearchSpace, arch_from_record, arch_record, format_flops
-from xsearch.strategies import QueryRecord, SearchResult, StageRecord
+from xsearch.strategies import QueryRecord, SearchResult, SharedStudy, StageRecord
 
 from .core.errors import UserError
 from .core.io import atomic_write, write_json, write_text
@@ -95,17 +96,37 @@ def new_run_dir(runs_root: str | Path, space: str, strategy: str, run_dir: str |
     return _mkdir(path, "runs_root")
 
 
-def open_study(storage: str, name: str) -> optuna.Study:
-    """The run's study: two objectives (accuracy up, FLOPs down); created or loaded."""
+def open_study(storage: str, name: str, metric_names: list[str] | None = None) -> optuna.Study:
+    """A study with two objectives (accuracy up, FLOPs down), created or loaded; ``metric_names`` names
+    them for the dashboard (e.g. ``["inherited accuracy", "FLOPs"]``, see ``xsearch.dashboard``)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.create_study(storage=storage, study_name=name, directions=["maximize", "minimize"],
-                                   load_if_exists=True)
+        study = optuna.create_study(storage=storage, study_name=name, directions=["maximize", "minimize"],
+                                    load_if_exists=True)
+        if metric_names:
+            from .dashboard import set_metric_names
+
+            set_metric_names(study, metric_names)
+        return study
     except (ValueError, ImportError, ModuleNotFoundError) as exc:
         raise UserError(f"cannot open Optuna storage {storage!r}: {exc}. Use an Optuna storage URL such as "
                         "sqlite:///runs/xsearch.db or postgresql://user:pass@host/db") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy errors: bad URL, unreachable server
         raise UserError(f"cannot open Optuna storage {storage!r}: {type(exc).__name__}: {exc}") from None
+
+
+def check_storage(storage: str) -> None:
+    """Refuse (UserError) a storage URL Optuna cannot open (bad URL, no driver, no server), before any work."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    fix = "use an Optuna storage URL such as sqlite:///runs/xsearch.db or postgresql://USER@HOST:PORT/DATABASE"
+    try:
+        optuna.storages.RDBStorage(storage)
+    except (ValueError, ImportError, ModuleNotFoundError) as exc:
+        raise UserError(f"cannot open Optuna storage {storage!r}: {exc}; {fix}") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy errors: bad URL, unreachable server, bad password
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"cannot open Optuna storage {storage!r}: {type(exc).__name__}: {first}; is the server "
+                        f"running and the URL right? {fix}") from None
 
 
 # --- arch.json --------------------------------------------------------------------------
@@ -144,12 +165,29 @@ class RunRecorder:
 
     ``study`` may be None (``xsearch train`` records no trials). Record ids make trials
     idempotent: a resumed run reports its finished stages and queries again, and each stays one trial.
+    ``shared``: several workers share ``study`` (``study=NAME``); this run is one of them, named by
+    ``worker.txt`` in its folder (the run folder's name and a random suffix, kept across resumes),
+    every trial it adds carries ``worker``, and record ids are unique per worker.
     """
 
-    def __init__(self, run_dir: str | Path, space: SearchSpace, study: optuna.Study | None = None) -> None:
+    def __init__(self, run_dir: str | Path, space: SearchSpace, study: optuna.Study | None = None,
+                 shared: bool = False) -> None:
         self.run_dir, self.space, self.study = Path(run_dir), space, study
         self._replay: dict[tuple[str, ...], dict[str, Any]] | None = None
         self._replay_seconds = 0.0
+        self.worker: str | None = self._worker_id() if shared and study is not None else None
+
+    def _worker_id(self) -> str:
+        path = self.path("worker.txt")
+        if path.is_file():
+            return path.read_text().strip()
+        worker = f"{self.run_dir.name}-{uuid.uuid4().hex[:8]}"
+        write_text(path, worker + "\n")
+        return worker
+
+    def shared_study(self) -> SharedStudy | None:
+        """The study this run shares with other workers (``study=NAME``), or None."""
+        return SharedStudy(self.study, self.worker) if self.worker is not None else None
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
@@ -161,26 +199,37 @@ class RunRecorder:
             for key, value in attrs.items():
                 self.study.set_user_attr(key, value)
 
-    def trial(self, arch: Arch, value: float, record_id: str, attrs: dict[str, Any]) -> None:
-        """Add ``arch`` as a finished trial with values (``value``, FLOPs), once per ``record_id``."""
-        if self.study is None:
-            return
-        if any(t.user_attrs.get("record_id") == record_id for t in self.study.get_trials(deepcopy=False)):
-            return
+    def trial(self, arch: Arch, value: float, record_id: str, attrs: dict[str, Any],
+              study: optuna.Study | None = None) -> optuna.trial.FrozenTrial | None:
+        """Add ``arch`` as a finished trial with values (``value``, FLOPs), once per ``record_id``, to the run's
+        study (or ``study``: the final networks' study); returns the trial (None without a study)."""
+        study = study if study is not None else self.study
+        if study is None:
+            return None
+        for t in study.get_trials(deepcopy=False):
+            if t.user_attrs.get("record_id") == record_id and t.user_attrs.get("worker") == self.worker:
+                return t
         space = self.space
         distributions = {c.label: optuna.distributions.CategoricalDistribution(c.options) for c in space.choices}
         attrs = {"record_id": record_id, "flops": space.flops(arch), "params": space.params(arch),
-                 "recorded_at": time.time(), **attrs}
-        self.study.add_trial(optuna.trial.create_trial(params=dict(arch), distributions=distributions,
-                                                       values=[float(value), float(space.flops(arch))],
-                                                       user_attrs=attrs))
+                 "recorded_at": time.time(), **({"worker": self.worker} if self.worker else {}), **attrs}
+        study.add_trial(optuna.trial.create_trial(params=dict(arch), distributions=distributions,
+                                                  values=[float(value), float(space.flops(arch))],
+                                                  user_attrs=attrs))
+        return next(t for t in reversed(study.get_trials(deepcopy=False))  # other workers may add trials too
+                    if t.user_attrs.get("record_id") == record_id and t.user_attrs.get("worker") == self.worker)
 
     # --- SearchEvents -------------------------------------------------------------------
     def stage(self, record: StageRecord) -> None:
-        """A finished stage: its derived architecture becomes a ``derived`` trial."""
-        self.trial(record.derived_arch, record.val_accuracy, record.record_id,
-                   {"stage": record.stage, "kind": "derived", "classes": record.classes,
-                    "alive_per_layer": record.alive_per_layer, "stage_seconds": record.seconds,
+        """A finished stage: its derived architecture becomes a ``derived`` trial, valued by its inherited
+        accuracy on all classes (comparable across stages); the stage classes' accuracy is an attribute."""
+        alive = record.alive_per_layer
+        self.trial(record.derived_arch, record.val_accuracy_all_classes, record.record_id,
+                   {"stage": record.stage, "kind": "derived", "num_classes": record.num_classes,
+                    "classes": ", ".join(record.classes), "alive_per_layer": alive,
+                    "alive_candidates": " ".join(str(n) for n in alive.values()),
+                    "alive_mean_per_layer": round(sum(alive.values()) / max(1, len(alive)), 2),
+                    "stage_seconds": record.seconds, "stage_classes_accuracy": record.val_accuracy,
                     "val_accuracy_all_classes": record.val_accuracy_all_classes,
                     "flops_readable": format_flops(record.derived_flops)})
 
@@ -258,6 +307,39 @@ class RunRecorder:
             return json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{str(path)!r} is not a readable {what} file: {exc}") from None
+
+
+class ReadOnlyRecorder(RunRecorder):
+    """The recorder of the processes other than rank 0 under ``torchrun``: reads the run folder, writes nothing.
+
+    They run the same search as rank 0 (same seed, their slices of each batch) and resume from what
+    rank 0 wrote (``saved_result``, ``saved_queries``, checkpoints: the run folder must be on a file
+    system every node sees to resume a run across nodes), but only rank 0 writes the folder and the study.
+    """
+
+    def __init__(self, run_dir: str | Path, space: SearchSpace) -> None:
+        super().__init__(run_dir, space, study=None)
+
+    def query(self, record: QueryRecord, seconds: float) -> None:
+        pass
+
+    def write_config(self, cfg: dict[str, Any]) -> None:
+        pass
+
+    def save_result(self, result: SearchResult) -> None:
+        pass
+
+    def write_search(self, result: SearchResult, title: str) -> None:
+        pass
+
+    def save_arch(self, arch: Arch, **extra: Any) -> dict[str, Any]:
+        return arch_record(self.space, arch, **extra)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
 
 # --- tables and plots -------------------------------------------------------------------

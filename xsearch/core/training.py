@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import ImageData, channels_last_tensor
 from .errors import UserError
 
@@ -221,15 +222,20 @@ def train_epoch(batches: Iterable[Any], step: Step, total: int, desc: str = "", 
     stops the epoch with ``TrainingDiverged``, naming ``desc``, the batch and ``diverge_hint`` (the
     settings to change; a generic "lower the learning rate" when empty). Nothing is saved here, so
     the caller's last checkpoint (written at the end of the previous epoch) is what remains.
+
+    Under ``torchrun`` (``core.distributed``) every rank draws the same global batches and trains on
+    its slice of each, batch norm and dropout acting on the global batch; steps report the global
+    batch's metrics and size (``distributed.reduce_metrics``), so the averages are one process's.
     """
     sums: dict[str, float] = {}
     n = 0
-    bar = progress(batches, total, desc, show_progress)
+    bar = progress(distributed.shard(batches), total, desc, show_progress)
     for i, batch in enumerate(bar):
         if before_step is not None:
             before_step(i / total)
         try:
-            metrics, size = step(batch)
+            with distributed.global_batch():
+                metrics, size = step(batch)
         except NonFiniteLoss as exc:
             bar.close()
             raise _diverged(desc, f"the loss became {exc.value} at batch {i + 1}/{total}; that step's update was "
@@ -255,16 +261,26 @@ def check_finite_weights(model: nn.Module, desc: str = "", diverge_hint: str = "
                                   "any, is kept", diverge_hint)
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any = None,
+                   samples: int | None = None) -> None:
     """Backpropagate ``loss`` into fresh gradients and step ``optimizer`` (and ``scheduler``, once per batch).
 
     A NaN or infinite ``loss`` raises ``NonFiniteLoss`` first, leaving the gradients, the weights, the
     optimizer and the scheduler untouched (``train_epoch`` reports it as ``TrainingDiverged``).
+    ``samples``: the batch size ``loss`` is the mean over; needed under ``torchrun``, where the step
+    follows the global batch's mean loss (``distributed.global_loss``, gradients summed over ranks).
     """
-    if not bool(torch.isfinite(loss.detach()).all()):
+    if distributed.world() > 1:
+        if samples is None:
+            raise RuntimeError("optimizer_step under torchrun needs samples= (the batch size of this rank's loss)")
+        loss, value = distributed.global_loss(loss, samples)  # every rank sees the same global value
+        if not math.isfinite(value):
+            raise NonFiniteLoss(value)
+    elif not bool(torch.isfinite(loss.detach()).all()):
         raise NonFiniteLoss(_first_non_finite(loss))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.all_reduce_gradients(optimizer)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -279,15 +295,15 @@ def supervised_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
     def step(batch: Batch) -> tuple[dict[str, float], int]:
         x, y = batch
         loss = loss_fn(model(x), y)
-        optimizer_step(loss, optimizer, scheduler)
-        return {"train_loss": float(loss.detach())}, len(y)
+        optimizer_step(loss, optimizer, scheduler, samples=len(y))
+        return distributed.reduce_metrics({"train_loss": float(loss.detach())}, len(y))
 
     return step
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True):
-    """A tqdm bar on stderr; disabled when ``enabled`` is false or XSEARCH_PROGRESS=0."""
-    enabled = enabled and os.environ.get("XSEARCH_PROGRESS", "1") != "0"
+    """A tqdm bar on stderr; disabled when ``enabled`` is false, XSEARCH_PROGRESS=0, or on ranks other than 0."""
+    enabled = enabled and os.environ.get("XSEARCH_PROGRESS", "1") != "0" and distributed.is_main()
     # disable=None: tqdm hides itself when stderr is not a terminal (CI logs, pipes)
     return tqdm(iterable, total=total, desc=desc, leave=False, disable=None if enabled else True, dynamic_ncols=True,
                 file=sys.stderr, mininterval=0.5)
@@ -334,8 +350,10 @@ def retrain_epochs(model: nn.Module, resumable: Any, workdir: Any, epochs: int,
     state = {"epoch": 0, "history": [], "seconds": 0.0}
     ckpt_path = Path(workdir) / "train_checkpoint.pt" if workdir else None
     if ckpt_path is not None:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():  # under torchrun only rank 0 writes; every rank resumes from its checkpoint
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         state = resumable.restore(ckpt_path, "retrain") or state
+    distributed.broadcast_module(model)  # rank 0's weights everywhere (identical already when seeded alike)
     history, elapsed = state["history"], state["seconds"]
     for epoch in range(state["epoch"], epochs):
         t0 = time.time()
@@ -344,6 +362,6 @@ def retrain_epochs(model: nn.Module, resumable: Any, workdir: Any, epochs: int,
         check_finite_weights(model, desc, diverge_hint)
         elapsed += time.time() - t0
         history.append({"epoch": epoch + 1, **record, "seconds": elapsed})
-        if ckpt_path is not None:
+        if ckpt_path is not None and distributed.is_main():
             resumable.save(ckpt_path, "retrain", {"epoch": epoch + 1, "history": history, "seconds": elapsed})
     return history, elapsed
