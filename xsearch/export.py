@@ -1,0 +1,258 @@
+"""``xsearch export``: a found network with its retrained weights as an ONNX or TorchScript file.
+
+The network is rebuilt from its ``arch.json`` (``space.build(arch)``), loaded with the weights its
+retraining saved beside it (``retrain/model.pt`` in an ``xsearch run`` folder, ``model.pt`` in an
+``xsearch train`` folder), put in eval mode and traced with a dummy batch of the space's input
+shape. The file takes the same normalised images the network was trained on (the dataset's mean
+and std) and returns class logits; its batch size is free.
+
+Dynamic convolution runs, in training, as one grouped convolution with the batch folded into the
+groups: its group count depends on the batch size, which ONNX cannot express. For export each
+``DynamicConv2d`` is swapped for ``BatchFreeDynamicConv``, the same per-image aggregated kernel
+applied as a batched matrix product over unfolded patches (equal outputs, checked in the tests).
+Every export is checked before the command returns: the file is loaded back (onnxruntime,
+``torch.jit.load``) and its output compared with the PyTorch network on a batch of another size.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .core.errors import UserError
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts"}
+OPSET = 17  # the TorchScript-based exporter of torch 2.14 writes opsets 7 to 20; 17 is read by every current runtime
+TOLERANCE = 1e-4  # largest |exported - PyTorch| logit difference accepted by the check
+USAGE = ("usage: xsearch export ARCH_JSON --format onnx|torchscript [out=FILE] [weights=PATH|none]; "
+         "ARCH_JSON is a run's arch.json or run folder (format=onnx works too)")
+
+
+@dataclass
+class ExportRequest:
+    """What ``xsearch export`` was asked for, checked."""
+
+    arch_path: Path
+    format: str
+    out: Path | None = None
+    weights: str | None = None  # a path, "none" (untrained), or None (look beside arch.json)
+
+
+def parse_args(args: list[str]) -> ExportRequest:
+    """``ARCH_JSON`` then ``--format F`` / ``--format=F`` / ``format=F``, ``out=FILE``, ``weights=PATH|none``."""
+    if not args or "=" in args[0] or args[0].startswith("-"):
+        raise UserError(USAGE)
+    options: dict[str, str] = {}
+    rest = list(args[1:])
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--format":
+            if not rest:
+                raise UserError(f"--format needs a value: {' or '.join(FORMATS)}")
+            arg = f"format={rest.pop(0)}"
+        elif arg.startswith("--format="):
+            arg = arg[2:]
+        elif arg.startswith("-"):
+            raise UserError(f"{arg!r} is not an option of xsearch export; {USAGE}")
+        key, sep, value = arg.partition("=")
+        if not sep or key not in ("format", "out", "weights"):
+            raise UserError(f"{arg!r} is not an option of xsearch export (valid: --format, format=, out=, weights=); "
+                            f"{USAGE}")
+        if key in options:
+            raise UserError(f"{key} is given twice")
+        options[key] = value
+    if "format" not in options:
+        raise UserError(f"say which format: --format onnx or --format torchscript; {USAGE}")
+    if options["format"] not in FORMATS:
+        raise UserError(f"unknown export format {options['format']!r}; valid: {', '.join(FORMATS)}")
+    out = Path(options["out"]) if options.get("out") else None
+    return ExportRequest(Path(args[0]), options["format"], out, options.get("weights") or None)
+
+
+# --- the network ---------------------------------------------------------------------------
+
+class BatchFreeDynamicConv(nn.Module):
+    """A ``DynamicConv2d`` computed without folding the batch into conv groups (exportable with a free batch).
+
+    Same attention, same per-image kernel ``sum_k pi_k W_k``; the convolution is an unfold
+    (im2col) and a batched matrix product per group, so no operator attribute depends on the batch.
+    """
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        b, _, h, w = x.shape
+        k, out, ks, groups, stride = c.num_kernels, c.out_channels, c.kernel_size, c.groups, c.stride
+        pad = ks // 2
+        per_group = (c.in_channels // groups) * ks * ks
+        attn = c.attention(x)
+        weight = (attn @ c.weight.reshape(k, -1)).reshape(b, groups, out // groups, per_group)
+        cols = F.unfold(x, ks, padding=pad, stride=stride).reshape(b, groups, per_group, -1)
+        oh, ow = (h + 2 * pad - ks) // stride + 1, (w + 2 * pad - ks) // stride + 1
+        y = torch.matmul(weight, cols).reshape(b, out, oh, ow)
+        if c.bias is not None:
+            y = y + (attn @ c.bias).reshape(b, out, 1, 1)
+        return y
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """``model`` with every dynamic convolution replaced by ``BatchFreeDynamicConv`` (in place; returned)."""
+    from xsearch.search_spaces.blocks.dynamic import DynamicConv2d
+
+    for name, child in model.named_children():
+        if isinstance(child, DynamicConv2d):
+            setattr(model, name, BatchFreeDynamicConv(child))
+        else:
+            exportable(child)
+    return model
+
+
+def find_weights(arch_file: Path) -> Path | None:
+    """The retrained weights beside ``arch_file``: ``model.pt`` (xsearch train) or ``retrain/model.pt`` (xsearch run)."""
+    for candidate in (arch_file.parent / "model.pt", arch_file.parent / "retrain" / "model.pt"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _downstream_kind(evaluator: str) -> str | None:
+    """The dense task (``detection``, ...) evaluator ``evaluator`` trains for, or None for classification."""
+    from xsearch.evaluators import EVALUATORS
+
+    try:
+        return getattr(EVALUATORS.get(evaluator), "kind", None)
+    except (KeyError, ValueError, UserError):
+        return None
+
+
+def load_network(arch_path: Path, weights: str | None = None) -> tuple[nn.Module, Any, dict[str, Any], Path | None]:
+    """(the network in eval mode with its weights, its space, the arch.json record, the weights file or None).
+
+    ``weights``: a ``model.pt`` path, ``"none"`` for the untrained network, or None to use the
+    weights beside the arch.json. Refuses downstream (detection, segmentation, keypoints) records.
+    """
+    from xsearch.search_spaces import arch_from_record
+
+    from .records import ARCH_FILE, read_arch_record
+
+    arch_file = arch_path / ARCH_FILE if arch_path.is_dir() else arch_path
+    record = read_arch_record(arch_path)
+    evaluator = record.get("evaluator")
+    if evaluator and _downstream_kind(evaluator):
+        raise UserError(f"{arch_file} was trained with evaluator={evaluator}: its weights are a torchvision "
+                        f"{evaluator} model around the found backbone, which xsearch export does not support yet. "
+                        "Export the classification network instead (the arch.json of the search run, retrained "
+                        "with 'xsearch train ARCH_JSON')")
+    space, arch = arch_from_record(record, repr(str(arch_file)))
+    if getattr(space, "task", "classification") != "classification":
+        raise UserError(f"space {space.name!r} builds a {space.task} network (a head over a fixed backbone); "
+                        "xsearch export supports classification networks only")
+    model = space.build(arch)
+    if weights is not None and weights.lower() == "none":
+        path = None
+    else:
+        path = Path(weights) if weights else find_weights(arch_file)
+        if path is None:
+            raise UserError(f"no retrained weights beside {arch_file} (looked for model.pt and retrain/model.pt). "
+                            "Retrain the network with 'xsearch train ARCH_JSON' and export the arch.json it writes, "
+                            "pass weights=PATH/model.pt, or weights=none to export the untrained network")
+        if not path.is_file():
+            raise UserError(f"weights file {str(path)!r} does not exist; pass the model.pt a retraining wrote")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
+            raise UserError(f"{path} is not a readable weights file ({type(exc).__name__}: {exc})") from None
+        if not isinstance(state, dict):
+            raise UserError(f"{path} holds a {type(state).__name__}, not a state dict saved by xsearch")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(f"the weights in {path} do not fit the network of {arch_file} ({first}); pass the "
+                            "model.pt its retraining wrote") from None
+    return model.eval(), space, record, path
+
+
+# --- export and check ----------------------------------------------------------------------
+
+def _example(space: Any, batch: int, seed: int) -> torch.Tensor:
+    return torch.randn(batch, *space.input_shape, generator=torch.Generator().manual_seed(seed))
+
+
+def export_onnx(model: nn.Module, space: Any, out: Path, metadata: dict[str, str]) -> None:
+    """Write ``model`` as ONNX (opset ``OPSET``, input 'images' with a free batch axis, output 'logits')."""
+    import onnx
+
+    with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated, and says so on every call
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (_example(space, 2, 0),), str(out), dynamo=False, opset_version=OPSET,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(out))
+
+
+def export_torchscript(model: nn.Module, space: Any, out: Path) -> None:
+    """Write ``model`` traced to TorchScript (``torch.jit.load`` reads it; free batch size)."""
+    with warnings.catch_warnings():  # torch.jit.trace is deprecated in torch 2.14, and says so on every call
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, _example(space, 2, 0), check_trace=False)
+        torch.jit.save(traced, str(out))
+
+
+def run_exported(path: Path, fmt: str, x: torch.Tensor) -> torch.Tensor:
+    """The exported file's output for ``x``: onnxruntime (CPU) for ONNX, ``torch.jit.load`` for TorchScript."""
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return loaded(x)
+
+
+def export(request: ExportRequest) -> dict[str, Any]:
+    """Export the network of ``request``; returns what was written and the check's largest difference."""
+    model, space, record, weights = load_network(request.arch_path, request.weights)
+    arch_file = request.arch_path if request.arch_path.suffix == ".json" else request.arch_path / "arch.json"
+    out = request.out or arch_file.parent / FORMATS[request.format]
+    if out.is_dir():
+        raise UserError(f"out={out} is a folder; give a file name (e.g. {out / FORMATS[request.format]})")
+    if not out.parent.is_dir():
+        raise UserError(f"out={out}: folder {out.parent} does not exist")
+    model = exportable(model)
+    metadata = {"xsearch_space": space.name, "xsearch_space_kwargs": json.dumps(space.space_kwargs),
+                "xsearch_arch": json.dumps(record["arch"]), "input_shape": json.dumps(list(space.input_shape)),
+                "data": str(record.get("data")), "weights": str(weights) if weights else "none (untrained)",
+                "input": "images normalised with the training data's mean and std, NCHW float32"}
+    if request.format == "onnx":
+        export_onnx(model, space, out, metadata)
+    else:
+        export_torchscript(model, space, out)
+    x = _example(space, 3, 1)  # another batch size than the trace's, to check the batch axis is free
+    with torch.no_grad():
+        expected = model(x)
+    got = run_exported(out, request.format, x)
+    diff = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
+    if not diff <= TOLERANCE:
+        raise RuntimeError(f"the exported {request.format} file {out} disagrees with the PyTorch network "
+                           f"(largest difference {diff:.3g}, shapes {tuple(got.shape)} and {tuple(expected.shape)})")
+    return {"out": out, "format": request.format, "weights": weights, "space": space.name,
+            "input_shape": tuple(space.input_shape), "num_classes": int(expected.shape[1]), "max_abs_diff": diff}
