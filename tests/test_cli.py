@@ -34,19 +34,25 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path, fashion_root):
     for name in ("config.yaml", "search.png", "stages.csv", "epochs.csv", "retrain/model.pt", "metrics.json"):
         assert (run_dir / name).exists(), name
     assert "test accuracy" in proc.stdout and str(run_dir.name) in proc.stdout and "xsearch dashboard" in proc.stdout
-    # every derived architecture is a trial of the run's study, then the derivation's queries, then the retrained one
-    study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{tmp_path / 'runs' / 'xsearch.db'}")
+    # every derived architecture is a trial of the run's study, then the derivation's queries; the retrained
+    # network is a trial of the study of every run's final networks on this space and data
+    storage = f"sqlite:///{tmp_path / 'runs' / 'xsearch.db'}"
+    study = optuna.load_study(study_name=run_dir.name, storage=storage)
     trials = study.get_trials()
     search = json.loads((run_dir / "search.json").read_text())
     queries = [h for h in search["history"] if h["kind"] == "query"]
     assert search["metrics"]["derivation"] == "accuracy" and 1 <= len(queries) <= 8  # smoke: 8 derivation queries
     assert search["arch"] == max(queries, key=lambda q: q["score"])["arch"]
-    assert [t.user_attrs["kind"] for t in trials] == ["derived"] * 3 + ["query"] * len(queries) + ["retrained"]
+    assert [t.user_attrs["kind"] for t in trials] == ["derived"] * 3 + ["query"] * len(queries)
     assert [t.user_attrs["stage"] for t in trials[:3]] == [1, 2, 3]
     assert all(t.values[1] == t.user_attrs["flops"] for t in trials)
-    assert trials[-1].values[0] == pytest.approx(record["metrics"]["test_accuracy"])
-    assert trials[-1].params == record["arch"]
+    assert trials[2].values[0] == pytest.approx(search["history"][2]["val_accuracy_all_classes"])
     assert trials[0].user_attrs["alive_per_layer"]["layer1"] == 12
+    assert study.metric_names == ["inherited accuracy", "FLOPs"]
+    final = optuna.load_study(study_name="retrained/mbv3/fashion_mnist/classification", storage=storage)
+    assert final.metric_names == ["test accuracy", "FLOPs"] and len(final.trials) == 1
+    assert final.trials[0].values[0] == pytest.approx(record["metrics"]["test_accuracy"])
+    assert final.trials[0].params == record["arch"] and final.trials[0].user_attrs["run_dir"] == str(run_dir.resolve())
 
 
 BAD_INPUTS = [
@@ -147,7 +153,10 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, interrupt
     ids = [t.user_attrs["record_id"] for t in study.get_trials()]
     queries = sum(h["kind"] == "query" for h in a["history"])  # the accuracy derivation's queries
     assert queries == sum(h["kind"] == "query" for h in b["history"]) >= 1
-    assert sorted(ids) == sorted(set(ids)) and len(ids) == 3 + queries + 1  # stages, queries, retrained
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 3 + queries  # stages, queries
+    final = optuna.load_study(study_name="retrained/mbv3/digits/classification",
+                              storage=f"sqlite:///{tmp_path / 'runs' / 'xsearch.db'}")
+    assert sorted(t.user_attrs["run"] for t in final.trials) == ["killed", "reference"]  # once each, resumed or not
 
 
 def test_dashboard_serves_the_studies_on_the_chosen_port(tmp_path):

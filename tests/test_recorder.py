@@ -72,8 +72,10 @@ def test_trials_are_recorded_once_per_record_id(space, tmp_path):
     trials = s.get_trials()
     assert [t.user_attrs["record_id"] for t in trials] == ["stage1", "evolution-q1", "retrained"]
     derived, query = trials[0], trials[1]
-    assert derived.values == [0.5, space.flops(derived.params)] and derived.user_attrs["kind"] == "derived"
-    assert derived.user_attrs["stage"] == 1 and derived.user_attrs["val_accuracy_all_classes"] == 0.25
+    # a stage's value is its inherited accuracy on all classes (comparable across stages), not on its own classes
+    assert derived.values == [0.25, space.flops(derived.params)] and derived.user_attrs["kind"] == "derived"
+    assert derived.user_attrs["stage"] == 1 and derived.user_attrs["stage_classes_accuracy"] == 0.5
+    assert derived.user_attrs["classes"] == "a, b" and derived.user_attrs["alive_candidates"] == "3 3 3 3"
     assert query.values[0] == 0.1 and query.user_attrs["kind"] == "query" and query.user_attrs["val_samples"] == 200
     assert "score" in query.user_attrs and query.user_attrs["query"] == 1
     replay = json.loads((tmp_path / "search_trials.json").read_text())

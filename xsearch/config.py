@@ -231,6 +231,7 @@ class DashboardConfig:
     storage: str | None = None  # Optuna storage URL or SQLite file; null = runs/xsearch.db
     port: int = 8080
     host: str = "127.0.0.1"
+    artifacts: str | None = None  # the runs' plots; null = artifacts/ beside the SQLite file, else runs/artifacts
 
 
 PRIMARY = {"run": RunConfig, "dashboard": DashboardConfig}
