@@ -11,14 +11,22 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e ".[dev]"
 
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+# Debian packages, each only when missing: the Fashion-MNIST data, and Chromium for the dashboard's browser
+# test (tests/test_dashboard.py drives it headless; it skips without it)
+APT_PACKAGES=""
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || APT_PACKAGES="dataset-fashion-mnist"
+command -v chromium >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES chromium"
+if [ -n "$APT_PACKAGES" ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -q >/dev/null
-    $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null
+    # shellcheck disable=SC2086
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $APT_PACKAGES >/dev/null
   else
-    echo "setup: no apt-get here; put the Fashion-MNIST IDX files somewhere and pass data.root=DIR" >&2
+    echo "setup: no apt-get here; put the Fashion-MNIST IDX files somewhere and pass data.root=DIR" \
+         "(and install Chromium for the dashboard test)" >&2
   fi
 fi
-echo "setup: done (.venv ready; Fashion-MNIST: $(ls /usr/share/datasets/fashion-mnist 2>/dev/null | wc -l) files)"
+echo "setup: done (.venv ready; Fashion-MNIST: $(ls /usr/share/datasets/fashion-mnist 2>/dev/null | wc -l) files;" \
+     "chromium: $(command -v chromium || echo missing))"
