@@ -107,9 +107,10 @@ def test_two_processes_train_like_one(tmp_path):
 
 # --- the command line under torchrun --------------------------------------------------------
 SMOKE = ["data=digits", "budget=smoke", "space=mbv3", "space.num_layers=4", "space.width_mult=0.5",
-         "search.train_samples=400", "search.val_samples=100", "search.derive_trials=4", "search.max_trials=4",
-         "search.population_size=2", "search.sample_size=1", "search.recalibration_batches=2", "train.epochs=1",
-         "train.train_samples=300", "train.test_samples=200", "seed=0", "device=cpu", "progress=false"]
+         "search.train_samples=400", "search.val_samples=100", "search.derive_trials=4",
+         "search.recalibration_batches=2", "train.epochs=1", "train.train_samples=300", "train.test_samples=200",
+         "seed=0", "device=cpu", "progress=false"]
+STRATEGY_SMOKE = {"spos": ["search.max_trials=4", "search.population_size=2", "search.sample_size=1"]}
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
@@ -124,15 +125,15 @@ def _torchrun() -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["danas", pytest.param("spos", marks=pytest.mark.slow),
-                                      pytest.param("dnas", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("strategy", ["danas", "spos", "dnas"])
 def test_torchrun_two_processes_search_like_one(tmp_path, strategy):
     one = tmp_path / "one"
-    _run([sys.executable, "-m", "xsearch.cli", "run", f"strategy={strategy}", *SMOKE, f"run_dir={one}",
+    args = [f"strategy={strategy}", *SMOKE, *STRATEGY_SMOKE.get(strategy, [])]
+    _run([sys.executable, "-m", "xsearch.cli", "run", *args, f"run_dir={one}",
           f"storage=sqlite:///{tmp_path / 'one.db'}"], REPO)
     runs = tmp_path / "runs"  # a time-stamped folder: rank 0 names it, the other rank learns the name
-    _run([*_torchrun(), "--nproc_per_node=2", "--standalone", "-m", "xsearch.cli", "run", f"strategy={strategy}",
-          *SMOKE, f"runs_root={runs}", f"storage=sqlite:///{tmp_path / 'two.db'}"], REPO)
+    _run([*_torchrun(), "--nproc_per_node=2", "--standalone", "-m", "xsearch.cli", "run", *args,
+          f"runs_root={runs}", f"storage=sqlite:///{tmp_path / 'two.db'}"], REPO)
     folders = [p for p in runs.iterdir() if p.is_dir()]
     assert len(folders) == 1, folders  # only rank 0 made a run folder
     two = folders[0]
@@ -157,6 +158,9 @@ def test_unsupported_strategy_is_refused_under_torchrun(monkeypatch):
     from xsearch.evaluators import EVALUATORS
     from xsearch.pipeline import check_distributed
 
+    classification = EVALUATORS.get("classification")()
     with pytest.raises(UserError, match="strategy=danas"):
-        check_distributed("evolution", EVALUATORS.get("classification")())
-    check_distributed("danas", EVALUATORS.get("classification")())
+        check_distributed({"strategy": {"name": "evolution"}}, classification)
+    with pytest.raises(UserError, match="launcher"):
+        check_distributed({"strategy": {"name": "danas"}, "launcher": "ray"}, classification)
+    check_distributed({"strategy": {"name": "danas"}, "launcher": "local"}, classification)

@@ -35,14 +35,20 @@ _VALUES = ("seed", "device", "storage", "progress")
 DISTRIBUTED_STRATEGIES = ("danas", "dnas", "spos")
 
 
-def check_distributed(strategy_name: str, evaluator: Any) -> None:
+def check_distributed(cfg: dict[str, Any], evaluator: Any) -> None:
     """Refuse, under torchrun with several processes, what does not split one global batch across them."""
     from xsearch.evaluators import task_of
 
+    strategy_name = cfg["strategy"]["name"]
     if strategy_name not in DISTRIBUTED_STRATEGIES or task_of(evaluator).name != "classification":
         raise UserError(f"torchrun with {distributed.world()} processes runs strategy={'|'.join(DISTRIBUTED_STRATEGIES)} "
                         f"on classification; got strategy={strategy_name} with evaluator={evaluator.name}. Run this "
                         "one as a single process (plain 'xsearch run'), or pick one of those strategies")
+    others = {"launcher": (cfg.get("launcher") or "local") != "local", "retrain_top": bool(cfg.get("retrain_top")),
+              "study": bool(cfg.get("study"))}
+    if any(others.values()):
+        raise UserError(f"torchrun with {distributed.world()} processes trains one network data-parallel; "
+                        f"{', '.join(k for k, v in others.items() if v)} set: drop it, or run without torchrun")
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +62,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     strategy = build_strategy(cfg, launcher)
     evaluator = build_evaluator(cfg)
     if distributed.world() > 1:
-        check_distributed(cfg["strategy"]["name"], evaluator)
+        check_distributed(cfg, evaluator)
     resuming = bool(cfg.get("_run_dir"))
     if not resuming:  # refuse an unusable run folder before loading data or searching
         check_run_location(cfg["runs_root"], cfg.get("run_dir"))
