@@ -93,3 +93,79 @@ def test_augmentation_only_shifts_and_flips():
 def test_unknown_dataset_lists_the_valid_ones():
     with pytest.raises(UserError, match="fashion_mnist"):
         load_dataset("mnistt")
+
+
+# --- folder data: worker processes, cache, same batches ------------------------------------
+
+def _digits_folder(root, per_class_train: int = 7, per_class_val: int = 3):
+    """An ImageFolder of scikit-learn digits as 8x8 grayscale PNGs; returns {(split, class, i): uint8 pixels}."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    pixels = (d.images * 255.0 / 16.0).round().astype(np.uint8)
+    written = {}
+    for c in range(10):
+        rows = np.flatnonzero(d.target == c)
+        for split, take in (("train", rows[:per_class_train]), ("val", rows[per_class_train:][:per_class_val])):
+            (root / split / f"digit{c}").mkdir(parents=True, exist_ok=True)
+            for i, row in enumerate(take):
+                Image.fromarray(pixels[row], mode="L").save(root / split / f"digit{c}" / f"{i:03d}.png")
+                written[(split, c, i)] = pixels[row]
+    return written
+
+
+def _all_batches(data, split: str, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return list(data.batches(split, batch_size=16, shuffle=True, augment=True, generator=g))
+
+
+def test_folder_batches_are_identical_in_process_in_workers_and_cached(tmp_path):
+    import multiprocessing
+
+    written = _digits_folder(tmp_path)
+    plain = load_dataset("imagefolder", root=str(tmp_path), image_size=8, workers=0, cache_mb=0)
+    workers = load_dataset("imagefolder", root=str(tmp_path), image_size=8, workers=2, cache_mb=0)
+    cached = load_dataset("imagefolder", root=str(tmp_path), image_size=8, workers=2, cache_mb=1)
+    assert (plain.info["cached"], workers.info["cached"], cached.info["cached"]) == ([], [], ["train", "val"])
+    assert type(cached.train).__name__ == "TensorSplit" and type(workers.train).__name__ == "FolderSplit"
+    # an independent reference: the PNGs' pixels (grey -> RGB), normalised with the data's mean and std
+    first = torch.from_numpy(written[("val", 0, 0)]).float().div(255.0)
+    x, y = next(plain.batches("test", batch_size=4))
+    expected = (first.expand(3, 8, 8) - torch.tensor(plain.mean).view(3, 1, 1)) / torch.tensor(plain.std).view(3, 1, 1)
+    torch.testing.assert_close(x[0], expected, rtol=0, atol=1e-6)
+    assert y.tolist() == [0, 0, 0, 1]
+    for split in ("train", "test"):
+        reference = _all_batches(plain, split, seed=3)
+        assert len(reference) == (5 if split == "train" else 2)
+        for other in (workers, cached):
+            got = _all_batches(other, split, seed=3)
+            assert len(got) == len(reference)
+            for (xa, ya), (xb, yb) in zip(reference, got):
+                assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # the worker path really decodes in other processes
+    iterator = workers.batches("train", batch_size=8)
+    next(iterator)
+    assert len(multiprocessing.active_children()) >= 1
+    iterator.close()
+
+
+def test_folder_cache_budget_and_bad_settings(tmp_path):
+    _digits_folder(tmp_path)
+    per_image = 3 * 16 * 16
+    val_only = (30 * per_image + 10) / 2 ** 20  # 70 train images do not fit, the 30 val images do
+    data = load_dataset("imagefolder", root=str(tmp_path), image_size=16, workers=0, cache_mb=val_only)
+    assert data.info["cached"] == ["val"] and data.input_shape == (3, 16, 16)
+    with pytest.raises(UserError, match="data.workers"):
+        load_dataset("imagefolder", root=str(tmp_path), workers=-1)
+    with pytest.raises(UserError, match="data.cache_mb"):
+        load_dataset("imagefolder", root=str(tmp_path), cache_mb=-5)
+    (tmp_path / "val" / "digit9").rename(tmp_path / "val" / "nine")
+    with pytest.raises(UserError, match="same class folders"):
+        load_dataset("imagefolder", root=str(tmp_path))
+
+
+def test_folder_settings_are_config_keys():
+    from xsearch.config import settings
+
+    assert {"workers": None, "cache_mb": 1024.0}.items() <= settings("data", "imagefolder").items()
