@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from ._base import STRATEGIES, Constraints, NoEvents, QueryRecord, SearchEvents, SearchResult, StageRecord, Strategy
+from ._base import (
+    STRATEGIES,
+    Constraints,
+    NoEvents,
+    QueryRecord,
+    SearchEvents,
+    SearchResult,
+    SharedStudy,
+    StageRecord,
+    Strategy,
+)
 from ._derive import best_under_budget
 from ._differentiable import DifferentiableSearch, Stage, prune
 from ._multi_trial import MultiTrialStrategy, Queries, StopSearch
@@ -30,6 +40,7 @@ __all__ = [
     "RegularizedEvolution",
     "SearchEvents",
     "SearchResult",
+    "SharedStudy",
     "SinglePathOneShot",
     "Stage",
     "StageRecord",

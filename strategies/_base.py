@@ -129,12 +129,27 @@ class Constraints:
     flops: int | None = None
 
 
+@dataclass(frozen=True)
+class SharedStudy:
+    """A study several worker processes search together (``study=NAME``): the study and this worker's id.
+
+    ``study`` is an ``optuna.Study`` on a storage every worker reaches (PostgreSQL across machines);
+    ``worker`` names this worker uniquely across machines and stays the same when its run resumes.
+    The claim protocol that uses it lives in ``_multi_trial.py``.
+    """
+
+    study: Any
+    worker: str
+
+
 class SearchEvents(Protocol):
     """Where a strategy reports its progress; the application's recorder implements it (run folder, study).
 
     Called by strategies: ``stage`` after each search stage, ``query`` after each multi-trial query
     (``seconds``: search time so far), ``saved_queries`` once when a multi-trial search starts, to
-    replay the queries of an interrupted run instead of asking the evaluator again.
+    replay the queries of an interrupted run instead of asking the evaluator again, and
+    ``shared_study`` once when a multi-trial search starts: a ``SharedStudy`` when several workers
+    share one search, else None (an events object without the method counts as None).
     """
 
     def stage(self, record: StageRecord) -> None: ...
@@ -143,6 +158,10 @@ class SearchEvents(Protocol):
 
     def saved_queries(self) -> tuple[list[dict[str, Any]], float]:
         """``([{"arch": ..., "metrics": ...}, ...], seconds spent)`` of the interrupted run, or ``([], 0.0)``."""
+        ...
+
+    def shared_study(self) -> SharedStudy | None:
+        """The study this worker shares with others (``study=NAME``), or None: the search is this process's own."""
         ...
 
 
@@ -157,6 +176,9 @@ class NoEvents:
 
     def saved_queries(self) -> tuple[list[dict[str, Any]], float]:
         return [], 0.0
+
+    def shared_study(self) -> SharedStudy | None:
+        return None
 
 
 class Strategy(ABC):
