@@ -16,6 +16,8 @@ PYTHON=${PYTHON:-python3}
 APT_PACKAGES=""
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || APT_PACKAGES="dataset-fashion-mnist"
 command -v chromium >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES chromium"
+# PostgreSQL's server binaries: tests/test_postgres.py starts a private server on 127.0.0.1 from them
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES postgresql"
 if [ -n "$APT_PACKAGES" ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
@@ -29,4 +31,5 @@ if [ -n "$APT_PACKAGES" ]; then
   fi
 fi
 echo "setup: done (.venv ready; Fashion-MNIST: $(ls /usr/share/datasets/fashion-mnist 2>/dev/null | wc -l) files;" \
-     "chromium: $(command -v chromium || echo missing))"
+     "chromium: $(command -v chromium || echo missing);" \
+     "postgresql: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -1 || true))"
