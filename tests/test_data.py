@@ -169,3 +169,17 @@ def test_folder_settings_are_config_keys():
     from xsearch.config import settings
 
     assert {"workers": None, "cache_mb": 1024.0}.items() <= settings("data", "imagefolder").items()
+
+
+def test_bench_data_rows(tmp_path, fashion_root):
+    import json
+
+    from xsearch.bench.data import bench_data
+
+    out = tmp_path / "data.json"
+    rows = bench_data(["images=40", "passes=1", "batch_size=16", f"fashion_root={fashion_root}", f"out={out}",
+                       f"folder={tmp_path / 'pngs'}"])
+    assert [r["way"] for r in rows] == ["in-process (old)", "1 worker", "2 workers", "cached"]
+    assert all(r["images_per_second"] > 0 and r["train_images"] == 40 for r in rows)
+    assert json.loads(out.read_text()) == rows
+    assert len(list((tmp_path / "pngs" / "val").rglob("*.png"))) == 10

@@ -129,6 +129,8 @@ def cmd_run(args: list[str]) -> int:
     print(f"  retrain again  xsearch train {out['run_dir']}/arch.json{downstream} train.epochs=20")
     if cfg["evaluator"]["name"] == "classification" and rec["space"] != "dyhead":
         print(f"  downstream     xsearch train {out['run_dir']}/arch.json evaluator=detection data=coco data.root=DIR")
+    if (Path(out["run_dir"]) / "retrain" / "model.pt").exists() and cfg["evaluator"]["name"] == "classification":
+        print(f"  export         xsearch export {out['run_dir']}/arch.json --format onnx")
     return 0
 
 

@@ -90,6 +90,7 @@ def bench_data(overrides: list[str]) -> list[dict[str, Any]]:
               f"{time.perf_counter() - t0:.1f}s", flush=True)
         rows, reference = [], None
         for label, workers, cached in WAYS:
+            load = os.getloadavg()[0]  # other work on the machine: the worker rows need free cores
             t0 = time.perf_counter()
             data = load_dataset("imagefolder", root=str(root), image_size=options["image_size"], workers=workers,
                                 cache_mb=1e6 if cached else 0)
@@ -107,6 +108,7 @@ def bench_data(overrides: list[str]) -> list[dict[str, Any]]:
                    "passes": options["passes"], "setup_seconds": round(setup, 3),
                    "pass_seconds": [round(s, 3) for s in seconds], "images_per_second": round(n / sum(seconds), 1),
                    "same_batches": True, "machine": machine(), "cpus": len(os.sched_getaffinity(0)),
+                   "load_average_1min": round(load, 2),
                    "torch": torch.__version__}
             rows.append(row)
             write_rows(out, rows)
