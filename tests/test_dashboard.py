@@ -80,6 +80,15 @@ def test_stage_trials_compare_across_stages_and_the_note_tables_them(space, tmp_
                         best_score=0.55, proposals=1, metrics={}, source="danas-derive")
     note = run_note(tmp_path, {"space": "mbv3", "strategy": "danas"}, [*rows, query], "inherited accuracy")
     assert "### Stages" in note and table in note and "1 queries (danas-derive)" in note and "55.00 %" in note
+    # search.png of a staged search shows its stages, and its derivation queries in a fourth panel
+    from PIL import Image
+
+    from xsearch.records import plot_search
+
+    plot_search(tmp_path, [*rows, query], [], "danas")
+    assert Image.open(tmp_path / "search.png").size == (1800, 400)
+    plot_search(tmp_path, rows, [], "danas")
+    assert Image.open(tmp_path / "search.png").size == (1400, 400)
 
 
 def test_final_networks_share_one_study_unless_the_choices_differ(space, tmp_path):
@@ -162,7 +171,7 @@ def page_text(url: str, out: Path, expect: list[str], tries: int = 3) -> str:
     text = ""
     for _ in range(tries):
         dom = chromium(url, out, "--dump-dom").stdout
-        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)))
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.DOTALL)))
         if all(e in text for e in expect):
             break
     return text

@@ -200,7 +200,7 @@ def run_note(run_dir: Path, facts: dict[str, Any], history: list[Any], metric: s
                   "run's final network is compared with the others.")]
     plots = [name for name in ("search.png", "predictions.png") if (run_dir / name).is_file()]
     if plots:
-        parts += ["", f"Plots: {', '.join(plots)} (under Study Artifacts below)."]
+        parts += ["", f"Plots: {', '.join(plots)} (Study Artifacts, at the foot of the study's main page)."]
     return "\n".join(parts) + "\n"
 
 

@@ -380,10 +380,11 @@ def plot_search(run_dir: Path, history: list[Any], epochs: list[dict[str, Any]],
     import matplotlib.pyplot as plt
 
     queries = [h for h in history if isinstance(h, QueryRecord)]
-    if queries:
-        fig = _plot_queries(plt, queries)
+    stages = [h for h in history if isinstance(h, StageRecord)]
+    if stages:  # a staged search (its derivation queries, if any, in a fourth panel)
+        fig = _plot_stages(plt, stages, epochs, queries)
     else:
-        fig = _plot_stages(plt, [h for h in history if isinstance(h, StageRecord)], epochs)
+        fig = _plot_queries(plt, queries)
     fig.suptitle(title)
     fig.tight_layout()
     path = run_dir / "search.png"
@@ -405,10 +406,21 @@ def _plot_queries(plt: Any, history: list[QueryRecord]) -> Any:
     return fig
 
 
-def _plot_stages(plt: Any, history: list[StageRecord], epochs: list[dict[str, Any]]) -> Any:
-    """Staged searches: per stage, accuracy and alive candidates; per epoch, the supernet losses."""
+def _plot_stages(plt: Any, history: list[StageRecord], epochs: list[dict[str, Any]],
+                 queries: list[QueryRecord] | None = None) -> Any:
+    """Staged searches: per stage, accuracy and alive candidates; per epoch, the supernet losses; and the
+    derivation's queries (inherited accuracy against FLOPs) when the search derived by accuracy."""
     stages = [h.stage for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 4 if queries else 3, figsize=(18 if queries else 14, 4))
+    if queries:
+        ax = axes[3]
+        ax.scatter([q.flops / 1e6 for q in queries], [100 * q.score for q in queries], c=[q.query for q in queries],
+                   cmap="viridis", s=14)
+        best = max(queries, key=lambda q: q.score)
+        ax.scatter([best.flops / 1e6], [100 * best.score], marker="*", s=120, c="red", label="chosen")
+        ax.set(xlabel="FLOPs (M MACs)", ylabel="held-out accuracy (%), all classes",
+               title=f"derivation: {len(queries)} queries, inherited weights")
+        ax.legend()
     ax = axes[0]
     ax.plot(stages, [100 * h.val_accuracy for h in history], "o-", label="stage classes")
     ax.plot(stages, [100 * h.val_accuracy_all_classes for h in history], "s--", label="all classes")
