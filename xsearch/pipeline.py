@@ -68,8 +68,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         check_run_location(cfg["runs_root"], cfg.get("run_dir"))
         if not cfg.get("storage"):  # the default study file lives in runs_root
             check_writable(cfg["runs_root"], "runs_root")
-        else:  # a bad URL or an unreachable server: refused before a run folder exists
-            check_storage(cfg["storage"])
+        elif distributed.is_main():  # a bad URL or an unreachable server: refused before a run folder exists
+            check_storage(cfg["storage"])  # (rank 0 only: the others never open the study)
     launcher.check(evaluator, "the evaluator")  # launcher=ray: it must travel to Ray workers
     launcher.connect()  # launcher=ray: Ray started or the cluster joined; an unreachable one is a UserError here
     data = build_data(cfg) if needs_data(strategy, evaluator) else None

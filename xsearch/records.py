@@ -319,6 +319,7 @@ class ReadOnlyRecorder(RunRecorder):
 
     def __init__(self, run_dir: str | Path, space: SearchSpace) -> None:
         super().__init__(run_dir, space, study=None)
+        self._load_replay()  # now, before rank 0 can write new queries: a resumed run's queries only
 
     def query(self, record: QueryRecord, seconds: float) -> None:
         pass
