@@ -15,18 +15,61 @@ uninterrupted search, and no trial is repeated or lost.
 
 Optional pre-screening (``prescreen=synflow`` etc., random and evolution only): each proposal
 draws ``prescreen_factor`` candidates and queries the one a zero-cost proxy likes best.
+
+Several workers, one search (``study=NAME storage=URL``, Optuna's distributed pattern). When the
+events hand over a ``SharedStudy``, ``SharedClaims`` coordinates the worker processes (on one
+machine or many) through that study alone; nothing else is shared:
+- each worker keeps its own run folder and its own strategy, whose proposals are seeded with
+  ``seed + crc32(worker id) mod 2**20`` so the workers explore different architectures (the
+  evaluator keeps ``seed``, so every worker scores an architecture the same way);
+- before it evaluates an architecture a worker *claims* it: ``study.ask()`` with the architecture
+  as the trial's parameters, then the user attr ``arch_key`` (committed), and only then it reads
+  every trial of the study. A claim is *live* while it is RUNNING and not ``yielded``, or once it is
+  COMPLETE. The worker yields (user attr ``yielded``: ``duplicate of trial N`` or ``budget``, then
+  the trial is told FAIL, then a short random back-off) when another live claim holds the same
+  ``arch_key``, or when the study holds more than ``max_trials`` live claims. Write-then-check: of
+  two racing claimers the later reader sees the earlier writer, so at most one of them goes on
+  (both may yield; they retry after random back-offs), and the last claimer to go on has seen
+  every other that went on, so no architecture is evaluated twice and at most ``max_trials`` are
+  evaluated;
+- the claim that goes on is evaluated and told COMPLETE with values (score, FLOPs) and the user
+  attrs the recorder writes for a query (``record_id``, ``kind=query``, ``metrics``...), so the
+  recorder, finding its ``record_id`` for this worker, adds no second trial;
+- a proposal another worker has already COMPLETED returns that worker's score without a query
+  (as a repeated proposal of one's own does); one another worker is still evaluating is waited for;
+- a worker stops when the study holds ``max_trials`` COMPLETE queries; its result is the best of
+  the whole study (its history keeps only its own queries), and its run folder is finished as
+  usual: with a training evaluator every worker retrains that same best in its own folder;
+- a study that already holds another search's claims (another space or FLOPs budget) is refused;
+- an evaluation that raises (or Ctrl-C) tells its claim FAIL before the error goes on. A worker
+  killed outright leaves its claim RUNNING: workers that propose that architecture wait for it
+  until ``resume=`` of the killed worker's run folder fails its stale claims and goes on.
+The study is the resume state of a worker: a resumed worker finds its own finished queries there
+(the replay file is not used). Staged and supernet strategies (danas, dnas, spos and their derive
+queries) do not claim: workers sharing their study simply record their trials side by side.
 """
 
 from __future__ import annotations
 
+import random
 import time
+import warnings
+import zlib
 from abc import abstractmethod
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from xsearch.core.errors import UserError
+from xsearch.core.launch import Launcher, LocalLauncher
 from xsearch.core.training import progress, resolve_device
 
-from ._base import Constraints, NoEvents, QueryRecord, SearchEvents, SearchResult, Strategy
+from ._base import Constraints, NoEvents, QueryRecord, SearchEvents, SearchResult, SharedStudy, Strategy
+
+
+def score_one(evaluator: Any, space: Any, data: Any, seed: int, arch: dict[str, str]) -> dict[str, Any]:
+    """``evaluator.score`` without the training history: what a launcher runs for one query (in a Ray trial too)."""
+    return {k: v for k, v in evaluator.score(space, arch, data, seed=seed).items() if k != "history"}
 
 
 class StopSearch(Exception):
@@ -37,18 +80,138 @@ def arch_key(space: Any, arch: dict[str, str]) -> str:
     return "|".join(arch[c.label] for c in space.choices)
 
 
+def worker_seed(seed: int, worker: str) -> int:
+    """The proposal seed of a worker sharing a study: ``seed + crc32(worker) mod 2**20``."""
+    return seed + zlib.crc32(worker.encode()) % 2**20
+
+
+class SharedClaims:
+    """The claim protocol of workers that share one study (see the module doc)."""
+
+    def __init__(self, shared: SharedStudy, space: Any, prefix: str, max_trials: int, max_flops: int | None) -> None:
+        import optuna
+
+        self.optuna, self.study, self.worker = optuna, shared.study, shared.worker
+        self.space, self.prefix, self.max_trials = space, prefix, max_trials
+        self.tag = {"space": space.name, "flops_budget": max_flops}
+        self.distributions = {c.label: optuna.distributions.CategoricalDistribution(list(c.options))
+                              for c in space.choices}
+        self.fixed = optuna.samplers.PartialFixedSampler  # pins a claim's parameters to the proposal
+        self.backoff = random.Random()  # back-off only: the strategy's proposals never see it
+        self.check_compatible()
+        self.release_stale()
+
+    # --- reading the study --------------------------------------------------------------
+    def claims(self) -> list[Any]:
+        """RUNNING and COMPLETE claims of this search (trials with an ``arch_key``), by number."""
+        states = (self.optuna.trial.TrialState.RUNNING, self.optuna.trial.TrialState.COMPLETE)
+        return [t for t in self.study.get_trials(deepcopy=False, states=states)
+                if "arch_key" in t.user_attrs and t.user_attrs.get("kind") == "query"]
+
+    @staticmethod
+    def live(trial: Any) -> bool:
+        return trial.state.name == "COMPLETE" or "yielded" not in trial.user_attrs
+
+    def completed(self) -> list[Any]:
+        return [t for t in self.claims() if t.state.name == "COMPLETE"]
+
+    def check_compatible(self) -> None:
+        for t in self.claims():
+            theirs = {k: t.user_attrs.get(k) for k in self.tag}
+            if theirs != self.tag:
+                raise UserError(f"study {self.study.study_name!r} holds another search (trial {t.number}: "
+                                f"space {theirs['space']!r}, FLOPs budget {theirs['flops_budget']}), not this one "
+                                f"(space {self.tag['space']!r}, FLOPs budget {self.tag['flops_budget']}); give "
+                                "every worker the same space and constraints.flops, or choose another study=NAME")
+
+    def release_stale(self) -> None:
+        """Fail this worker's RUNNING claims: left by an earlier process of the same run (killed, now resumed)."""
+        for t in self.claims():
+            if t.state.name == "RUNNING" and t.user_attrs.get("worker") == self.worker:
+                self.study.tell(t.number, state=self.optuna.trial.TrialState.FAIL)
+
+    def arch(self, trial: Any) -> dict[str, str]:
+        return {c.label: trial.params[c.label] for c in self.space.choices}
+
+    def wait(self, attempt: int) -> None:
+        time.sleep(min(2.0, 0.02 * 2 ** min(attempt, 7)) * self.backoff.uniform(0.5, 1.5))
+
+    # --- claiming -----------------------------------------------------------------------
+    def claim(self, arch: dict[str, str], key: str) -> tuple[Any, Any, str]:
+        """Claim ``arch``: ``("done", trial, "")`` another worker finished it; ``("mine", trial, "")`` evaluate
+        it and ``finish`` the trial; ``("stop", None, why)`` the study holds ``max_trials`` finished queries."""
+        attempt = 0
+        while True:
+            claims = self.claims()
+            done = [t for t in claims if t.state.name == "COMPLETE"]
+            same = [t for t in done if t.user_attrs["arch_key"] == key]
+            if same:
+                return "done", same[0], ""
+            if len(done) >= self.max_trials:
+                return "stop", None, f"{self.max_trials} queries made in study {self.study.study_name!r}"
+            busy = [t for t in claims if t.user_attrs["arch_key"] == key and self.live(t)]
+            if busy or sum(self.live(t) for t in claims) >= self.max_trials:
+                self.wait(attempt)  # another worker is evaluating it, or the last claims are out: wait for them
+                attempt += 1
+                continue
+            trial = self.ask(arch, key)
+            claims = self.claims()  # write-then-check: read only after our arch_key is committed
+            rival = [t for t in claims if t.number != trial.number and t.user_attrs["arch_key"] == key and self.live(t)]
+            over = sum(self.live(t) for t in claims) > self.max_trials
+            if not rival and not over:
+                return "mine", trial, ""
+            self.give_up(trial, f"duplicate of trial {rival[0].number}" if rival else "budget")
+            self.wait(attempt)
+            attempt += 1
+
+    def ask(self, arch: dict[str, str], key: str) -> Any:
+        sampler = self.study.sampler
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", self.optuna.exceptions.ExperimentalWarning)
+            self.study.sampler = self.fixed(fixed_params=arch, base_sampler=self.optuna.samplers.RandomSampler())
+        try:
+            trial = self.study.ask(fixed_distributions=self.distributions)
+        finally:
+            self.study.sampler = sampler
+        for name, value in {"kind": "query", "worker": self.worker, "search": self.prefix, **self.tag}.items():
+            trial.set_user_attr(name, value)
+        trial.set_user_attr("arch_key", key)  # the claim: committed before any read
+        return trial
+
+    def give_up(self, trial: Any, why: str) -> None:
+        trial.set_user_attr("yielded", why)
+        self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+
+    def finish(self, trial: Any, record: QueryRecord) -> None:
+        """The claim becomes the query's trial, with the attrs ``RunRecorder.trial`` writes for a query."""
+        scalars = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float, str)) and k != "score"}
+        attrs = {"record_id": record.record_id, "flops": record.flops, "params": record.params,
+                 "recorded_at": time.time(), "query": record.query, "score": record.score, **scalars,
+                 "metrics": record.metrics}
+        for name, value in attrs.items():
+            trial.set_user_attr(name, value)
+        self.study.tell(trial, [record.score, float(record.flops)])
+
+
 class Queries:
     """The evaluator behind a query budget: budget check, cache, replay, events (see module doc)."""
 
     def __init__(self, prefix: str, space: Any, evaluator: Any, data: Any, seed: int, max_trials: int,
                  max_flops: int | None, events: SearchEvents | None = None,
-                 max_proposals: int | None = None, prescreen: Any = None, show_progress: bool = True) -> None:
+                 max_proposals: int | None = None, prescreen: Any = None, show_progress: bool = True,
+                 launcher: Launcher | None = None) -> None:
         self.prefix, self.space, self.evaluator, self.data, self.seed = prefix, space, evaluator, data, seed
+        self.launcher: Launcher = launcher if launcher is not None else LocalLauncher()
+        self.fresh: dict[str, dict[str, Any]] = {}  # evaluated by ``batch``, not recorded yet
         self.max_trials, self.max_flops = max_trials, max_flops
         self.events: SearchEvents = events if events is not None else NoEvents()
         self.max_proposals = max_proposals or 50 * max_trials
         self.prescreen = prescreen
+        shared = getattr(self.events, "shared_study", lambda: None)()
+        self.claims = SharedClaims(shared, space, prefix, max_trials, max_flops) if shared is not None else None
         saved, self.saved_seconds = self.events.saved_queries()
+        if self.claims is not None:  # the shared study is the resume state (see the module doc)
+            saved = []
         self.saved: dict[str, dict[str, Any]] = {arch_key(space, q["arch"]): q["metrics"] for q in saved}
         self.seen: dict[str, float] = {}
         self.history: list[QueryRecord] = []
@@ -82,10 +245,25 @@ class Queries:
             return self.seen[key]
         if len(self.history) >= self.max_trials:
             raise StopSearch(f"{self.max_trials} queries made")
+        claim = None
+        if self.claims is not None:
+            outcome, claim, why = self.claims.claim(arch, key)
+            if outcome == "stop":
+                raise StopSearch(why)
+            if outcome == "done":  # another worker's query: its score, no query spent
+                self.seen[key] = float(claim.values[0])
+                return self.seen[key]
         if key in self.saved:
             metrics = self.saved[key]
+        elif key in self.fresh:
+            metrics = self.fresh.pop(key)
         else:
-            metrics = self.evaluator.score(self.space, arch, self.data, seed=self.seed)
+            try:
+                metrics = self.launcher.map(self.scorer(), [arch], label=self.prefix)[0]
+            except BaseException:
+                if claim is not None:  # free the claim for the other workers
+                    self.claims.give_up(claim, "error")
+                raise
         metrics = {k: v for k, v in metrics.items() if k != "history"}
         score = float(metrics["score"])
         self.seen[key] = score
@@ -94,10 +272,69 @@ class Queries:
                              params=self.space.params(arch), score=score, best_score=best,
                              proposals=self.proposals, metrics=metrics, source=self.prefix)
         self.history.append(record)
+        if claim is not None:
+            self.claims.finish(claim, record)
         self.events.query(record, self.seconds)
         self.bar.update(1)
         self.bar.set_postfix(best=f"{best:.4g}", refresh=False)
         return score
+
+    def batch(self, archs: list[dict[str, str]]) -> list[float]:
+        """``[self(arch) for arch in archs]``, with every architecture the evaluator must score sent to the launcher at once.
+
+        For proposals that do not depend on each other's scores. Order, budget, cache, replay,
+        records and ``StopSearch`` are exactly those of the one-by-one calls; the launcher hands
+        each score back as it finishes and the queries are recorded in proposal order as soon as
+        every earlier one is (so an interrupted batch loses no recorded query).
+        """
+        archs = [self.space.validate(arch) for arch in archs]
+        if self.claims is not None:  # shared-study claims go one by one
+            return [self(arch) for arch in archs]
+        todo, planned = self._plan(archs)
+        scores: list[float] = []
+
+        def record_ready() -> None:
+            while len(scores) < planned and arch_key(self.space, archs[len(scores)]) not in todo:
+                scores.append(self(archs[len(scores)]))
+
+        keys = list(todo)
+
+        def arrived(index: int, metrics: dict[str, Any]) -> None:
+            key = keys[index]
+            self.fresh[key] = metrics
+            del todo[key]
+            record_ready()
+
+        record_ready()
+        self.launcher.map(self.scorer(), list(todo.values()), arrived, label=self.prefix)
+        record_ready()
+        while len(scores) < len(archs):  # past the plan: raises StopSearch (or the budget error) where one-by-one would
+            scores.append(self(archs[len(scores)]))
+        return scores
+
+    def scorer(self) -> Any:
+        """``score_one`` bound to this search's evaluator, space, data and seed: the launcher's function."""
+        return partial(score_one, self.evaluator, self.space, self.data, self.seed)
+
+    def _plan(self, archs: list[dict[str, str]]) -> tuple[dict[str, dict[str, str]], int]:
+        """What ``[self(a) for a in archs]`` would do: ({key: arch} the evaluator must score, in order;
+        how many of ``archs`` are answered before a call would stop or fail)."""
+        proposals, seen, queried = self.proposals, set(self.seen), len(self.history)
+        todo: dict[str, dict[str, str]] = {}
+        for n, arch in enumerate(archs):
+            proposals += 1
+            key = arch_key(self.space, arch)
+            if proposals > self.max_proposals or not self.within_budget(arch):
+                return todo, n
+            if key in seen:
+                continue
+            if queried >= self.max_trials:
+                return todo, n
+            queried += 1
+            seen.add(key)
+            if key not in self.saved:
+                todo[key] = arch
+        return todo, len(archs)
 
     def pick(self, candidates: list[dict[str, str]]) -> dict[str, str]:
         """The candidate to query: the first, or with pre-screening the proxy's favourite."""
@@ -122,7 +359,7 @@ class MultiTrialStrategy(Strategy):
     supports_prescreen = True
 
     def __init__(self, max_trials: int = 20, seed: int = 0, prescreen: str | None = None, prescreen_factor: int = 4,
-                 device: str = "auto", show_progress: bool = True) -> None:
+                 device: str = "auto", show_progress: bool = True, launcher: Launcher | None = None) -> None:
         if max_trials < 1:
             raise ValueError(f"search.max_trials must be at least 1, got {max_trials}")
         if prescreen is not None and not self.supports_prescreen:
@@ -132,6 +369,7 @@ class MultiTrialStrategy(Strategy):
             raise ValueError(f"search.prescreen_factor must be at least 1, got {prescreen_factor}")
         self.max_trials, self.seed, self.prescreen, self.prescreen_factor = max_trials, seed, prescreen, prescreen_factor
         self.device, self.show_progress = resolve_device(device), show_progress
+        self.launcher = launcher  # where queries run (``launcher=``, supplied by the run); None: this process
         self._prescreener = None
         if prescreen is not None:
             from xsearch.evaluators import EVALUATORS
@@ -148,7 +386,8 @@ class MultiTrialStrategy(Strategy):
 
     @abstractmethod
     def explore(self, space: Any, queries: Queries) -> None:
-        """Propose architectures and call ``queries(arch)`` until it raises ``StopSearch``."""
+        """Propose architectures and call ``queries(arch)`` (or ``queries.batch(archs)`` for proposals that do
+        not depend on each other's scores) until it raises ``StopSearch``."""
 
     def search(self, space: Any, evaluator: Any, data: Any, constraints: Constraints,
                events: SearchEvents | None = None, checkpoint: Path | None = None) -> SearchResult:
@@ -165,19 +404,41 @@ class MultiTrialStrategy(Strategy):
         checkpoint: a resumed search replays ``events.saved_queries()``.
         """
         queries = Queries(prefix or self.name, space, evaluator, data, self.seed, self.max_trials, max_flops, events,
-                          prescreen=self._prescreener, show_progress=self.show_progress)
+                          prescreen=self._prescreener, show_progress=self.show_progress, launcher=self.launcher)
         stopped = "max_trials"
+        seed = self.seed
+        if queries.claims is not None:  # this worker's own proposals (see the module doc)
+            self.seed = worker_seed(seed, queries.claims.worker)
         try:
             self.explore(space, queries)
         except StopSearch as exc:
             stopped = str(exc)
         finally:
+            self.seed = seed
             queries.close()
+        scorer = getattr(evaluator, "name", type(evaluator).__name__)
+        if queries.claims is not None:
+            return self.shared_result(space, queries, stopped, scorer)
         if not queries.history:
             raise RuntimeError(f"strategy {self.name!r} made no query")
         best = max(queries.history, key=lambda q: q.score)
         metrics = {**best.metrics, "queries": len(queries.history), "proposals": queries.proposals,
-                   "stopped": stopped, "best_query": best.query,
-                   "scorer": getattr(evaluator, "name", type(evaluator).__name__)}
+                   "stopped": stopped, "best_query": best.query, "scorer": scorer}
         return SearchResult(arch=best.arch, flops=best.flops, params=best.params,
                             metrics=metrics, history=list(queries.history), search_seconds=queries.seconds)
+
+    def shared_result(self, space: Any, queries: Queries, stopped: str, scorer: str) -> SearchResult:
+        """The best query of the whole shared study; the history holds this worker's own queries."""
+        claims = queries.claims
+        done = claims.completed()
+        if not done:
+            raise RuntimeError(f"strategy {self.name!r}: study {claims.study.study_name!r} holds no finished query")
+        best = max(done, key=lambda t: (t.values[0], -t.number))
+        arch = claims.arch(best)
+        metrics = {**best.user_attrs["metrics"], "queries": len(done), "worker_queries": len(queries.history),
+                   "proposals": queries.proposals, "stopped": stopped, "best_query": done.index(best) + 1,
+                   "best_trial": best.number,
+                   "best_worker": best.user_attrs["worker"], "worker": claims.worker,
+                   "study": claims.study.study_name, "scorer": scorer}
+        return SearchResult(arch=arch, flops=space.flops(arch), params=space.params(arch), metrics=metrics,
+                            history=list(queries.history), search_seconds=queries.seconds)

@@ -4,6 +4,10 @@ A population of ``population_size`` architectures starts from random samples und
 Each cycle draws ``sample_size`` members at random, mutates the best of them (one layer changes to
 another of its options; mutations over the budget are redrawn without a query), queries the child
 and appends it, and removes the *oldest* member, so a lucky early score cannot dominate forever.
+
+The initial population is queried as one batch (under ``launcher=ray``: trials at once). With
+``parallel_queries=k`` each cycle breeds ``k`` children from the population as it stands, queries
+them together, then appends each and removes as many of the oldest (k=1: the algorithm above).
 """
 
 from __future__ import annotations
@@ -37,27 +41,31 @@ class RegularizedEvolution(MultiTrialStrategy):
 
     name = "evolution"
 
-    def __init__(self, max_trials: int = 20, population_size: int = 20, sample_size: int = 5, **kwargs: Any) -> None:
+    def __init__(self, max_trials: int = 20, population_size: int = 20, sample_size: int = 5,
+                 parallel_queries: int = 1, **kwargs: Any) -> None:
         if population_size < 2 or not 1 <= sample_size <= population_size:
             raise ValueError(f"need population_size >= 2 and 1 <= sample_size <= population_size, got "
                              f"population_size={population_size}, sample_size={sample_size}")
+        if parallel_queries < 1:
+            raise ValueError(f"search.parallel_queries must be at least 1, got {parallel_queries}")
         super().__init__(max_trials=max_trials, **kwargs)
-        self.population_size, self.sample_size = population_size, sample_size
+        self.population_size, self.sample_size, self.parallel_queries = population_size, sample_size, parallel_queries
         self.initial: list[dict[str, str]] = []  # architectures queried first (e.g. a derivation's seeds)
 
     def explore(self, space: Any, queries: Queries) -> None:
         rng = random.Random(self.seed)
-        population: deque[tuple[dict[str, str], float]] = deque()
-        for arch in self.initial[: self.population_size]:
-            population.append((arch, queries(arch)))
-        while len(population) < self.population_size:
+        first = list(self.initial[: self.population_size])
+        while len(first) < self.population_size:
             candidates = [space.sample(seed=rng.getrandbits(63), max_flops=queries.max_flops)
                           for _ in range(self.candidates_per_proposal)]
-            arch = queries.pick(candidates)
-            population.append((arch, queries(arch)))
+            first.append(queries.pick(candidates))
+        population: deque[tuple[dict[str, str], float]] = deque(zip(first, queries.batch(first)))
         while True:
-            parent = max(rng.sample(list(population), self.sample_size), key=lambda member: member[1])[0]
-            children = [mutate(space, parent, rng, queries.max_flops) for _ in range(self.candidates_per_proposal)]
-            child = queries.pick(children)
-            population.append((child, queries(child)))
-            population.popleft()
+            children = []
+            for _ in range(self.parallel_queries):
+                parent = max(rng.sample(list(population), self.sample_size), key=lambda member: member[1])[0]
+                mutants = [mutate(space, parent, rng, queries.max_flops) for _ in range(self.candidates_per_proposal)]
+                children.append(queries.pick(mutants))
+            for child, score in zip(children, queries.batch(children)):
+                population.append((child, score))
+                population.popleft()

@@ -9,6 +9,9 @@ Infeasible and repeated proposals count toward ``50 x max_trials`` proposals, af
 search stops with what it has. With tight budgets (4 % of NAS-Bench-Macro fits 30M) TPE makes
 thousands of proposals for 100 queries; each costs milliseconds, not a training run.
 ``nsga2`` optimizes (score up, FLOPs down) jointly; its answer is the best score under the budget.
+With ``parallel_queries=k`` the sampler is asked for ``k`` feasible architectures before any of them
+is told (TPE then uses Optuna's constant liar for the pending ones); they are queried together
+(under ``launcher=ray``: trials at once) and told in order. k=1 is the one-at-a-time loop.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ class OptunaSearch(MultiTrialStrategy):
     supports_prescreen = False
     directions: tuple[str, ...] = ("maximize",)
 
+    def __init__(self, max_trials: int = 20, parallel_queries: int = 1, **kwargs: Any) -> None:
+        if parallel_queries < 1:
+            raise ValueError(f"search.parallel_queries must be at least 1, got {parallel_queries}")
+        super().__init__(max_trials=max_trials, **kwargs)
+        self.parallel_queries = parallel_queries
+
     def make_sampler(self) -> optuna.samplers.BaseSampler:
         raise NotImplementedError
 
@@ -37,17 +46,21 @@ class OptunaSearch(MultiTrialStrategy):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study = optuna.create_study(directions=list(self.directions), sampler=self.make_sampler())
             while True:
-                trial = study.ask()
-                arch = {c.label: trial.suggest_categorical(c.label, list(c.options)) for c in space.choices}
-                flops = space.flops(arch)
-                violation = flops / queries.max_flops - 1.0 if queries.max_flops else -1.0
-                trial.set_constraint("flops", violation)
-                if violation > 0:
-                    queries.propose()
-                    score = 0.0
-                else:
-                    score = queries(arch)
-                study.tell(trial, [score, float(flops)][: len(self.directions)])
+                pending: list[tuple[Any, dict[str, str], int]] = []
+                while len(pending) < self.parallel_queries:
+                    trial = study.ask()
+                    arch = {c.label: trial.suggest_categorical(c.label, list(c.options)) for c in space.choices}
+                    flops = space.flops(arch)
+                    violation = flops / queries.max_flops - 1.0 if queries.max_flops else -1.0
+                    trial.set_constraint("flops", violation)
+                    if violation > 0:
+                        queries.propose()
+                        study.tell(trial, [0.0, float(flops)][: len(self.directions)])
+                    else:
+                        pending.append((trial, arch, flops))
+                scores = queries.batch([arch for _, arch, _ in pending])
+                for (trial, _, flops), score in zip(pending, scores):
+                    study.tell(trial, [score, float(flops)][: len(self.directions)])
 
 
 @STRATEGIES.register("tpe")
@@ -61,7 +74,8 @@ class TPESearch(OptunaSearch):
         self.n_startup_trials = n_startup_trials
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True)
+        return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True,
+                                          constant_liar=self.parallel_queries > 1)
 
 
 @STRATEGIES.register("nsga2")

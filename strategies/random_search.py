@@ -24,10 +24,13 @@ class RandomSearch(MultiTrialStrategy):
 
     def explore(self, space: Any, queries: Queries) -> None:
         rng = random.Random(self.seed)
-        while True:
-            candidates = [space.sample(seed=rng.getrandbits(63), max_flops=queries.max_flops)
-                          for _ in range(self.candidates_per_proposal)]
-            queries(queries.pick(candidates))
+        while True:  # proposals never depend on scores: each batch covers the queries left (under launcher=ray at once)
+            proposals = []
+            for _ in range(max(1, queries.max_trials - len(queries.history))):
+                candidates = [space.sample(seed=rng.getrandbits(63), max_flops=queries.max_flops)
+                              for _ in range(self.candidates_per_proposal)]
+                proposals.append(queries.pick(candidates))
+            queries.batch(proposals)
 
     def search(self, space: Any, evaluator: Any, data: Any, constraints: Constraints,
                events: SearchEvents | None = None, checkpoint: Path | None = None) -> SearchResult:

@@ -81,7 +81,8 @@ SIZED_BY_DATA = ("num_classes", "in_chans", "image_size")
 
 KINDS = {
     "space": Kind("space", "xsearch.search_spaces:SPACES", frozenset()),
-    "strategy": Kind("strategy", "xsearch.strategies:STRATEGIES", frozenset({"seed", "device", "show_progress"})),
+    "strategy": Kind("strategy", "xsearch.strategies:STRATEGIES",
+                     frozenset({"seed", "device", "show_progress", "launcher"})),
     "data": Kind("data", "xsearch.core.data:DATASETS", frozenset()),
     "evaluator": Kind("evaluator", "xsearch.evaluators:EVALUATORS", frozenset({"device", "show_progress"})),
 }
@@ -171,6 +172,7 @@ class BenchConfig:
                                                                           "focalnet"])
     blocks_budgets: list[str] = dataclasses.field(default_factory=lambda: ["5M", "10M"])  # every space must fit
     supernet_batch: int = 128  # bench supernet: images per training step
+    ray_repeats: int = 2  # bench ray: timed searches per mode (in-process, Ray Tune trials)
     supernet_steps: int = 5  # bench supernet: timed steps (median reported)
     supernet_warmup: int = 1  # bench supernet: untimed steps first
     downstream_budget: str = "5M"  # bench downstream: the backbones' FLOPs budget (Fashion-MNIST size)
@@ -219,6 +221,7 @@ class RunConfig:
     constraints: ConstraintsConfig = dataclasses.field(default_factory=ConstraintsConfig)
     study: str | None = None  # Optuna study name; workers started with the same study and storage share a search
     launcher: str = "local"  # local (in this process) | ray (each evaluation a Ray Tune trial)
+    retrain_top: int = 0  # after the search retrain its k best distinct networks (launcher trials); 0: the answer only
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     out: str | None = None  # xsearch bench: where to write (or, for throughput, read) the JSON rows
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
@@ -416,7 +419,7 @@ def parse_count(value: Any, what: str = "constraints.flops") -> int | None:
 # Ranges by setting name: a name means the same thing in every component that has it (``lr`` is a
 # learning rate wherever it appears), so one table serves them all. What only one component knows
 # (danas's class_fractions, evolution's sample_size <= population_size) its constructor checks.
-AT_LEAST = {"epochs": 1, "batch_size": 1, "train_samples": 1, "test_samples": 1, "val_samples": 1, "max_trials": 1,
+AT_LEAST = {"parallel_queries": 1, "epochs": 1, "batch_size": 1, "train_samples": 1, "test_samples": 1, "val_samples": 1, "max_trials": 1,
             "population_size": 1, "sample_size": 1, "prescreen_factor": 1, "num_layers": 1, "num_blocks": 1, "derive_trials": 1,
             "warmup_epochs": 0, "n_startup_trials": 0, "recalibration_batches": 0, "temperature_epochs": 0,
             "weight_decay": 0, "arch_weight_decay": 0, "adamw_weight_decay": 0, "flops_weight": 0, "dropout": 0,
@@ -452,6 +455,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     plain.pop("defaults", None)
     check_ranges(plain)
     plain["constraints"]["flops"] = parse_count(plain["constraints"].get("flops"))
+    if int(plain.get("retrain_top") or 0) < 0:
+        raise UserError(f"retrain_top={plain['retrain_top']} must be at least 0 (0: retrain only the search's answer)")
     if plain["launcher"] not in LAUNCHERS:
         raise UserError(f"launcher={plain['launcher']!r} is not valid; use {' or '.join(LAUNCHERS)} "
                         "(local runs every evaluation in this process, ray runs them as Ray Tune trials)")
@@ -523,10 +528,27 @@ def _run_wide(group: str, name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in KINDS[group].supplied and k in taken}
 
 
-def build_strategy(cfg: dict[str, Any]):
-    """The configured strategy (``search.*`` settings; seed, device and progress from the top level)."""
+def build_strategy(cfg: dict[str, Any], launcher: Any = None):
+    """The configured strategy (``search.*`` settings; seed, device and progress from the top level).
+
+    ``launcher`` (``build_launcher``) goes to strategies that take one: where their queries run.
+    """
     name, knobs = _settings_of(cfg, "strategy")
+    if launcher is not None and "launcher" in parameters(KINDS["strategy"].registry.get(name)):
+        knobs = {**knobs, "launcher": launcher}
     return _construct("strategy", name, {**knobs, **_run_wide("strategy", name, cfg)})
+
+
+def build_launcher(cfg: dict[str, Any], storage_path: str | Path | None = None):
+    """Where evaluations run (``launcher=local|ray``, ``ray.*``), checked; ``connect()`` starts Ray (or a UserError).
+
+    ``storage_path``: Ray Tune's trial folders (a run folder's ``ray/``).
+    """
+    from .core.launch import make_launcher
+
+    ray = cfg.get("ray") or {}
+    return make_launcher(cfg.get("launcher") or "local", ray.get("address"), ray.get("cpus_per_trial", 1.0),
+                         ray.get("gpus_per_trial", 0.0), ray.get("max_concurrent"), storage_path)
 
 
 def build_evaluator(cfg: dict[str, Any]):

@@ -13,15 +13,16 @@ from .blocks import bench_blocks
 from .data import bench_data
 from .downstream import bench_downstream
 from .ranking import bench_ranking
+from .ray_overhead import bench_ray
 from .search import bench_search
 from .strategies import bench_strategies
 from .supernet import bench_supernet
 from .throughput import bench_throughput
 
-__all__ = ["BENCHMARKS", "bench_blocks", "bench_data", "bench_downstream", "bench_ranking", "bench_search", "bench_strategies", "bench_supernet",
+__all__ = ["BENCHMARKS", "bench_blocks", "bench_data", "bench_downstream", "bench_ranking", "bench_ray", "bench_search", "bench_strategies", "bench_supernet",
            "bench_throughput"]
 
 BENCHMARKS: dict[str, Callable[[list[str]], Any]] = {
     "search": bench_search, "strategies": bench_strategies, "ranking": bench_ranking, "blocks": bench_blocks,
     "throughput": bench_throughput, "supernet": bench_supernet,
-    "downstream": bench_downstream, "data": bench_data}
+    "downstream": bench_downstream, "ray": bench_ray, "data": bench_data}

@@ -15,12 +15,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from xsearch.config import build_evaluator, build_space, build_strategy, compose, validate
+from xsearch.config import build_evaluator, build_launcher, build_space, build_strategy, compose, validate
 from xsearch.core.errors import UserError
 from xsearch.core.io import write_json
 
@@ -146,7 +147,7 @@ def search(cfg: dict[str, Any], data: Any, checkpoint: Path | None = None) -> Se
     budget = cfg["constraints"]["flops"]
     space.check_budget(budget)
     t0 = time.time()
-    strategy = build_strategy(cfg)
+    strategy = build_strategy(cfg, launcher(cfg))
     evaluator = build_evaluator(cfg)
     evaluator.check(space)
     result = strategy.search(space, evaluator, data, Constraints(budget), None, checkpoint=checkpoint)
@@ -156,14 +157,27 @@ def search(cfg: dict[str, Any], data: Any, checkpoint: Path | None = None) -> Se
     return Search(cfg, space, strategy, result, seconds)
 
 
+def launcher(cfg: dict[str, Any]) -> Any:
+    """Where a benchmark's evaluations run (``launcher=local|ray``, as in ``xsearch run``); Ray's trial folders
+    go to ``<runs_root>/ray-bench``."""
+    return build_launcher(cfg, storage_path=Path(cfg["runs_root"]) / "ray-bench")
+
+
+def evaluate_seed(evaluator: Any, space: Any, arch: dict[str, str], data: Any, seed: int) -> dict[str, Any]:
+    """One retraining (a launcher trial): ``evaluator.evaluate`` with ``seed``."""
+    return evaluator.evaluate(space, arch, data, seed=seed)
+
+
 def retrain(cfg: dict[str, Any], space: Any, arch: dict[str, str], data: Any, seeds: int,
             label: str) -> dict[str, Any]:
-    """Retrain ``arch`` from scratch with seeds 0..seeds-1; the mean, std and every test accuracy."""
+    """Retrain ``arch`` from scratch with seeds 0..seeds-1 (launcher trials); the mean, std and every test accuracy."""
     evaluator = build_evaluator(cfg)
-    accs = []
-    for seed in range(seeds):
-        print(f"[bench] {label}: retraining seed {seed + 1}/{seeds} ...", flush=True)
-        accs.append(evaluator.evaluate(space, arch, data, seed=seed)["test_accuracy"])
+    where = launcher(cfg)
+    print(f"[bench] {label}: retraining {seeds} seed(s) ({where.describe()}) ...", flush=True)
+    runs = where.map(partial(evaluate_seed, evaluator, space, arch, data), list(range(seeds)),
+                     lambda i, _: print(f"[bench] {label}: seed {i + 1}/{seeds} retrained", flush=True),
+                     label="bench-retrain")
+    accs = [r["test_accuracy"] for r in runs]
     return {"test_accuracy": statistics.mean(accs), "test_accuracy_std": statistics.stdev(accs) if seeds > 1 else 0.0,
             "test_accuracies": accs}
 
