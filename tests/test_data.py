@@ -143,11 +143,14 @@ def test_folder_batches_are_identical_in_process_in_workers_and_cached(tmp_path)
             assert len(got) == len(reference)
             for (xa, ya), (xb, yb) in zip(reference, got):
                 assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    # the worker path really decodes in other processes
+    # the worker path really decodes in other processes, and draws nothing from the global RNG (the
+    # training's dropout and path sampling must see the same random numbers as with in-process decoding)
+    before = torch.get_rng_state()
     iterator = workers.batches("train", batch_size=8)
     next(iterator)
     assert len(multiprocessing.active_children()) >= 1
     iterator.close()
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_folder_cache_budget_and_bad_settings(tmp_path):

@@ -106,9 +106,12 @@ class FolderSplit:
             for chunk in chunks:  # one batch (a probe, a proxy's scoring batch) is not worth starting processes
                 yield self.decode(chunk)
             return
-        # DataLoader keeps the batch_sampler's order whatever the worker that decoded a batch
+        # DataLoader keeps the batch_sampler's order whatever the worker that decoded a batch. Its own
+        # generator: the workers' seeds would otherwise be drawn from the global RNG, which would shift
+        # every later draw of the training (dropout, path sampling) against in-process decoding.
         yield from torch.utils.data.DataLoader(_FolderImages(self.folder), batch_sampler=[c.tolist() for c in chunks],
-                                               num_workers=workers, collate_fn=_stack)
+                                               num_workers=workers, collate_fn=_stack,
+                                               generator=torch.Generator().manual_seed(0))
 
     def to_tensors(self) -> TensorSplit:
         """The whole split decoded once into memory (in the worker processes), as a ``TensorSplit``."""
