@@ -21,6 +21,7 @@ option, an ``nn.Identity`` candidate), so no ``nni.choice`` value choices are ne
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,16 @@ SETUP_HINT = ("NNI is not installed in this environment; build its own environme
               "and run `.venv-nni/bin/python` (or `.venv-nni/bin/xsearch`) there")
 
 _MODEL_SPACE_CLASS: type | None = None
+_SPACES: dict[str, SearchSpace] = {}
+
+
+def _space(name: str, kwargs: dict[str, Any]) -> SearchSpace:
+    """``get_space(name, **kwargs)``, built once per process: NNI rebuilds the model space for every trial, and
+    a space's tables cost a build of every candidate (spaces are not changed after construction)."""
+    key = json.dumps([name, kwargs], sort_keys=True, default=str)
+    if key not in _SPACES:
+        _SPACES[key] = get_space(name, **kwargs)
+    return _SPACES[key]
 
 
 def _model_space_class() -> type:
@@ -55,7 +66,7 @@ def _model_space_class() -> type:
         def __init__(self, space_name: str, space_kwargs: dict[str, Any],
                      options: dict[str, list[str]] | None = None) -> None:
             super().__init__()
-            space = get_space(space_name, **space_kwargs)
+            space = _space(space_name, space_kwargs)
             if options is not None:
                 space = space.restrict(options)
             self.stem = space.build_stem()
@@ -102,7 +113,7 @@ def to_nni_space(space: SearchSpace) -> Any:
     """
     _check_chain(space)
     cls = _model_space_class()
-    full = get_space(space.name, **space.space_kwargs)
+    full = _space(space.name, space.space_kwargs)
     narrowed = [c.options for c in space.choices] != [c.options for c in full.choices]
     options = {c.label: list(c.options) for c in space.choices} if narrowed else None
     return cls(space.name, space.space_kwargs, options)
@@ -174,8 +185,6 @@ def nni_import(args: list[str]) -> int:
     ``EXPORTED.json`` holds what NNI's ``export_top_models(formatter="dict")`` returned (a list: the first
     is taken) or one such dict. Every input is checked before anything is written (UserError, exit 2).
     """
-    import json
-
     from xsearch.search_spaces import format_flops
 
     from .config import build_space, compose, validate
