@@ -231,7 +231,7 @@ def run_exported(path: Path, fmt: str, x: torch.Tensor) -> torch.Tensor:
 def export(request: ExportRequest) -> dict[str, Any]:
     """Export the network of ``request``; returns what was written and the check's largest difference."""
     model, space, record, weights = load_network(request.arch_path, request.weights)
-    arch_file = request.arch_path if request.arch_path.suffix == ".json" else request.arch_path / "arch.json"
+    arch_file = request.arch_path / "arch.json" if request.arch_path.is_dir() else request.arch_path
     out = request.out or arch_file.parent / FORMATS[request.format]
     if out.is_dir():
         raise UserError(f"out={out} is a folder; give a file name (e.g. {out / FORMATS[request.format]})")
