@@ -265,7 +265,7 @@ def test_multi_trial_strategy_searches_an_xsearch_space(nni, space, strategy, tm
     _check_export(space, top, tmp_path, capsys)
 
 
-@pytest.mark.parametrize("strategy", ["DARTS", "RandomOneShot"])
+@pytest.mark.parametrize("strategy", ["DARTS", "GumbelDARTS", "Proxyless", "RandomOneShot"])
 def test_one_shot_strategy_searches_an_xsearch_space(nni, space, digits, strategy, tmp_path, capsys):
     from nni.nas import strategy as strategies
     from nni.nas.evaluator.pytorch import Classification, DataLoader
