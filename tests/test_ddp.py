@@ -164,3 +164,33 @@ def test_unsupported_strategy_is_refused_under_torchrun(monkeypatch):
     with pytest.raises(UserError, match="launcher"):
         check_distributed({"strategy": {"name": "danas"}, "launcher": "ray"}, classification)
     check_distributed({"strategy": {"name": "danas"}, "launcher": "local"}, classification)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_under_torchrun_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """Killed (one process) after its second search checkpoint, resumed by two processes: one process's result."""
+    from xsearch.cli import main
+
+    writes: list[Path] = []
+    replace = os.replace
+
+    def kill_after_second_checkpoint(src, dst, *a, **k):
+        replace(src, dst, *a, **k)
+        writes.append(Path(dst))
+        if [p.name for p in writes].count("search_checkpoint.pt") == 2 and Path(dst).parent.name == "killed":
+            raise KeyboardInterrupt
+
+    args = ["run", "strategy=danas", *SMOKE, f"storage=sqlite:///{tmp_path / 'x.db'}"]
+    monkeypatch.setattr(os, "replace", kill_after_second_checkpoint)
+    assert main([*args, f"run_dir={tmp_path / 'reference'}"]) == 0
+    writes.clear()
+    assert main([*args, f"run_dir={tmp_path / 'killed'}"]) == 130
+    assert not (tmp_path / "killed" / "search.json").exists()
+    monkeypatch.undo()
+    _run([*_torchrun(), "--nproc_per_node=2", "--standalone", "-m", "xsearch.cli", "run",
+          f"resume={tmp_path / 'killed'}"], REPO)
+    a, b = (json.loads((tmp_path / d / "search.json").read_text()) for d in ("reference", "killed"))
+    assert a["arch"] == b["arch"]
+    assert len(a["metrics"]["epochs"]) == len(b["metrics"]["epochs"])
+    for ea, eb in zip(a["metrics"]["epochs"], b["metrics"]["epochs"]):
+        assert eb["train_loss"] == pytest.approx(ea["train_loss"], rel=RTOL)

@@ -29,7 +29,9 @@ How N processes reproduce one process with the same seed (up to float rounding):
   ("SyncBatchNorm expected input tensor to be on GPU"), and it would not reach the functional calls;
 - dropout draws its mask for the global batch (the same draws one process makes) and keeps the
   rank's rows, so the global random state stays the same on every rank and equal to one process's:
-  sampled paths (SPOS, gated) are identical everywhere;
+  sampled paths (SPOS, gated) are identical everywhere. Other per-sample draws in a forward pass are
+  not covered: a drop path with ``drop_prob > 0`` (``blocks.focal.DropPath``; no space sets one)
+  would draw per rank and lose the equality;
 - evaluation, batch-norm recalibration and derivation run outside ``global_batch`` on full batches,
   identically on every rank (the weights are identical: the same summed gradients everywhere).
 """
