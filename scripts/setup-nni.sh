@@ -16,11 +16,12 @@ VENV=${NNI_VENV:-.venv-nni}
 "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 "$VENV/bin/python" -m pip install -q -e ".[nni,dev]"
 "$VENV/bin/python" -m pip check
-"$VENV/bin/python" - <<'EOF'
+VENV="$VENV" "$VENV/bin/python" - <<'EOF'
+import os
 import nni, pytorch_lightning, torch
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace  # noqa: F401
 from nni.nas.strategy import DARTS, RandomOneShot, RegularizedEvolution  # noqa: F401
 import xsearch.nni  # noqa: F401
-print(f"setup-nni: done ({__import__('os').environ.get('VENV', '.venv-nni')}: nni {nni.__version__}, "
+print(f"setup-nni: done ({os.environ['VENV']}: nni {nni.__version__}, "
       f"pytorch-lightning {pytorch_lightning.__version__}, torch {torch.__version__})")
 EOF
