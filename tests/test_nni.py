@@ -196,6 +196,19 @@ def test_frozen_model_is_the_xsearch_network(spaces, name):
         assert fvcore_macs(frozen, space.input_shape) == space.flops(arch)
 
 
+def test_model_space_travels_as_plain_data(nni, space):
+    """What NNI sends a trial process (nni.dump: the class by path and its JSON arguments) and pickle rebuild it."""
+    import pickle
+
+    model_space = to_nni_space(space)
+    dumped = nni.dump(model_space)
+    assert '"path:xsearch.nni.XsearchModelSpace"' in dumped and '"space_name": "mbv3"' in dumped
+    for copy in (nni.load(dumped), pickle.loads(pickle.dumps(model_space))):
+        assert type(copy).__name__ == "XsearchModelSpace" and list(copy.simplify()) == space.labels
+        arch = space.sample(seed=5)
+        assert list(copy.freeze(arch).state_dict()) == list(space.build(arch).state_dict())
+
+
 def test_restricted_space_keeps_its_options(nni, space):
     narrowed = space.restrict({"layer1": ["k3_e3", "k5_e6"], "layer5": ["k3_e3", SKIP]})
     model_space = to_nni_space(narrowed)
