@@ -154,11 +154,11 @@ def race(storage: str, study_name: str, workers: int = 4, max_trials: int = 10, 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_racing_claims_never_duplicate_nor_exceed_the_budget(backend, request, tmp_path):
     storage = request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'r.db'}"
-    trials = race(storage, f"race-{backend}")
+    trials = race(storage, f"race-{backend}", workers=3, max_trials=6, pool=10)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     keys = [t.user_attrs["arch_key"] for t in done]
-    assert len(done) == 10 and len(set(keys)) == 10  # the first 10 architectures, each evaluated once
-    assert sorted(t.user_attrs["query"] for t in done) == list(range(1, 11))
+    assert len(done) == 6 and len(set(keys)) == 6  # the first 6 architectures, each evaluated once
+    assert sorted(t.user_attrs["query"] for t in done) == list(range(1, 7))
     assert all(t.state == optuna.trial.TrialState.FAIL and t.user_attrs["yielded"] for t in trials if t not in done)
     print(f"{backend}: {len(trials) - len(done)} claims yielded")
 
@@ -216,18 +216,24 @@ def test_claims_in_one_process_keep_the_budget_and_reuse_other_workers_scores(po
 
 
 def test_a_study_of_another_search_is_refused(postgres_url, macro_table, tmp_path, capsys):
-    args = ["run", "space=nasbench_macro", "strategy=random", "evaluator=tabular", f"evaluator.table={macro_table}",
-            "search.max_trials=3", "study=other-budget", f"storage={postgres_url}", f"runs_root={tmp_path}",
-            "progress=false"]
-    assert main([*args, "constraints.flops=30M", f"run_dir={tmp_path / 'a'}"]) == 0
-    assert main([*args, "constraints.flops=40M", f"run_dir={tmp_path / 'b'}"]) == 2
-    assert "holds another search" in capsys.readouterr().err
+    space = get_space("nasbench_macro")
+    study = optuna.create_study(storage=postgres_url, study_name="other-budget", directions=["maximize", "minimize"])
+    from xsearch.strategies._multi_trial import SharedClaims, arch_key
+
+    arch = space.sample(seed=0, max_flops=BUDGET)
+    SharedClaims(SharedStudy(study, "first"), space, "random", 3, 40_000_000).claim(arch, arch_key(space, arch))
+    assert main(["run", "space=nasbench_macro", "strategy=random", "evaluator=tabular",
+                 f"evaluator.table={macro_table}", "search.max_trials=3", "study=other-budget",
+                 f"storage={postgres_url}", f"runs_root={tmp_path}", "progress=false", "constraints.flops=30M"]) == 2
+    err = capsys.readouterr().err
+    assert "holds another search" in err and "FLOPs budget 40000000" in err and "Traceback" not in err
 
 
 def test_resumed_worker_fails_its_stale_claims(postgres_url, macro_table, tmp_path):
     """A killed worker leaves a RUNNING claim; resuming its run folder frees it and finishes the search."""
     space = get_space("nasbench_macro")
     study = optuna.create_study(storage=postgres_url, study_name="stale", directions=["maximize", "minimize"])
+    (tmp_path / "w").mkdir()
     recorder = RunRecorder(tmp_path / "w", space, study, shared=True)
     assert recorder.shared_study().worker == RunRecorder(tmp_path / "w", space, study, shared=True).worker
     arch = space.sample(seed=1, max_flops=BUDGET)

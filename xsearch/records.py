@@ -115,12 +115,29 @@ def open_study(storage: str, name: str, metric_names: list[str] | None = None) -
         raise UserError(f"cannot open Optuna storage {storage!r}: {type(exc).__name__}: {exc}") from None
 
 
-def check_storage(storage: str) -> None:
-    """Refuse (UserError) a storage URL Optuna cannot open (bad URL, no driver, no server), before any work."""
+def check_storage(storage: str, attempts: int = 8) -> None:
+    """Refuse (UserError) a storage URL Optuna cannot open (bad URL, no driver, no server), before any work.
+
+    Workers started at once on a new database race to create Optuna's tables: the losers' integrity
+    or duplicate-table errors are retried after a random back-off (the winner has made the tables).
+    """
+    import random
+
+    import sqlalchemy.exc
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     fix = "use an Optuna storage URL such as sqlite:///runs/xsearch.db or postgresql://USER@HOST:PORT/DATABASE"
     try:
-        optuna.storages.RDBStorage(storage)
+        for attempt in range(attempts):
+            try:
+                optuna.storages.RDBStorage(storage)
+                break
+            except sqlalchemy.exc.DBAPIError as exc:
+                racing = isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) or any(
+                    words in str(exc) for words in ("already exists", "database is locked"))
+                if not racing or attempt == attempts - 1:
+                    raise
+                time.sleep(random.uniform(0.2, 1.0))
     except (ValueError, ImportError, ModuleNotFoundError) as exc:
         raise UserError(f"cannot open Optuna storage {storage!r}: {exc}; {fix}") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy errors: bad URL, unreachable server, bad password
