@@ -259,3 +259,10 @@ def test_bad_storage_url_exits_2_before_any_run_folder(url, says, tmp_path, macr
     err = capsys.readouterr().err
     assert code == 2 and says in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_workers_started_in_the_same_second_get_a_run_folder_each(tmp_path):
+    from xsearch.records import new_run_dir
+
+    folders = [new_run_dir(tmp_path, "nasbench_macro", "random") for _ in range(3)]
+    assert len(set(folders)) == 3 and all(f.is_dir() for f in folders)

@@ -88,12 +88,18 @@ def new_run_dir(runs_root: str | Path, space: str, strategy: str, run_dir: str |
         check_new_run_dir(run_dir)
         return _mkdir(Path(run_dir), "run_dir")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(runs_root) / f"{stamp}-{space}-{strategy}"
-    i = 1
-    while path.exists():
-        path = Path(runs_root) / f"{stamp}-{space}-{strategy}-{i}"
-        i += 1
-    return _mkdir(path, "runs_root")
+    _mkdir(Path(runs_root), "runs_root")
+    for i in range(10_000):  # mkdir without exist_ok: workers started in the same second get a folder each
+        path = Path(runs_root) / (f"{stamp}-{space}-{strategy}" + (f"-{i}" if i else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UserError(f"runs_root={str(runs_root)!r}: {str(path)!r} cannot be created: "
+                            f"{exc.strerror or exc}; choose a writable runs_root") from None
+    raise UserError(f"runs_root={str(runs_root)!r} already holds 10000 runs named {stamp}-{space}-{strategy}-*")
 
 
 def open_study(storage: str, name: str, metric_names: list[str] | None = None) -> optuna.Study:
