@@ -133,7 +133,7 @@ def test_retrain_top_records_each_and_keeps_the_best(tmp_path, synthetic_macro_t
     table = TabularEvaluator(str(synthetic_macro_table)).table
     args = ["run", "space=nasbench_macro", "strategy=random", "evaluator=tabular",
             f"evaluator.table={synthetic_macro_table}", "search.max_trials=6", "constraints.flops=45M",
-            "retrain_top=3", f"runs_root={tmp_path}", "run_dir=top", "progress=false"]
+            "retrain_top=3", f"runs_root={tmp_path}", f"run_dir={tmp_path / 'top'}", "progress=false"]
     assert main(args) == 0
     run = tmp_path / "top"
     metrics = json.loads((run / "metrics.json").read_text())["retrain"]
