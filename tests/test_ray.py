@@ -146,9 +146,14 @@ def test_retrain_top_records_each_and_keeps_the_best(tmp_path, synthetic_macro_t
     assert [r["value"] for r in rows] == pytest.approx(truth)  # each one really evaluated
     arch = json.loads((run / "arch.json").read_text())["arch"]
     assert space.benchmark_key(arch) == space.benchmark_key(rows[truth.index(max(truth))]["arch"])
-    study = optuna.load_study(study_name="top", storage=f"sqlite:///{tmp_path / 'xsearch.db'}")
-    ids = {t.user_attrs["record_id"] for t in study.get_trials()}
-    assert {"retrain-top1", "retrain-top2", "retrain-top3"} <= ids
+    storage = f"sqlite:///{tmp_path / 'xsearch.db'}"
+    search_study = optuna.load_study(study_name="top", storage=storage)
+    assert not any("retrain" in t.user_attrs.get("kind", "") for t in search_study.get_trials())  # kept apart
+    final_name = search_study.user_attrs["final_study"]
+    final = optuna.load_study(study_name=final_name, storage=storage)
+    ids = {t.user_attrs["record_id"] for t in final.get_trials()}
+    assert {f"{run.resolve()}#retrain-top{i}" for i in (1, 2, 3)} <= ids  # beside the run's final network
+    assert str(run.resolve()) in ids
 
 
 def run_cli(args, capsys):

@@ -269,26 +269,41 @@ def _add_with_artifacts(study: optuna.Study, arch: dict[str, str], distributions
     study.tell(trial.number, values)
 
 
-def record_final(recorder: Any, cfg: dict[str, Any], evaluator: Any, data: str | None, result: Any,
-                 metrics: dict[str, Any], value: float, kind: str) -> dict[str, Any] | None:
-    """Add the run's found network (retrained, or looked up) to the final study of its space, data and
-    evaluator, with the run's plots as the trial's artifacts; returns what the run's note says of it."""
+def final_study(recorder: Any, cfg: dict[str, Any], evaluator: Any, data: str | None, kind: str) -> optuna.Study:
+    """The study of every run's final networks on this space, data and evaluator (``final_study_name``; a
+    space with other choices under the same name gets ``~<hash of its settings>``), created or loaded."""
     import hashlib
     import json
 
     from .records import open_study
 
-    if recorder.study is None:
-        return None
     space = recorder.space
     metric = final_metric(evaluator)
     name = final_study_name(kind, space.name, data, evaluator)
     study = open_study(cfg["storage"], name, [metric, FLOPS])
     distributions = {c.label: optuna.distributions.CategoricalDistribution(c.options) for c in space.choices}
-    kwargs = json.dumps(getattr(space, "space_kwargs", {}), sort_keys=True, default=str)
     if not compatible_space(study, distributions):  # the same space name, other choices (space.* settings)
+        kwargs = json.dumps(getattr(space, "space_kwargs", {}), sort_keys=True, default=str)
         name = f"{name}~{hashlib.sha1(kwargs.encode()).hexdigest()[:8]}"
         study = open_study(cfg["storage"], name, [metric, FLOPS])
+    return study
+
+
+def record_final(recorder: Any, cfg: dict[str, Any], evaluator: Any, data: str | None, result: Any,
+                 metrics: dict[str, Any], value: float, kind: str) -> dict[str, Any] | None:
+    """Add the run's found network (retrained, or looked up) to the final study of its space, data and
+    evaluator, with the run's plots as the trial's artifacts; returns what the run's note says of it."""
+    import json
+
+
+    if recorder.study is None:
+        return None
+    space = recorder.space
+    metric = final_metric(evaluator)
+    study = final_study(recorder, cfg, evaluator, data, kind)
+    name = study.study_name
+    distributions = {c.label: optuna.distributions.CategoricalDistribution(c.options) for c in space.choices}
+    kwargs = json.dumps(getattr(space, "space_kwargs", {}), sort_keys=True, default=str)
     run_dir = recorder.run_dir.resolve()
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     attrs = {**scalars, "record_id": str(run_dir), "kind": kind, "run": run_dir.name, "run_dir": str(run_dir),

@@ -5,7 +5,7 @@ score, best first: queries by their score, stage-derived networks by their held-
 all within the FLOPs budget. Each is retrained from scratch with ``evaluator.evaluate`` (the same
 recipe and seed as the usual single retraining) as one launcher trial (``launcher=ray``: Ray Tune
 trials at once), in ``<run>/retrain-top<N>/`` (checkpoints there, so a resumed run picks up each
-retraining where it stopped), and recorded in the study as trial ``retrain-top<N>``. The one with
+retraining where it stopped), and recorded as trial ``<run>#retrain-top<N>`` in the final study (``retrained/<space>/<data>/<evaluator>``, beside every run's final network: retrained test accuracies on one axis, never beside the search's inherited ones). The one with
 the best test accuracy (``score`` for evaluators without one) becomes ``arch.json``, and its folder
 is copied to ``<run>/retrain/``.
 
@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from xsearch.strategies import QueryRecord, SearchResult
+
+from .dashboard import final_study
 
 
 def candidates(result: SearchResult, k: int, space: Any, max_flops: int | None) -> list[dict[str, str]]:
@@ -49,6 +51,10 @@ def retrain_top(cfg: dict[str, Any], space: Any, evaluator: Any, data: Any, resu
     workdirs = [recorder.path(f"retrain-top{i + 1}") for i in range(len(archs))]
     values: list[float | None] = [None] * len(archs)
     kind = "retrained" if hasattr(evaluator, "epochs") else "evaluated"
+    # retrained networks are compared with retrained networks: the final study, not the run's search study
+    final = final_study(recorder, cfg, evaluator, cfg["data"]["name"] if data is not None else None, kind) \
+        if recorder.study is not None else None
+    run_dir = recorder.run_dir.resolve()
 
     def value_of(metrics: dict[str, Any]) -> float:
         return float(metrics["test_accuracy"] if evaluator.reports_accuracy else metrics["score"])
@@ -56,7 +62,9 @@ def retrain_top(cfg: dict[str, Any], space: Any, evaluator: Any, data: Any, resu
     def arrived(i: int, metrics: dict[str, Any]) -> None:
         values[i] = value_of(metrics)
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-        recorder.trial(archs[i], values[i], f"retrain-top{i + 1}", {"kind": f"{kind}-top", "rank": i + 1, **scalars})
+        recorder.trial(archs[i], values[i], f"{run_dir}#retrain-top{i + 1}",
+                       {"kind": f"{kind}-top", "rank": i + 1, "run": run_dir.name, "run_dir": str(run_dir),
+                        **scalars}, study=final)
 
     runs = launcher.map(partial(retrain_one, evaluator, space, data, cfg["seed"]),
                         [(arch, str(w)) for arch, w in zip(archs, workdirs)], arrived, label="retrain-top")
