@@ -33,6 +33,7 @@ def searches(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_bench_search_rows_per_budget_seed_and_random_arch_and_resume(tmp_path, capsys, searches):
     out = tmp_path / "search.json"
     args = [*SEARCH, "bench.strategies=[random,fixed]", f"out={out}"]
@@ -129,6 +130,7 @@ def test_bench_strategies_reports_regret_on_the_synthetic_table(tmp_path, synthe
     assert main(["bench", "strategies"]) == 2  # no table
 
 
+@pytest.mark.slow
 def test_bench_ranking_correlates_inherited_and_standalone_accuracy(tmp_path, capsys):
     out = tmp_path / "ranking.json"
     assert main(["bench", "ranking", *SMOKE, "bench.ranking_archs=3", "bench.ranking_epochs=1",
@@ -143,6 +145,7 @@ def test_bench_ranking_correlates_inherited_and_standalone_accuracy(tmp_path, ca
     assert main(["bench", "nope"]) == 2
 
 
+@pytest.mark.slow
 def test_bench_blocks_compares_found_networks_and_fixed_variants(tmp_path, capsys):
     out = tmp_path / "blocks.json"
     assert main(["bench", "blocks", *SMOKE, "bench.seeds=1", "train.epochs=1", "search.train_samples=400",

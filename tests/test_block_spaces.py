@@ -56,6 +56,7 @@ def test_dynamic_temperature_is_annealed_by_retraining(digits):
     assert temps == {1.0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space", ["micronet", "focalnet", "mbv3"])
 def test_danas_searches_the_new_spaces_end_to_end(space, tmp_path):
     extra = ["space.dynamic=true", "space.num_layers=4"] if space == "mbv3" else []

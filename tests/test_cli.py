@@ -22,6 +22,7 @@ def run_cli(args, tmp_path):
                           capture_output=True, text=True, timeout=600, check=False)
 
 
+@pytest.mark.slow
 def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path, fashion_root):
     proc = run_cli(["run", "space=mbv3", "strategy=danas", "budget=smoke", "constraints.flops=6M",
                     f"runs_root={tmp_path / 'runs'}"], tmp_path)
@@ -89,6 +90,7 @@ def test_bad_input_is_a_clear_error_with_exit_code_2(args, message, capsys, tmp_
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_user_errors_from_a_real_process_have_no_traceback(tmp_path):
     for args in (["run", "space=foo"], ["run", "constraints.flops=1K"], ["frobnicate"], ["train", "missing.json"],
                  ["list", "things"], ["bench", "nothing"]):
@@ -97,6 +99,7 @@ def test_user_errors_from_a_real_process_have_no_traceback(tmp_path):
         assert "Traceback" not in proc.stderr and "error" in proc.stderr
 
 
+@pytest.mark.slow
 def test_list_and_flops_and_train(tmp_path, capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
@@ -113,6 +116,7 @@ def test_list_and_flops_and_train(tmp_path, capsys):
     assert (trained / "model.pt").exists() and json.loads((trained / "arch.json").read_text())["metrics"]
 
 
+@pytest.mark.slow
 def test_run_dir_is_never_overwritten(tmp_path, capsys):
     assert main(["run", *SMOKE, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 0
     assert main(["run", *SMOKE, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 2
@@ -129,6 +133,7 @@ def _kill_when(proc, path: Path, timeout: float = 300) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interrupt_at", ["search_checkpoint.pt", "retrain/train_checkpoint.pt"])
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, interrupt_at):
     args = ["run", *SMOKE, "search.epochs=6", "train.epochs=3", f"runs_root={tmp_path / 'runs'}"]
