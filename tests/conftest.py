@@ -6,6 +6,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("XSEARCH_PROGRESS", "0")
+# Under pytest-xdist every worker is its own torch process: one thread each, or two workers on two
+# cores oversubscribe them (the fast suite took 21 min instead of 8 in CI). Set before torch is
+# imported; subprocesses the tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 
 def _no_cuda() -> bool:

@@ -98,7 +98,7 @@ def test_danas_searches_the_dyhead_for_detection(coco_root, tmp_path):
             "train.epochs=1", "train.train_images=null", "train.batch_size=8", "train.channels=8", "train.head_convs=0",
             f"runs_root={tmp_path}", "progress=false"]
     assert main(args) == 0
-    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    (run_dir,) = tmp_path.glob("*-dyhead-danas")  # tmp_path also holds the study's artifacts/ folder
     record = json.loads((run_dir / "arch.json").read_text())
     assert record["space"] == "dyhead" and "box_ap" in record["metrics"]
     search = json.loads((run_dir / "search.json").read_text())
@@ -150,7 +150,7 @@ def test_other_strategies_search_on_detection(coco_root, tmp_path, space, strate
             "train.epochs=1", "train.train_images=null", "train.batch_size=8", "train.channels=8",
             "train.head_convs=0", "train.holdout_images=8", f"runs_root={tmp_path}", "progress=false"]
     assert main(args) == 0
-    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    (run_dir,) = tmp_path.glob(f"*-{space}-{strategy}")  # tmp_path also holds the study's artifacts/ folder
     trials = (run_dir / "trials.csv").read_text().splitlines()
     assert len(trials) >= 3  # header, the queries, the retrained network
     assert "box_ap" in json.loads((run_dir / "arch.json").read_text())["metrics"]
