@@ -41,9 +41,12 @@ machine or many) through that study alone; nothing else is shared:
   the whole study (its history keeps only its own queries), and its run folder is finished as
   usual: with a training evaluator every worker retrains that same best in its own folder;
 - a study that already holds another search's claims (another space or FLOPs budget) is refused;
-- an evaluation that raises (or Ctrl-C) tells its claim FAIL before the error goes on. A worker
-  killed outright leaves its claim RUNNING: workers that propose that architecture wait for it
-  until ``resume=`` of the killed worker's run folder fails its stale claims and goes on.
+- an evaluation that raises (or Ctrl-C) tells its claim FAIL before the error goes on. While a
+  worker evaluates, a thread records Optuna heartbeats on its claim (when the storage keeps them:
+  ``RDBStorage(heartbeat_interval=...)``, which the application sets up from ``heartbeat=``); a
+  worker killed outright leaves its claim RUNNING, and once its heartbeat is older than the
+  storage's grace period the other workers fail it (``optuna.storages.fail_stale_trials``) and
+  go on. ``resume=`` of the killed worker's run folder fails its own stale claims at once.
 The study is the resume state of a worker: a resumed worker finds its own finished queries there
 (the replay file is not used). Staged and supernet strategies (danas, dnas, spos and their derive
 queries) do not claim: workers sharing their study simply record their trials side by side.
@@ -52,6 +55,7 @@ queries) do not claim: workers sharing their study simply record their trials si
 from __future__ import annotations
 
 import random
+import threading
 import time
 import warnings
 import zlib
@@ -98,6 +102,9 @@ class SharedClaims:
                               for c in space.choices}
         self.fixed = optuna.samplers.PartialFixedSampler  # pins a claim's parameters to the proposal
         self.backoff = random.Random()  # back-off only: the strategy's proposals never see it
+        storage = self.study._storage  # Optuna's heartbeats live on the storage
+        self.heartbeat = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        self.beating: dict[int, threading.Event] = {}  # claim number -> stops its heartbeat thread
         self.check_compatible()
         self.release_stale()
 
@@ -130,6 +137,35 @@ class SharedClaims:
             if t.state.name == "RUNNING" and t.user_attrs.get("worker") == self.worker:
                 self.study.tell(t.number, state=self.optuna.trial.TrialState.FAIL)
 
+    def fail_dead(self) -> None:
+        """Fail other workers' claims whose heartbeat is older than the storage's grace period (killed workers)."""
+        if self.heartbeat:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", self.optuna.exceptions.ExperimentalWarning)
+                self.optuna.storages.fail_stale_trials(self.study)
+
+    def beat(self, trial: Any) -> None:
+        """Record heartbeats on ``trial`` (this worker's claim) until ``finish`` or ``give_up``."""
+        if not self.heartbeat:
+            return
+        storage, trial_id, stop = self.study._storage, trial._trial_id, threading.Event()
+        storage.record_heartbeat(trial_id)
+
+        def run() -> None:
+            while not stop.wait(self.heartbeat):
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception as exc:  # noqa: BLE001 - a lost beat only risks the claim being freed
+                    warnings.warn(f"heartbeat of claim {trial.number} not recorded: {exc}", stacklevel=1)
+
+        self.beating[trial.number] = stop
+        threading.Thread(target=run, name=f"xsearch-heartbeat-{trial.number}", daemon=True).start()
+
+    def stop_beat(self, trial: Any) -> None:
+        stop = self.beating.pop(trial.number, None)
+        if stop is not None:
+            stop.set()
+
     def arch(self, trial: Any) -> dict[str, str]:
         return {c.label: trial.params[c.label] for c in self.space.choices}
 
@@ -142,6 +178,7 @@ class SharedClaims:
         it and ``finish`` the trial; ``("stop", None, why)`` the study holds ``max_trials`` finished queries."""
         attempt = 0
         while True:
+            self.fail_dead()
             claims = self.claims()
             done = [t for t in claims if t.state.name == "COMPLETE"]
             same = [t for t in done if t.user_attrs["arch_key"] == key]
@@ -159,6 +196,7 @@ class SharedClaims:
             rival = [t for t in claims if t.number != trial.number and t.user_attrs["arch_key"] == key and self.live(t)]
             over = sum(self.live(t) for t in claims) > self.max_trials
             if not rival and not over:
+                self.beat(trial)
                 return "mine", trial, ""
             self.give_up(trial, f"duplicate of trial {rival[0].number}" if rival else "budget")
             self.wait(attempt)
@@ -170,7 +208,9 @@ class SharedClaims:
             warnings.simplefilter("ignore", self.optuna.exceptions.ExperimentalWarning)
             self.study.sampler = self.fixed(fixed_params=arch, base_sampler=self.optuna.samplers.RandomSampler())
         try:
-            trial = self.study.ask(fixed_distributions=self.distributions)
+            with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": beat does it
+                warnings.filterwarnings("ignore", message=".*[Hh]eartbeat.*")
+                trial = self.study.ask(fixed_distributions=self.distributions)
         finally:
             self.study.sampler = sampler
         for name, value in {"kind": "query", "worker": self.worker, "search": self.prefix, **self.tag}.items():
@@ -179,6 +219,7 @@ class SharedClaims:
         return trial
 
     def give_up(self, trial: Any, why: str) -> None:
+        self.stop_beat(trial)
         trial.set_user_attr("yielded", why)
         self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
 
@@ -188,6 +229,13 @@ class SharedClaims:
         attrs = {"record_id": record.record_id, "flops": record.flops, "params": record.params,
                  "recorded_at": time.time(), "query": record.query, "score": record.score, **scalars,
                  "metrics": record.metrics}
+        self.stop_beat(trial)
+        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+            # freed by another worker while this one stalled past the grace period: the recorder adds
+            # the query as a trial of its own (the architecture may have been claimed again meanwhile)
+            warnings.warn(f"claim {trial.number} was freed as stale before its result came; recording it apart",
+                          stacklevel=1)
+            return
         for name, value in attrs.items():
             trial.set_user_attr(name, value)
         self.study.tell(trial, [record.score, float(record.flops)])

@@ -266,3 +266,48 @@ def test_workers_started_in_the_same_second_get_a_run_folder_each(tmp_path):
 
     folders = [new_run_dir(tmp_path, "nasbench_macro", "random") for _ in range(3)]
     assert len(set(folders)) == 3 and all(f.is_dir() for f in folders)
+
+
+def test_a_killed_workers_claim_is_freed_once_its_heartbeat_stops(tmp_path):
+    """Heartbeats (``heartbeat=``): a claim whose worker stopped beating is failed by the others after the
+    grace period (4 heartbeats), and the architecture is theirs; a claim still beating is never failed."""
+    from xsearch.records import open_study
+    from xsearch.strategies._multi_trial import SharedClaims, arch_key
+
+    space = get_space("nasbench_macro")
+    storage = f"sqlite:///{tmp_path / 'x.db'}"
+    workers = []
+    for name in ("dead", "alive", "other"):
+        (tmp_path / name).mkdir()
+        study = open_study(storage, "beats", heartbeat=1)
+        workers.append(SharedClaims(RunRecorder(tmp_path / name, space, study, shared=True).shared_study(),
+                                    space, "random", 5, BUDGET))
+    dead, alive, other = workers
+    a, b = space.sample(seed=1, max_flops=BUDGET), space.sample(seed=2, max_flops=BUDGET)
+    outcome, dead_claim, _ = dead.claim(a, arch_key(space, a))
+    assert outcome == "mine"
+    dead.stop_beat(dead_claim)  # the worker is killed: its claim stays RUNNING, nobody beats for it
+    outcome, alive_claim, _ = alive.claim(b, arch_key(space, b))
+    assert outcome == "mine"
+    t0, got = time.time(), []
+    waiter = threading.Thread(target=lambda: got.append(other.claim(a, arch_key(space, a))), daemon=True)
+    waiter.start()  # waits for the dead claim, then takes it over
+    waiter.join(timeout=60)
+    waited = time.time() - t0
+    assert got, "the other worker still waits for the killed worker's claim after 60 s"
+    outcome, mine, _ = got[0]
+    assert outcome == "mine" and mine.number != dead_claim.number
+    assert waited >= 2, waited  # not before the dead claim went stale
+    states = {t.number: t.state for t in other.study.get_trials()}
+    assert states[dead_claim.number] == optuna.trial.TrialState.FAIL
+    assert states[alive_claim.number] == optuna.trial.TrialState.RUNNING  # 4+ s old, but still beating
+    from xsearch.strategies import QueryRecord
+
+    late = QueryRecord(query=1, arch=a, flops=space.flops(a), params=space.params(a), score=0.5, best_score=0.5,
+                       proposals=1, metrics={"score": 0.5}, source="random")
+    with pytest.warns(UserWarning, match="freed as stale"):  # the stalled worker's late result: recorded apart
+        dead.finish(dead_claim, late)
+    assert other.study.get_trials()[dead_claim.number].state == optuna.trial.TrialState.FAIL
+    for claims, trial in ((alive, alive_claim), (other, mine)):
+        claims.stop_beat(trial)
+        claims.study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -220,6 +220,7 @@ class RunConfig:
     progress: bool = True
     constraints: ConstraintsConfig = dataclasses.field(default_factory=ConstraintsConfig)
     study: str | None = None  # Optuna study name; workers started with the same study and storage share a search
+    heartbeat: int = 30  # study=NAME: seconds between a worker's heartbeats; a claim silent 4x as long is freed
     launcher: str = "local"  # local (in this process) | ray (each evaluation a Ray Tune trial)
     retrain_top: int = 0  # after the search retrain its k best distinct networks (launcher trials); 0: the answer only
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
@@ -455,6 +456,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     plain.pop("defaults", None)
     check_ranges(plain)
     plain["constraints"]["flops"] = parse_count(plain["constraints"].get("flops"))
+    if int(plain.get("heartbeat") or 0) < 1:
+        raise UserError(f"heartbeat={plain.get('heartbeat')} must be at least 1 (seconds between a shared-study "
+                        "worker's heartbeats; the default is 30)")
     if int(plain.get("retrain_top") or 0) < 0:
         raise UserError(f"retrain_top={plain['retrain_top']} must be at least 0 (0: retrain only the search's answer)")
     if plain["launcher"] not in LAUNCHERS:

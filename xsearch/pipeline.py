@@ -90,8 +90,12 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             cfg["storage"] = default_storage(cfg["runs_root"])
     # study=NAME: every worker started with that name and storage joins one search (strategies/_multi_trial.py)
     metric = search_metric(strategy, evaluator)  # what the run study's trials are valued by (the dashboard's axis)
-    recorder = RunRecorder(run_dir, space, open_study(cfg["storage"], cfg.get("study") or run_dir.name, [metric, FLOPS]),
-                           shared=bool(cfg.get("study"))) if distributed.is_main() else ReadOnlyRecorder(run_dir, space)
+    if distributed.is_main():
+        heartbeat = int(cfg.get("heartbeat") or 30) if cfg.get("study") else None  # frees a killed worker's claim
+        study = open_study(cfg["storage"], cfg.get("study") or run_dir.name, [metric, FLOPS], heartbeat)
+        recorder = RunRecorder(run_dir, space, study, shared=bool(cfg.get("study")))
+    else:
+        recorder = ReadOnlyRecorder(run_dir, space)
     if not resuming:
         recorder.write_config(cfg)
     launcher.storage_path = run_dir / "ray"  # launcher=ray: Ray Tune's trial folders

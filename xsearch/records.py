@@ -17,6 +17,7 @@ import json
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +103,22 @@ def new_run_dir(runs_root: str | Path, space: str, strategy: str, run_dir: str |
     raise UserError(f"runs_root={str(runs_root)!r} already holds 10000 runs named {stamp}-{space}-{strategy}-*")
 
 
-def open_study(storage: str, name: str, metric_names: list[str] | None = None) -> optuna.Study:
+def open_study(storage: str, name: str, metric_names: list[str] | None = None,
+               heartbeat: int | None = None) -> optuna.Study:
     """A study with two objectives (accuracy up, FLOPs down), created or loaded; ``metric_names`` names
-    them for the dashboard (e.g. ``["inherited accuracy", "FLOPs"]``, see ``xsearch.dashboard``)."""
+    them for the dashboard (e.g. ``["inherited accuracy", "FLOPs"]``, see ``xsearch.dashboard``).
+
+    ``heartbeat`` (seconds; for a study several workers share): the storage keeps Optuna's heartbeats,
+    so a claim whose worker has been silent for ``4 * heartbeat`` seconds can be failed and freed.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(storage=storage, study_name=name, directions=["maximize", "minimize"],
+        url: str | optuna.storages.BaseStorage = storage
+        if heartbeat:
+            with warnings.catch_warnings():  # heartbeat_interval is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                url = optuna.storages.RDBStorage(storage, heartbeat_interval=heartbeat, grace_period=4 * heartbeat)
+        study = optuna.create_study(storage=url, study_name=name, directions=["maximize", "minimize"],
                                     load_if_exists=True)
         if metric_names:
             from .dashboard import set_metric_names
