@@ -66,14 +66,24 @@ from typing import Any
 
 from xsearch.core.errors import UserError
 from xsearch.core.launch import Launcher, LocalLauncher
-from xsearch.core.training import progress, resolve_device
+from xsearch.core.training import TrainingDiverged, progress, resolve_device
 
 from ._base import Constraints, NoEvents, QueryRecord, SearchEvents, SearchResult, SharedStudy, Strategy
 
 
 def score_one(evaluator: Any, space: Any, data: Any, seed: int, arch: dict[str, str]) -> dict[str, Any]:
-    """``evaluator.score`` without the training history: what a launcher runs for one query (in a Ray trial too)."""
-    return {k: v for k, v in evaluator.score(space, arch, data, seed=seed).items() if k != "history"}
+    """``evaluator.score`` without the training history: what a launcher runs for one query (in a Ray trial too).
+
+    A candidate whose stand-alone training diverges (``TrainingDiverged``: NaN loss or weights at the
+    search's learning rate) is a query like any other, scored 0 (the floor of every evaluator's
+    score) with the message under ``diverged``: one unstable network must not end the search, and a
+    resumed search replays the recorded 0 instead of diverging again.
+    """
+    try:
+        metrics = evaluator.score(space, arch, data, seed=seed)
+    except TrainingDiverged as exc:
+        return {"score": 0.0, "diverged": str(exc)}
+    return {k: v for k, v in metrics.items() if k != "history"}
 
 
 class StopSearch(Exception):
@@ -470,8 +480,12 @@ class MultiTrialStrategy(Strategy):
         if not queries.history:
             raise RuntimeError(f"strategy {self.name!r} made no query")
         best = max(queries.history, key=lambda q: q.score)
+        if "diverged" in best.metrics:
+            raise TrainingDiverged(f"every one of the {len(queries.history)} queries diverged, so there is no "
+                                   f"network to choose; the first: {queries.history[0].metrics['diverged']}")
         metrics = {**best.metrics, "queries": len(queries.history), "proposals": queries.proposals,
-                   "stopped": stopped, "best_query": best.query, "scorer": scorer}
+                   "stopped": stopped, "best_query": best.query, "scorer": scorer,
+                   "diverged_queries": sum("diverged" in q.metrics for q in queries.history)}
         return SearchResult(arch=best.arch, flops=best.flops, params=best.params,
                             metrics=metrics, history=list(queries.history), search_seconds=queries.seconds)
 
@@ -487,6 +501,7 @@ class MultiTrialStrategy(Strategy):
                    "proposals": queries.proposals, "stopped": stopped, "best_query": done.index(best) + 1,
                    "best_trial": best.number,
                    "best_worker": best.user_attrs["worker"], "worker": claims.worker,
+                   "diverged_queries": sum("diverged" in t.user_attrs.get("metrics", {}) for t in done),
                    "study": claims.study.study_name, "scorer": scorer}
         return SearchResult(arch=arch, flops=space.flops(arch), params=space.params(arch), metrics=metrics,
                             history=list(queries.history), search_seconds=queries.seconds)

@@ -132,6 +132,50 @@ def test_resume_neither_repeats_nor_loses_trials(name, space, tabular, tmp_path)
     assert len(ids) == 25 == len(set(ids))
 
 
+class Diverging:
+    """An evaluator whose training diverges for every third architecture it is asked, else asks the table."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, 0
+
+    def score(self, space, arch, data, seed=0):
+        from xsearch.core.training import TrainingDiverged
+
+        self.calls += 1
+        if self.calls % 3 == 0:
+            raise TrainingDiverged(f"training diverged in \"query {self.calls}\": the loss is nan. Lower train.lr.")
+        return self.table.score(space, arch, data, seed)
+
+
+@pytest.mark.parametrize("name", ["random", "tpe"])
+def test_a_diverged_candidate_scores_zero_and_the_search_goes_on(name, space, tabular, tmp_path):
+    s = study()
+    result = make(name, max_trials=12).search(space, Diverging(tabular), None, Constraints(45_000_000),
+                                              RunRecorder(tmp_path, space, s))
+    assert len(result.history) == 12 and result.metrics["diverged_queries"] == 4
+    diverged = [h for h in result.history if "diverged" in h.metrics]
+    assert [h.query for h in diverged] == [3, 6, 9, 12] and all(h.score == 0.0 for h in diverged)
+    assert "Lower train.lr" in diverged[0].metrics["diverged"]
+    assert result.metrics["score"] > 0 and "diverged" not in result.metrics  # the answer trained fine
+    assert sum("diverged" in t.user_attrs for t in s.get_trials()) == 4  # in the study, for the dashboard
+    resumed_eval = Diverging(tabular)  # resume replays the recorded zeros: nothing is trained again
+    again = make(name, max_trials=12).search(space, resumed_eval, None, Constraints(45_000_000),
+                                             RunRecorder(tmp_path, space, s))
+    assert resumed_eval.calls == 0 and [h.arch for h in again.history] == [h.arch for h in result.history]
+
+
+def test_a_search_where_every_candidate_diverges_says_so(space, tabular):
+    from xsearch.core.training import TrainingDiverged
+
+    class AlwaysDiverging:
+        def score(self, space, arch, data, seed=0):
+            raise TrainingDiverged("training diverged: the loss is nan. Lower train.lr.")
+
+    evaluator = AlwaysDiverging()
+    with pytest.raises(TrainingDiverged, match="every one of the 5 queries diverged.*Lower train.lr"):
+        make("random", max_trials=5).search(space, evaluator, None, Constraints(45_000_000), None)
+
+
 def test_prescreen_with_a_proxy_picks_its_favourite(space, tabular):
     plain = make("random", max_trials=10).search(space, tabular, None, Constraints(60_000_000))
     screened = make("random", max_trials=10, prescreen="flops", prescreen_factor=4).search(

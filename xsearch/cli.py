@@ -116,7 +116,9 @@ def cmd_run(args: list[str]) -> int:
     elif res.metrics.get("queries"):
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']}, "
               f"{res.metrics['queries']} queries to {res.metrics.get('scorer', cfg['evaluator']['name'])}, best at query "
-              f"{res.metrics['best_query']}, score {res.metrics['score']:.4g})")
+              f"{res.metrics['best_query']}, score {res.metrics['score']:.4g}"
+              + (f"; {res.metrics['diverged_queries']} diverged, scored 0" if res.metrics.get("diverged_queries") else "")
+              + ")")
     else:
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']})")
     if "train_seconds" in met:
