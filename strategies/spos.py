@@ -30,9 +30,16 @@ class SinglePathOneShot(DifferentiableSearch):
     """Uniform single-path supernet training, then evolution over inherited-weight accuracy (see module doc)."""
 
     name = "spos"
+    # the base's settings of architecture weights, stages and derivation, which single-path training
+    # and the searcher never read: not settings of spos (``search.derive_trials=...`` is refused)
+    unused_settings = frozenset({"arch_lr", "arch_weight_decay", "flops_weight", "path_mode", "derive",
+                                 "derive_trials", "prune_score"})
 
     def __init__(self, max_trials: int = 50, searcher: str = "evolution", population_size: int = 16,
                  sample_size: int = 4, **kwargs: Any) -> None:
+        if self.unused_settings & kwargs.keys():
+            raise TypeError(f"spos does not use {sorted(self.unused_settings & kwargs.keys())}: it trains single "
+                            "paths, then queries search.max_trials architectures with search.searcher")
         super().__init__(**kwargs)
         factory = STRATEGIES.get(searcher)
         if not issubclass(factory, MultiTrialStrategy):  # a bad setting, not a bad type: ValueError -> exit 2

@@ -122,6 +122,8 @@ def test_a_setting_the_component_does_not_have_is_refused_naming_the_valid_ones(
     (["evaluator=proxy", "train.lr=0.1"], "trains nothing"),
     (["space=foo"], "valid space options: dyhead, focalnet, mbv3, micronet, nasbench_macro"),
     (["budget=huge"], "valid budget options: demo, full, smoke"),
+    (["strategy=spos", "search.derive_trials=3"], "strategy 'spos' has no such setting"),  # dnas's, never read
+    (["heartbeat=0"], "heartbeat=0 must be at least 1"),
 ])
 def test_unknown_keys_and_names_are_refused(args, message, tmp_path, capsys):
     assert message in run_refused(args, tmp_path, capsys)

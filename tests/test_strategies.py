@@ -205,3 +205,11 @@ def test_spos_runs_any_multi_trial_searcher_over_inherited_weights(digits):
     assert all(h.flops <= budget for h in result.history)
     with pytest.raises(ValueError, match="multi-trial"):
         STRATEGIES.get("spos")(searcher="danas")
+
+
+def test_spos_refuses_the_settings_it_inherits_but_never_reads():
+    from xsearch.strategies import STRATEGIES
+
+    with pytest.raises(TypeError, match="spos does not use \\['derive_trials'\\]"):
+        STRATEGIES.get("spos")(derive_trials=3)
+    assert STRATEGIES.get("spos")(max_trials=3, lr=0.05).lr == 0.05

@@ -42,6 +42,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .core.errors import UserError
+from .core.registry import unused_settings
 
 if typing.TYPE_CHECKING:
     from .core.data import ImageData
@@ -94,11 +95,13 @@ def parameters(factory: Any) -> dict[str, inspect.Parameter]:
     functions = ([klass.__init__ for klass in factory.__mro__ if "__init__" in vars(klass)]
                  if inspect.isclass(factory) else [factory])
     found: dict[str, inspect.Parameter] = {}
+    unused = unused_settings(factory)
     for function in functions:
         hints = typing.get_type_hints(function)
         params = list(inspect.signature(function).parameters.values())
         for p in params:
-            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in found:
+            if (p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in found
+                    and p.name not in unused):
                 found[p.name] = p.replace(annotation=hints.get(p.name, Any))
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break

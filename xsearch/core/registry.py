@@ -55,7 +55,12 @@ def accepted_arguments(factory: Any) -> set[str]:
     for klass in getattr(factory, "__mro__", [factory]):
         if "__init__" in vars(klass):
             names |= set(inspect.signature(klass.__init__).parameters) - {"self", "kwargs"}
-    return names
+    return names - unused_settings(factory)
+
+
+def unused_settings(factory: Any) -> frozenset[str]:
+    """Settings a class inherits through ``**kwargs`` but never reads (its ``unused_settings``): not its settings."""
+    return frozenset(getattr(factory, "unused_settings", frozenset()))
 
 
 def call_with_accepted(factory: Any, knobs: dict[str, Any]) -> Any:
