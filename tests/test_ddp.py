@@ -107,10 +107,10 @@ def test_two_processes_train_like_one(tmp_path):
 
 # --- the command line under torchrun --------------------------------------------------------
 SMOKE = ["data=digits", "budget=smoke", "space=mbv3", "space.num_layers=4", "space.width_mult=0.5",
-         "search.train_samples=400", "search.val_samples=100", "search.derive_trials=4",
-         "search.recalibration_batches=2", "train.epochs=1", "train.train_samples=300", "train.test_samples=200",
+         "search.train_samples=400", "search.val_samples=100", "search.recalibration_batches=2", "train.epochs=1", "train.train_samples=300", "train.test_samples=200",
          "seed=0", "device=cpu", "progress=false"]
-STRATEGY_SMOKE = {"spos": ["search.max_trials=4", "search.population_size=2", "search.sample_size=1"]}
+STRATEGY_SMOKE = {"spos": ["search.max_trials=4", "search.population_size=2", "search.sample_size=1"],
+                  "danas": ["search.derive_trials=4"], "dnas": ["search.derive_trials=4"]}
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
@@ -180,7 +180,7 @@ def test_a_killed_run_resumes_under_torchrun_to_the_uninterrupted_result(tmp_pat
         if [p.name for p in writes].count("search_checkpoint.pt") == 2 and Path(dst).parent.name == "killed":
             raise KeyboardInterrupt
 
-    args = ["run", "strategy=danas", *SMOKE, f"storage=sqlite:///{tmp_path / 'x.db'}"]
+    args = ["run", "strategy=danas", *SMOKE, *STRATEGY_SMOKE["danas"], f"storage=sqlite:///{tmp_path / 'x.db'}"]
     monkeypatch.setattr(os, "replace", kill_after_second_checkpoint)
     assert main([*args, f"run_dir={tmp_path / 'reference'}"]) == 0
     writes.clear()
