@@ -148,8 +148,10 @@ def test_bench_ranking_correlates_inherited_and_standalone_accuracy(tmp_path, ca
 @pytest.mark.slow
 def test_bench_blocks_compares_found_networks_and_fixed_variants(tmp_path, capsys):
     out = tmp_path / "blocks.json"
-    assert main(["bench", "blocks", *SMOKE, "bench.seeds=1", "train.epochs=1", "search.train_samples=400",
-                 "bench.blocks_spaces=[mbv3,micronet]", "bench.blocks_budgets=[2M]", f"out={out}"]) == 0
+    assert main(["bench", "blocks", *SMOKE, "bench.seeds=1", "train.epochs=1", "train.train_samples=300",
+                 "train.test_samples=200", "search.train_samples=400", "search.epochs=3", "search.val_samples=100",
+                 "search.derive_trials=3", "bench.blocks_spaces=[mbv3,micronet]", "bench.blocks_budgets=[2M]",
+                 "bench.throughput_rounds=1", f"out={out}"]) == 0
     rows = json.loads(out.read_text())
     assert [r["network"] for r in rows] == ["mbv3 (found)", "micronet (found)", "mbv3 (found), dynamic conv",
                                             "mbv3 (found), DyReLU", "mbv3 (found), ReLU"]
@@ -163,7 +165,7 @@ def test_bench_blocks_compares_found_networks_and_fixed_variants(tmp_path, capsy
     assert "| 2M | micronet (found) |" in capsys.readouterr().out
     rows[0]["images_per_second"] = -1.0
     out.write_text(json.dumps(rows))
-    assert main(["bench", "throughput", f"out={out}"]) == 0
+    assert main(["bench", "throughput", "bench.throughput_rounds=1", f"out={out}"]) == 0
     again = json.loads(out.read_text())
     assert all(r["images_per_second"] > 0 for r in again) and [r["test_accuracy"] for r in again] == \
         [r["test_accuracy"] for r in rows]

@@ -61,7 +61,8 @@ def test_dynamic_temperature_is_annealed_by_retraining(digits):
 def test_danas_searches_the_new_spaces_end_to_end(space, tmp_path):
     extra = ["space.dynamic=true", "space.num_layers=4"] if space == "mbv3" else []
     args = ["run", f"space={space}", "strategy=danas", "data=digits", "budget=smoke", "progress=false",
-            "search.train_samples=600", "train.epochs=1", *extra, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]
+            "search.train_samples=600", "search.val_samples=100", "search.derive_trials=3", "train.epochs=1",
+            "train.train_samples=300", "train.test_samples=200", *extra, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]
     assert main(args) == 0
     record = json.loads((tmp_path / "r" / "arch.json").read_text())
     rebuilt = get_space(space, **record["space_kwargs"])

@@ -14,6 +14,9 @@ import pytest
 from xsearch.cli import main
 
 SMOKE = ["data=digits", "budget=smoke", "progress=false"]
+# a smaller network and fewer images than the smoke budget, for the tests that run whole searches several times
+TINY = [*SMOKE, "space.num_layers=4", "space.width_mult=0.5", "search.train_samples=400", "search.val_samples=100",
+        "search.derive_trials=3", "train.train_samples=300", "train.test_samples=200"]
 
 
 def run_cli(args, tmp_path):
@@ -99,13 +102,12 @@ def test_user_errors_from_a_real_process_have_no_traceback(tmp_path):
         assert "Traceback" not in proc.stderr and "error" in proc.stderr
 
 
-@pytest.mark.slow
 def test_list_and_flops_and_train(tmp_path, capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     for word in ("mbv3", "danas", "dnas", "random", "fashion_mnist", "digits", "classification", "smoke"):
         assert word in out
-    assert main(["run", *SMOKE, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 0
+    assert main(["run", *TINY, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 0
     capsys.readouterr()
     assert main(["flops", str(tmp_path / "r" / "arch.json")]) == 0
     out = capsys.readouterr().out
@@ -116,10 +118,9 @@ def test_list_and_flops_and_train(tmp_path, capsys):
     assert (trained / "model.pt").exists() and json.loads((trained / "arch.json").read_text())["metrics"]
 
 
-@pytest.mark.slow
 def test_run_dir_is_never_overwritten(tmp_path, capsys):
-    assert main(["run", *SMOKE, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 0
-    assert main(["run", *SMOKE, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 2
+    assert main(["run", *TINY, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 0
+    assert main(["run", *TINY, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 2
     assert "resume=" in capsys.readouterr().err
 
 
@@ -136,7 +137,7 @@ def _kill_when(proc, path: Path, timeout: float = 300) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("interrupt_at", ["search_checkpoint.pt", "retrain/train_checkpoint.pt"])
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, interrupt_at):
-    args = ["run", *SMOKE, "search.epochs=6", "train.epochs=3", f"runs_root={tmp_path / 'runs'}"]
+    args = ["run", *TINY, "search.epochs=6", "train.epochs=3", f"runs_root={tmp_path / 'runs'}"]
     env = {**os.environ, "XSEARCH_PROGRESS": "0"}
     run_dir = tmp_path / "runs" / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "xsearch", *args, f"run_dir={run_dir}"], cwd=tmp_path, env=env,

@@ -174,6 +174,7 @@ class BenchConfig:
     blocks_spaces: list[str] = dataclasses.field(default_factory=lambda: ["mbv3", "mbv3-dynamic", "micronet",
                                                                           "focalnet"])
     blocks_budgets: list[str] = dataclasses.field(default_factory=lambda: ["5M", "10M"])  # every space must fit
+    throughput_rounds: int = 5  # bench blocks / throughput: timed rounds of 20 batches per network (the best counts)
     supernet_batch: int = 128  # bench supernet: images per training step
     ray_repeats: int = 2  # bench ray: timed searches per mode (in-process, Ray Tune trials)
     supernet_steps: int = 5  # bench supernet: timed steps (median reported)
@@ -459,6 +460,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     plain.pop("defaults", None)
     check_ranges(plain)
     plain["constraints"]["flops"] = parse_count(plain["constraints"].get("flops"))
+    if int((plain.get("bench") or {}).get("throughput_rounds", 1)) < 1:
+        raise UserError(f"bench.throughput_rounds={plain['bench']['throughput_rounds']} must be at least 1 (timed "
+                        "rounds of 20 batches per network; the default is 5)")
     if int(plain.get("heartbeat") or 0) < 1:
         raise UserError(f"heartbeat={plain.get('heartbeat')} must be at least 1 (seconds between a shared-study "
                         "worker's heartbeats; the default is 30)")

@@ -108,7 +108,8 @@ def bench_blocks(overrides: list[str]) -> list[dict[str, Any]]:
         torch.manual_seed(0)  # the same input batch for every throughput measurement
         row.update(flops=space.flops(arch), params=space.params(arch), arch=arch,
                    space=space.name, space_kwargs=space.space_kwargs,
-                   images_per_second=cpu_throughput(space.build(arch), space.input_shape),
+                   images_per_second=cpu_throughput(space.build(arch), space.input_shape,
+                                                    rounds=base["bench"]["throughput_rounds"]),
                    train_epochs=cfg["train"]["epochs"], seeds=seeds, data=cfg["data"]["name"],
                    machine=machine(), overrides=overrides)
         rows.append(row)

@@ -27,7 +27,8 @@ def bench_throughput(overrides: list[str]) -> list[dict[str, Any]]:
     rows = json.loads(path.read_text())
     for row in rows:
         space = get_space(row["space"], **row["space_kwargs"])
-        row["images_per_second"] = cpu_throughput(space.build(row["arch"]), space.input_shape)
+        row["images_per_second"] = cpu_throughput(space.build(row["arch"]), space.input_shape,
+                                                  rounds=base["bench"]["throughput_rounds"])
         row["throughput_machine"] = machine()
         print(f"[bench] {row['budget_label']} {row['network']}: {row['images_per_second']:.0f} img/s", flush=True)
     write_rows(path, rows)
