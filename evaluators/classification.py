@@ -4,7 +4,14 @@ Recipe (documented in the README): SGD with Nesterov momentum 0.9, learning rate
 batch_size/256 (AdamW with ``adamw_lr`` and ``adamw_weight_decay`` for spaces that ask for it, such
 as ``focalnet``, or with ``optimizer="adamw"``), one warm-up epoch (or 10% of training if shorter) then cosine decay to zero,
 weight decay ``weight_decay``, label smoothing 0.1, random-crop (zero padding) and, where the data
-allows, horizontal-flip augmentation. Test accuracy is measured once, after the last epoch, on the
+allows, horizontal-flip augmentation. Budgets count images, not passes: an epoch is at least
+``epoch_images`` images (a small training set is passed over several times per epoch), and a
+training too short for ``min_steps`` optimizer steps runs at a smaller batch (halved, at the learning
+rate per step of ``batch_size``). After the last epoch the batch norms' running statistics are
+re-estimated on ``recalibration_batches`` training batches ("precise BN"): with a few dozen steps
+the exponential averages lag the moving weights, and a 1-epoch training on 4,000 images scored
+chance (10 %) in eval mode while its recalibrated statistics gave 48 % (README, "Short trainings").
+Test accuracy is measured once, after the last epoch, on the
 dataset's test split. ``score`` (what multi-trial searches maximize) trains the same way on the
 training split minus ``val_samples`` held-out images and reports accuracy on those: a search never
 sees the test split.
@@ -28,9 +35,13 @@ from xsearch.core.training import (
     check_optimizer,
     cosine_with_warmup,
     evaluate,
+    passes_for,
+    recalibrate_batchnorm,
+    repeat_indices,
     resolve_device,
     retrain_epochs,
     seed_everything,
+    short_training_batch,
     supervised_step,
     train_epoch,
     weight_optimizer,
@@ -50,8 +61,14 @@ class ClassificationEvaluator(Evaluator):
     def __init__(self, epochs: int = 4, batch_size: int = 128, lr: float = 0.2, weight_decay: float = 5e-5,
                  label_smoothing: float = 0.1, train_samples: int | None = None, test_samples: int | None = None,
                  val_samples: int = 5000, temperature_epochs: float = 1.0, optimizer: str = "auto",
-                 adamw_lr: float = 2e-3, adamw_weight_decay: float = 0.05, device: str = "auto",
+                 adamw_lr: float = 2e-3, adamw_weight_decay: float = 0.05, epoch_images: int | None = None,
+                 min_steps: int = 125, recalibration_batches: int = 20, device: str = "auto",
                  show_progress: bool = True) -> None:
+        for key, value in (("epoch_images", epoch_images or 0), ("min_steps", min_steps),
+                           ("recalibration_batches", recalibration_batches)):
+            if value < 0:
+                raise ValueError(f"train.{key} must be at least 0, got {value}")
+        self.epoch_images, self.min_steps, self.recalibration_batches = epoch_images, min_steps, recalibration_batches
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.label_smoothing, self.train_samples, self.test_samples = label_smoothing, train_samples, test_samples
         self.val_samples, self.temperature_epochs = val_samples, temperature_epochs
@@ -63,7 +80,7 @@ class ClassificationEvaluator(Evaluator):
     def evaluate(self, space: Any, arch: dict[str, str], data: ImageData, seed: int = 0,
                  workdir: Path | None = None) -> dict[str, Any]:
         train_idx = stratified_subset(data.train.targets, self.train_samples, seed)
-        model, history, elapsed = self._fit(space, arch, data, train_idx, seed, workdir)
+        model, history, elapsed, seen = self._fit(space, arch, data, train_idx, seed, workdir)
         test_idx = stratified_subset(data.test.targets, self.test_samples, seed) if self.test_samples else None
         result = evaluate(model, data, "test", test_idx, device=self.device)
         if workdir is not None and distributed.is_main():  # under torchrun only rank 0 writes
@@ -76,6 +93,7 @@ class ClassificationEvaluator(Evaluator):
             "per_class_test_accuracy": result["per_class_accuracy"],
             "train_epochs": self.epochs,
             "train_seconds": elapsed,
+            **seen,
             "history": history,
             "seed": seed,
         }
@@ -93,19 +111,31 @@ class ClassificationEvaluator(Evaluator):
     def score(self, space: Any, arch: dict[str, str], data: ImageData, seed: int = 0) -> dict[str, Any]:
         """Train on the training split minus the held-out images; score = accuracy on the held-out images."""
         train_idx, val_idx = self.holdout(data, seed)
-        model, _, elapsed = self._fit(space, arch, data, train_idx, seed, None)
+        model, _, elapsed, seen = self._fit(space, arch, data, train_idx, seed, None)
         result = evaluate(model, data, "train", val_idx, device=self.device)
         return {"score": result["accuracy"], "val_accuracy": result["accuracy"], "val_loss": result["loss"],
                 "val_samples": result["samples"], "train_epochs": self.epochs, "train_seconds": elapsed,
-                "seed": seed}
+                **seen, "seed": seed}
+
+    def plan(self, images: int) -> dict[str, int]:
+        """What a training on ``images`` distinct images does: passes per epoch, batch size, images and steps in all."""
+        passes = passes_for(images, self.epoch_images)
+        per_epoch = images * passes
+        batch = short_training_batch(self.batch_size, per_epoch * self.epochs, self.min_steps)
+        steps = (per_epoch + batch - 1) // batch
+        return {"train_passes_per_epoch": passes, "train_batch_size": batch,
+                "train_images_seen": per_epoch * self.epochs, "train_steps": steps * self.epochs}
 
     def _fit(self, space: Any, arch: dict[str, str], data: ImageData, train_idx: torch.Tensor, seed: int,
-             workdir: Path | None) -> tuple[nn.Module, list[dict[str, float]], float]:
+             workdir: Path | None) -> tuple[nn.Module, list[dict[str, float]], float, dict[str, int]]:
         seed_everything(seed)
         model = channels_last(space.build(arch).to(self.device))
+        # the learning rate per step is the one of train.batch_size, also when a short training runs smaller batches
         optimizer = weight_optimizer(model.parameters(), self.optimizer, space, self.batch_size,
                                      (self.lr, self.weight_decay), (self.adamw_lr, self.adamw_weight_decay))
-        steps = data.num_batches(len(train_idx), self.batch_size)
+        plan = self.plan(len(train_idx))
+        passes, batch = plan["train_passes_per_epoch"], plan["train_batch_size"]
+        steps = plan["train_steps"] // self.epochs
         scheduler = cosine_with_warmup(optimizer, steps * self.epochs, warmup_steps=min(steps, steps * self.epochs // 10))
         criterion = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
         generator = torch.Generator().manual_seed(seed)
@@ -114,7 +144,7 @@ class ClassificationEvaluator(Evaluator):
         hint = self._diverge_hint(optimizer)
 
         def run_epoch(epoch: int) -> tuple[str, dict[str, float]]:
-            batches = data.batches("train", train_idx, self.batch_size, shuffle=True, augment=True,
+            batches = data.batches("train", repeat_indices(train_idx, passes), batch, shuffle=True, augment=True,
                                    generator=generator, device=self.device)
             desc = f"train epoch {epoch + 1}/{self.epochs}"
             metrics = train_epoch(batches, step, steps, desc, self.show_progress,
@@ -123,7 +153,11 @@ class ClassificationEvaluator(Evaluator):
             return desc, {"train_loss": metrics.get("train_loss", 0.0)}
 
         history, elapsed = retrain_epochs(model, resumable, workdir, self.epochs, run_epoch, hint)
-        return model, history, elapsed
+        if self.recalibration_batches:  # precise BN: exact statistics of the trained weights (seeded, unaugmented)
+            recalibrate_batchnorm(model, data.batches("train", train_idx, self.batch_size, shuffle=True,
+                                                      generator=torch.Generator().manual_seed(seed),
+                                                      device=self.device), self.recalibration_batches)
+        return model, history, elapsed, plan
 
     def _diverge_hint(self, optimizer: torch.optim.Optimizer) -> str:
         """What to change when this training diverges: the learning rate of the optimizer in use, or the other optimizer."""

@@ -32,6 +32,8 @@ from xsearch.core.training import (
     check_optimizer,
     cosine_with_warmup,
     optimizer_step,
+    passes_for,
+    repeat_indices,
     resolve_device,
     seed_everything,
     train_epoch,
@@ -68,14 +70,17 @@ class DifferentiableSearch(Strategy):
                  temperature_epochs: float = 1.0, optimizer: str = "auto", adamw_lr: float = 2e-3,
                  adamw_weight_decay: float = 0.05, sharing: str = "shared", skip: str = "derive",
                  derive: str = "accuracy", derive_trials: int = 20, prune_score: str = "probability",
-                 val_samples: int = 2000, recalibration_batches: int = 10, seed: int = 0, device: str = "auto",
-                 show_progress: bool = True) -> None:
+                 val_samples: int = 2000, recalibration_batches: int = 10, epoch_images: int | None = None,
+                 seed: int = 0, device: str = "auto", show_progress: bool = True) -> None:
         if path_mode not in ("weighted", "gated"):
             raise ValueError(f"search.path_mode must be 'weighted' or 'gated', got {path_mode!r}")
         for key, value, valid in (("sharing", sharing, SHARING), ("skip", skip, SKIP_POLICIES),
                                   ("derive", derive, DERIVATIONS), ("prune_score", prune_score, PRUNE_SCORES)):
             if value not in valid:
                 raise ValueError(f"search.{key} must be one of {list(valid)}, got {value!r}")
+        if epoch_images is not None and epoch_images < 1:
+            raise ValueError(f"search.epoch_images must be at least 1 (or null: one pass per epoch), got {epoch_images}")
+        self.epoch_images = epoch_images
         self.sharing, self.skip, self.derive, self.derive_trials = sharing, skip, derive, derive_trials
         self.prune_score, self.val_samples, self.recalibration_batches = prune_score, val_samples, recalibration_batches
         self.epochs, self.warmup_epochs, self.train_samples = epochs, warmup_epochs, train_samples
@@ -90,6 +95,10 @@ class DifferentiableSearch(Strategy):
     # --- what subclasses decide -------------------------------------------------------
     def stages(self, num_classes: int) -> list[Stage]:
         return [Stage(num_classes, self.epochs, None)]
+
+    def warmup_split(self) -> tuple[int, int]:
+        """Warm-up epochs (on all classes, on the first stage's classes): all of them on all classes here."""
+        return self.single_path_epochs(), 0
 
     # --- the search ---------------------------------------------------------------------
     def search(self, space: Any, evaluator: Any, data: ImageData, constraints: Constraints,
@@ -111,9 +120,14 @@ class DifferentiableSearch(Strategy):
         self._optimizer_kind = "adamw" if isinstance(w_opt, torch.optim.AdamW) else "sgd"
         a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
                                  weight_decay=self.arch_weight_decay)
-        per_epoch = len(w_idx) / self.batch_size
-        planned = self.single_path_epochs() * per_epoch + sum(s.epochs * per_epoch * s.num_classes / data.num_classes
-                                                       for s in stages)
+        # an epoch on all classes sees at least epoch_images images (several passes over small data); an
+        # epoch on some of the classes the same passes over their images
+        passes = passes_for(len(w_idx), self.epoch_images)
+        per_epoch = passes * len(w_idx) / self.batch_size
+        warm_all, warm_easy = self.warmup_split()
+        first = stages[0].num_classes / data.num_classes if stages else 1.0
+        planned = (warm_all + warm_easy * first) * per_epoch + sum(s.epochs * per_epoch * s.num_classes / data.num_classes
+                                                                   for s in stages)
         scheduler = cosine_with_warmup(w_opt, math.ceil(planned), warmup_steps=math.ceil(min(per_epoch, planned / 10)))
         generator = torch.Generator().manual_seed(self.seed)
         state: dict[str, Any] = {"step": 0, "class_order": list(range(data.num_classes)), "history": [],
@@ -124,21 +138,23 @@ class DifferentiableSearch(Strategy):
             state = saved
         distributed.broadcast_module(model)  # under torchrun: rank 0's weights everywhere (seeded alike anyway)
 
-        steps: list[tuple[Any, ...]] = [("warmup", e) for e in range(self.single_path_epochs())]
+        steps: list[tuple[Any, ...]] = [("warmup", e) for e in range(warm_all)]
         if self.rank_classes:
             steps.append(("rank",))
+        steps += [("warmup", e, "easy") for e in range(warm_all, warm_all + warm_easy)]
         for s, stage in enumerate(stages):
             steps += [("train", s, e) for e in range(stage.epochs)]
             steps.append(("end_stage", s))
 
         ctx = _Context(self, space, supernet, data, w_idx, a_idx, w_opt, a_opt, scheduler, generator,
-                       constraints.flops, events if events is not None else NoEvents(), task, model)
+                       constraints.flops, events if events is not None else NoEvents(), task, model, passes)
         while state["step"] < len(steps):
             step = steps[state["step"]]
             t0 = time.time()
             ctx.epochs_done = len(state["epochs"])
             if step[0] == "warmup":
-                state["epochs"].append(ctx.warmup_epoch(step[1]))
+                easy = state["class_order"][: stages[0].num_classes] if len(step) > 2 else None
+                state["epochs"].append(ctx.warmup_epoch(step[1], easy))
             elif step[0] == "rank":
                 state["class_order"], state["class_ranking"] = ctx.rank_classes()
             elif step[0] == "train":
@@ -189,8 +205,27 @@ class DifferentiableSearch(Strategy):
                            derivation_queries=result.metrics["queries"])
             arch, seconds = result.arch, seconds + result.search_seconds
             history += result.history
+        metrics.update(self.learning_report(ctx, state, metrics["inherited_val_accuracy"]))
         return SearchResult(arch=arch, flops=ctx.space.flops(arch), params=ctx.space.params(arch), metrics=metrics,
                             history=history, search_seconds=seconds)
+
+    def learning_report(self, ctx: _Context, state: dict[str, Any], inherited: float | None) -> dict[str, Any]:
+        """What the supernet saw (``phases``: images and steps per phase) and, if it did not learn, a ``warning``.
+
+        Not learned: on classification, the found network's inherited held-out accuracy on all classes
+        below twice chance. The run still finishes; the warning names the settings to raise.
+        """
+        report: dict[str, Any] = {"phases": phase_totals(state["epochs"]), "warning": None}
+        chance = 1.0 / ctx.data.num_classes
+        if ctx.task.name == "classification" and inherited is not None and inherited < 2 * chance:
+            images = sum(p["images"] for p in report["phases"])
+            report["warning"] = (
+                f"the supernet has not learned: the found network's inherited accuracy is {100 * inherited:.1f} % "
+                f"on all classes, below twice chance ({200 * chance:.0f} %), so the search chose among untrained "
+                f"networks. It saw {images:,} training images in all; raise search.epoch_images (now "
+                f"{self.epoch_images}) or search.warmup_epochs (now {self.warmup_epochs}) and search.epochs "
+                f"(now {self.epochs}), or give it more data (search.train_samples, now {self.train_samples}).")
+        return report
 
     def derive_by_accuracy(self, ctx: _Context, by_probability: dict[str, str]) -> SearchResult:
         """The best architecture under the budget by inherited-weight accuracy, among the surviving candidates.
@@ -228,10 +263,11 @@ class _Context:
     def __init__(self, strategy: DifferentiableSearch, space: Any, supernet: Any, data: ImageData,
                  w_idx: torch.Tensor, a_idx: torch.Tensor, w_opt: Any, a_opt: Any, scheduler: Any,
                  generator: torch.Generator, max_flops: int | None, events: SearchEvents, task: Any,
-                 model: nn.Module) -> None:
+                 model: nn.Module, passes: int = 1) -> None:
         self.s, self.space, self.net, self.data = strategy, space, supernet, data
         self.task, self.model = task, model  # what the supernet is trained as (a classifier, a detector)
         self.w_idx, self.a_idx = w_idx, a_idx
+        self.passes = passes  # passes over the training images per epoch (search.epoch_images on small data)
         # the held-out images every evaluation of the search uses (class ranking, stage records, queries):
         # a class-stratified ``val_samples`` of the logit half
         self.val_idx = stratified_subset(data.train.targets, strategy.val_samples, strategy.seed, indices=a_idx)
@@ -250,20 +286,24 @@ class _Context:
         for p in params:
             p.requires_grad_(flag)
 
-    def warmup_epoch(self, epoch: int) -> dict[str, Any]:
-        """Train weights along uniformly sampled single paths on all classes (cheap, unbiased)."""
+    def warmup_epoch(self, epoch: int, classes: list[int] | None = None) -> dict[str, Any]:
+        """Train weights along uniformly sampled single paths (cheap, unbiased), on all classes or on ``classes``."""
         self.net.train()
         self.net.set_mode("single")
         self._requires_grad(self.alphas, False)
         t0 = time.time()
-        step = self.task.train_step(self.model, self.w_opt, self.scheduler)
-        total = self.data.num_batches(len(self.w_idx), self.s.batch_size)
-        metrics = train_epoch(self._batches(self.w_idx), step, total,
-                              f"single-path {epoch + 1}/{self.s.single_path_epochs()}", self.s.show_progress,
+        step = self.task.train_step(self.model, self.w_opt, self.scheduler, classes)
+        w_idx = self.w_idx if classes is None else self.task.subset_indices(self.data, classes, self.w_idx)
+        w_idx = repeat_indices(w_idx, self.passes)
+        total = self.data.num_batches(len(w_idx), self.s.batch_size)
+        where = "" if classes is None else f" ({len(classes)} easiest classes)"
+        metrics = train_epoch(self._batches(w_idx, classes=classes), step, total,
+                              f"single-path {epoch + 1}/{self.s.single_path_epochs()}{where}", self.s.show_progress,
                               self._anneal, diverge_hint=self.s.diverge_hint())
         self._requires_grad(self.alphas, True)
         return {"phase": "warmup", "epoch": epoch + 1, "train_loss": metrics.get("train_loss", 0.0),
-                "seconds": time.time() - t0}
+                "classes": self.data.num_classes if classes is None else len(classes), "easy_classes": classes is not None,
+                "images": len(w_idx), "steps": total, "seconds": time.time() - t0}
 
     def _anneal(self, progress: float) -> None:
         """Anneal dynamic convolutions for ``progress`` (a fraction) into the search's current epoch."""
@@ -286,8 +326,8 @@ class _Context:
     def search_epoch(self, stage_index: int, num_stages: int, epoch: int, stage: Stage,
                      classes: list[int]) -> dict[str, Any]:
         """One epoch of alternating weight and logit steps on the stage's classes."""
-        w_idx = self.task.subset_indices(self.data, classes, self.w_idx)
-        a_idx = self.task.subset_indices(self.data, classes, self.a_idx)
+        w_idx = repeat_indices(self.task.subset_indices(self.data, classes, self.w_idx), self.passes)
+        a_idx = repeat_indices(self.task.subset_indices(self.data, classes, self.a_idx), self.passes)
         self.model.train()
         self.net.set_mode(self.s.path_mode)
         t0 = time.time()
@@ -323,6 +363,7 @@ class _Context:
             else {"train_loss": 0.0, "arch_loss": 0.0}
         record = {**zeros, **averages}  # zeros: no batch
         record.update(phase="search", stage=stage_index + 1, epoch=epoch + 1, classes=len(classes),
+                      images=min(len(w_idx), len(a_idx)), steps=total,
                       expected_flops=float(self.net.expected_flops().detach()), seconds=time.time() - t0)
         return record
 
@@ -420,6 +461,28 @@ class _Context:
         )
         self.events.stage(record)
         return record
+
+
+def phase_totals(epochs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Training images and optimizer steps per supernet phase, summed over its epochs, in order.
+
+    Phases: the warm-up on all classes, the warm-up on the easiest classes (``danas``), each stage.
+    """
+    phases: list[dict[str, Any]] = []
+    for e in epochs:
+        if e["phase"] == "warmup":
+            name = "warm-up (easy classes)" if e.get("easy_classes") else "warm-up"
+        else:
+            name = f"stage {e['stage']}"
+        if not phases or phases[-1]["phase"] != name:
+            phases.append({"phase": name, "classes": e.get("classes"), "epochs": 0, "images": 0, "steps": 0,
+                           "seconds": 0.0})
+        row = phases[-1]
+        row["epochs"] += 1
+        row["images"] += int(e.get("images", 0))
+        row["steps"] += int(e.get("steps", 0))
+        row["seconds"] += float(e.get("seconds", 0.0))
+    return phases
 
 
 def _z(values: dict[str, float], key: str) -> float:

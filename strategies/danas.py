@@ -14,8 +14,10 @@ from ._differentiable import DifferentiableSearch, Stage
 class ProgressiveDataAdaptedPruning(DifferentiableSearch):
     """Easy classes first with every candidate, harder classes added as the candidate set shrinks.
 
-    After a single-path warm-up, classes are ranked by the per-class held-out accuracy of sampled
-    sub-networks (easy first). Stage ``i`` trains on the easiest ``class_fractions[i]`` of the
+    After a first single-path warm-up epoch on all classes, classes are ranked by the per-class
+    held-out accuracy of sampled sub-networks (easy first); the other warm-up epochs train on the
+    first stage's (easiest) classes only, as the paper warms up on easy data (``easy_warmup=False``:
+    every warm-up epoch on all classes, the ranking after them). Stage ``i`` trains on the easiest ``class_fractions[i]`` of the
     classes; after every stage but the last, each layer keeps its ``keep_fraction`` most probable
     candidates (about 40% pruned per stage). ``epochs`` is split evenly over the stages.
     """
@@ -25,7 +27,7 @@ class ProgressiveDataAdaptedPruning(DifferentiableSearch):
     rank_classes = True
 
     def __init__(self, class_fractions: Sequence[float] = (0.3, 0.6, 1.0), keep_fraction: float = 0.6,
-                 **kwargs: Any) -> None:
+                 easy_warmup: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         fractions = [float(f) for f in class_fractions]
         if not fractions or any(not 0 < f <= 1 for f in fractions) or fractions != sorted(fractions) or fractions[-1] != 1:
@@ -34,7 +36,14 @@ class ProgressiveDataAdaptedPruning(DifferentiableSearch):
             raise ValueError(f"search.keep_fraction must be in (0, 1], got {keep_fraction}")
         if self.epochs < len(fractions):
             raise ValueError(f"search.epochs ({self.epochs}) must be at least the number of stages ({len(fractions)})")
-        self.class_fractions, self.keep_fraction = fractions, keep_fraction
+        self.class_fractions, self.keep_fraction, self.easy_warmup = fractions, keep_fraction, easy_warmup
+
+    def warmup_split(self) -> tuple[int, int]:
+        """One warm-up epoch on all classes (it ranks them), the others on the first stage's classes."""
+        total = self.single_path_epochs()
+        if not self.easy_warmup or total <= 1 or self.class_fractions[0] >= 1:
+            return total, 0
+        return 1, total - 1
 
     def stages(self, num_classes: int) -> list[Stage]:
         n = len(self.class_fractions)

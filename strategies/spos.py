@@ -58,6 +58,7 @@ class SinglePathOneShot(DifferentiableSearch):
 
     def finish(self, ctx: _Context, state: dict[str, Any], checkpoint: Path | None) -> SearchResult:
         result = self.query_inherited(ctx, self.searcher, ctx.space, self.name)
-        result.metrics.update(supernet_seconds=state["seconds"], epochs=state["epochs"])
+        result.metrics.update(supernet_seconds=state["seconds"], epochs=state["epochs"],
+                              **self.learning_report(ctx, state, result.metrics.get("score")))
         result.search_seconds += state["seconds"]
         return result

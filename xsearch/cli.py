@@ -121,8 +121,13 @@ def cmd_run(args: list[str]) -> int:
               + ")")
     else:
         print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']})")
+    for phase in res.metrics.get("phases") or []:
+        print(f"  {phase['phase']:<14} {phase['images']:,} images, {phase['steps']:,} steps "
+              f"({phase['epochs']} epoch{'s' if phase['epochs'] != 1 else ''} on {phase['classes']} classes, {_fmt_seconds(phase['seconds'])})")
     if "train_seconds" in met:
-        print(f"  retraining     {_fmt_seconds(met['train_seconds'])}")
+        seen = (f" ({met['train_images_seen']:,} images, {met['train_steps']:,} steps at batch {met['train_batch_size']})"
+                if "train_images_seen" in met else "")
+        print(f"  retraining     {_fmt_seconds(met['train_seconds'])}{seen}")
     files = [f for f in ("arch.json", "search.png", "stages.csv", "trials.csv", "predictions.png", "retrain/model.pt")
              if (Path(out["run_dir"]) / f).exists()]
     print(f"  run folder     {out['run_dir']}  ({', '.join(files)})")
@@ -133,6 +138,8 @@ def cmd_run(args: list[str]) -> int:
         print(f"  downstream     xsearch train {out['run_dir']}/arch.json evaluator=detection data=coco data.root=DIR")
     if (Path(out["run_dir"]) / "retrain" / "model.pt").exists() and cfg["evaluator"]["name"] == "classification":
         print(f"  export         xsearch export {out['run_dir']}/arch.json --format onnx")
+    if res.metrics.get("warning"):
+        print(f"\nWARNING: {res.metrics['warning']}", file=sys.stderr)
     return 0
 
 

@@ -177,11 +177,13 @@ def query_summary(queries: list[QueryRecord], metric: str, top: int = 5) -> str:
 
 
 def run_note(run_dir: Path, facts: dict[str, Any], history: list[Any], metric: str,
-             final: dict[str, Any] | None = None) -> str:
-    """The run study's note (markdown): what the run is, its stages or queries, its result."""
+             final: dict[str, Any] | None = None, warning: str | None = None) -> str:
+    """The run study's note (markdown): what the run is, a warning if its supernet did not learn, its stages or queries, its result."""
     known = ", ".join(f"{k} **{v}**" for k, v in facts.items() if v is not None)
-    parts = [f"## Run {run_dir.name}", f"{known}. Run folder: `{run_dir.resolve()}`.", "",
-             f"Trial values: **{metric}** (higher is better) and **{FLOPS}** (multiply-accumulates, lower is better)."]
+    parts = [f"## Run {run_dir.name}", f"{known}. Run folder: `{run_dir.resolve()}`.", ""]
+    if warning:
+        parts += [f"> **Warning:** {warning}", ""]
+    parts += [f"Trial values: **{metric}** (higher is better) and **{FLOPS}** (multiply-accumulates, lower is better)."]
     stages = [h for h in history if getattr(h, "kind", None) == "stage"]  # StageRecord, QueryRecord rows
     queries = [h for h in history if getattr(h, "kind", None) == "query"]
     if stages:
@@ -240,7 +242,8 @@ def publish_run(recorder: Any, cfg: dict[str, Any], result: Any, metric: str, da
     store = artifact_dir(cfg["storage"], cfg["runs_root"])
     for name in ("search.png", "predictions.png"):
         attach(study, store, recorder.path(name))
-    note = run_note(recorder.run_dir, _facts(cfg, recorder.space.name, data), result.history, metric, final)
+    note = run_note(recorder.run_dir, _facts(cfg, recorder.space.name, data), result.history, metric, final,
+                    result.metrics.get("warning"))
     if getattr(recorder, "worker", None):  # workers sharing a study: each one's note replaces the last one's
         note = note.replace(f"## Run {recorder.run_dir.name}", f"## Worker {recorder.worker} (latest to write)", 1)
     save_note(study, note)

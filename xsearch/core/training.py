@@ -48,6 +48,35 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmu
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def passes_for(images: int, epoch_images: int | None) -> int:
+    """Passes over ``images`` training images that make one epoch of at least ``epoch_images`` images (at least 1).
+
+    The budgets count images seen, not passes: a small data set gets several passes per epoch, so a
+    supernet phase or a stand-alone training sees as many images on 2,000 images as on 20,000.
+    """
+    if not epoch_images or images <= 0:
+        return 1
+    return max(1, math.ceil(epoch_images / images))
+
+
+def repeat_indices(indices: torch.Tensor, passes: int) -> torch.Tensor:
+    """``indices`` repeated ``passes`` times (the batches' shuffle mixes the passes): one epoch of several passes."""
+    return indices.repeat(passes) if passes > 1 else indices
+
+
+def short_training_batch(batch_size: int, images: int, min_steps: int, smallest: int = 16) -> int:
+    """The batch size of a training of ``images`` images in all: ``batch_size``, halved until it takes ``min_steps`` steps.
+
+    A short training on a small data set (1 epoch of 4,000 images at batch 128: 32 steps) ends
+    before the network has learnt anything; the number of optimizer steps, not the number of
+    images, is what it lacks. Never below ``smallest``; ``min_steps`` 0 keeps ``batch_size``.
+    """
+    batch = batch_size
+    while min_steps and batch > smallest and math.ceil(images / batch) < min_steps:
+        batch = max(smallest, batch // 2)
+    return batch
+
+
 class ClassSubset:
     """Restricts a classifier to a subset of classes: logits are sliced, targets re-indexed."""
 
