@@ -51,7 +51,7 @@ def test_dynamic_temperature_is_annealed_by_retraining(digits):
     arch = {c.label: "k3_e3_dc" for c in space.choices}
     evaluator = ClassificationEvaluator(epochs=2, train_samples=256, test_samples=128, batch_size=64,
                                         temperature_epochs=1.0, device="cpu", show_progress=False)
-    model, _, _ = evaluator._fit(space, arch, digits, torch.arange(256), 0, None)
+    model, _, _, _ = evaluator._fit(space, arch, digits, torch.arange(256), 0, None)
     temps = {m.temperature for m in model.modules() if isinstance(m, DynamicConv2d)}
     assert temps == {1.0}
 

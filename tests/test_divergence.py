@@ -120,7 +120,7 @@ def _retraining(digits, monkeypatch, wrap_loss=None, after_step=None):
 
     monkeypatch.setattr(classification, "supervised_step", instrumented)
     space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=4)
-    evaluator = ClassificationEvaluator(epochs=2, train_samples=250, test_samples=128, batch_size=64, device="cpu",
+    evaluator = ClassificationEvaluator(epochs=2, train_samples=250, test_samples=128, batch_size=64, min_steps=0, device="cpu",
                                         show_progress=False)
     return space, space.sample(seed=0), evaluator
 

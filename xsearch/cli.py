@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from .core.errors import UserError
 
@@ -18,6 +19,7 @@ COMMAND_LINES = (
     ("dashboard [STORAGE] [port=N] [host=H]", "Optuna dashboard: runs' studies, notes, plots (default runs/xsearch.db)"),
     ("bench NAME [options] [out=FILE.json]", "a benchmark (below); its rows go to out="),
     ("data fashion-coco DIR [options]", "write the built-in COCO detection data for data=coco data.root=DIR"),
+    ("data folder DIR dataset=NAME [train=N]", "write a dataset (digits, fashion_mnist) as an ImageFolder for data=imagefolder"),
     ("export ARCH_JSON --format F [out=FILE]", "the retrained network as a file, F = onnx|torchscript (weights=none)"),
     ("nni-import EXPORTED.json space=NAME", "an architecture NNI exported as arch.json (out=FILE; README: NNI interop)"),
 )
@@ -336,13 +338,15 @@ def cmd_bench(args: list[str]) -> int:
 
 
 DATA_OPTIONS = {"train": int, "val": int, "seed": int, "size": int, "fashion_root": str, "progress": bool}
-DATA_USAGE = ("usage: xsearch data fashion-coco DIR [train=4000] [val=500] [seed=0] [size=128] [fashion_root=DIR] "
-              "[progress=true]")
+DATA_USAGE = ("usage: xsearch data folder DIR [dataset=NAME] [train=N] [val=N] [seed=0], or xsearch data fashion-coco "
+              "DIR [train=4000] [val=500] [seed=0] [size=128] [fashion_root=DIR] [progress=true]")
 
 
 def cmd_data(args: list[str]) -> int:
     from .core.coco import write_fashion_coco
 
+    if len(args) >= 2 and args[0] == "folder" and "=" not in args[1]:
+        return _data_folder(args[1], args[2:])
     if len(args) < 2 or args[0] != "fashion-coco" or "=" in args[1]:
         raise UserError(f"{DATA_USAGE}; got {' '.join(args)!r}" if args else DATA_USAGE)
     out_dir, options = args[1], {}
@@ -375,6 +379,42 @@ def cmd_data(args: list[str]) -> int:
           "(or evaluator=segmentation, keypoints), or xsearch run space=dyhead strategy=danas evaluator=detection "
           f"data=coco data.root={out_dir}")
     return 0
+
+
+def _data_folder(out_dir: str, args: list[str]) -> int:
+    """``xsearch data folder DIR dataset=NAME [train=N] [val=N] [seed=0] [root=DIR]``: a dataset as an ImageFolder."""
+    from .core.data import DATASETS, load_dataset, write_image_folder
+    from .records import check_writable
+
+    options: dict[str, Any] = {"dataset": "fashion_mnist", "train": None, "val": None, "seed": 0, "root": None}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in options:
+            raise UserError(f"{arg!r} is not an option of xsearch data folder; {FOLDER_USAGE}")
+        if key in ("train", "val", "seed"):
+            try:
+                options[key] = int(value)
+            except ValueError:
+                raise UserError(f"{key} must be an integer; got {value!r}") from None
+            if options[key] < (0 if key == "seed" else 1):
+                raise UserError(f"{key} must be at least {0 if key == 'seed' else 1}; got {value}")
+        else:
+            options[key] = value
+    names = [n for n in DATASETS.names() if n not in ("imagefolder", "coco")]
+    if options["dataset"] not in names:
+        raise UserError(f"dataset={options['dataset']!r} cannot be written as a folder; valid: {', '.join(names)}")
+    if Path(out_dir).exists() and (not Path(out_dir).is_dir() or any(Path(out_dir).iterdir())):
+        raise UserError(f"{out_dir} exists and is not an empty folder; name a new one")
+    check_writable(out_dir, "the output folder")
+    data = load_dataset(options["dataset"], root=options["root"])
+    counts = write_image_folder(data, out_dir, options["train"], options["val"], options["seed"])
+    print(f"wrote {options['dataset']} to {out_dir}: {counts['train']} training images in {out_dir}/train/<class>/, "
+          f"{counts['val']} test images in {out_dir}/val/<class>/")
+    print(f"use it with: xsearch run data=imagefolder data.root={out_dir} data.image_size=28")
+    return 0
+
+
+FOLDER_USAGE = "usage: xsearch data folder DIR [dataset=fashion_mnist|digits|...] [train=N] [val=N] [seed=0] [root=DIR]"
 
 
 def cmd_export(args: list[str]) -> int:

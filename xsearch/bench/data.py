@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from xsearch.core.data import load_dataset, stratified_subset
+from xsearch.core.data import load_dataset, write_image_folder
 from xsearch.core.errors import UserError
 
 from ._harness import machine, write_rows
@@ -49,17 +49,8 @@ def _options(overrides: list[str]) -> dict[str, Any]:
 
 def write_png_folder(root: Path, images: int, seed: int, fashion_root: str | None = None) -> dict[str, int]:
     """Fashion-MNIST as ``root/{train,val}/<class>/NNNNN.png`` (grayscale): ``images`` training, images // 5 val."""
-    from PIL import Image
-
     data = load_dataset("fashion_mnist", root=fashion_root)
-    counts = {}
-    for split, source, n in (("train", data.train, images), ("val", data.test, max(10, images // 5))):
-        for i in stratified_subset(source.targets, n, seed).tolist():
-            folder = root / split / f"{int(source.targets[i]):02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(source.images[i, 0].numpy(), mode="L").save(folder / f"{i:05d}.png")
-        counts[split] = sum(1 for _ in (root / split).rglob("*.png"))
-    return counts
+    return write_image_folder(data, root, images, max(10, images // 5), seed)
 
 
 def _time_passes(data: Any, options: dict[str, Any]) -> tuple[list[float], float, float]:

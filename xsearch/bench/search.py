@@ -198,6 +198,9 @@ def bench_search(overrides: list[str]) -> list[dict[str, Any]]:
         print(f"[bench] {label}: {100 * row['test_accuracy']:.2f} +- {100 * row['test_accuracy_std']:.2f} % test",
               flush=True)
     print(format_search_table(rows))
+    if paired_differences(rows):
+        print()
+        print(format_paired_table(rows))
     return rows
 
 
@@ -265,6 +268,48 @@ def format_search_table(rows: list[dict[str, Any]]) -> str:
         ["budget", "strategy", "search seeds", "test accuracy (%) mean +- std", "FLOPs (M)", "of budget",
          "search time (s)", "vs dnas", "peak RSS (MB)", "percentile among random: mean (each seed)"],
         "llrrrrrrrr", table)
+
+
+def paired_differences(rows: list[dict[str, Any]], reference: str = "danas") -> list[dict[str, Any]]:
+    """Per budget and strategy: ``reference`` minus that strategy's test accuracy, paired by search seed.
+
+    Seed ``s`` of both searched with the same data split and initialisation seed, so their difference
+    cancels what the seed decides for both; a seedless strategy (``hand``) pairs with every seed. The
+    mean difference, its standard error (std of the differences / sqrt(n); None with one pair), n and
+    the seeds are returned, and a t-like ratio mean / SE: above about 2 the difference is larger than
+    the seed noise.
+    """
+    out = []
+    for budget in sorted({r.get("flops_budget") for r in rows}, key=lambda b: (b is None, b or 0)):
+        at = [r for r in rows if r.get("flops_budget") == budget and r["strategy"] != RANDOM]
+        ref = {r.get("search_seed") or 0: r["test_accuracy"] for r in at if r["strategy"] == reference}
+        if not ref:
+            continue
+        for name in dict.fromkeys(r["strategy"] for r in at if r["strategy"] != reference):
+            other = {r.get("search_seed") or 0: r["test_accuracy"] for r in at if r["strategy"] == name}
+            if name in SEEDLESS and other:
+                other = {s: next(iter(other.values())) for s in ref}
+            seeds = sorted(set(ref) & set(other))
+            if not seeds:
+                continue
+            diffs = [ref[s] - other[s] for s in seeds]
+            mean = statistics.mean(diffs)
+            se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+            out.append({"flops_budget": budget, "reference": reference, "strategy": name, "pairs": len(diffs),
+                        "seeds": seeds, "mean_difference": mean, "standard_error": se,
+                        "ratio": mean / se if se else None})
+    return out
+
+
+def format_paired_table(rows: list[dict[str, Any]], reference: str = "danas") -> str:
+    """The paired differences (``paired_differences``) as a Markdown table, in accuracy points."""
+    pairs = paired_differences(rows, reference)
+    return markdown_table(
+        ["budget", "difference", "pairs (search seeds)", "mean (points)", "standard error", "mean / SE"], "llrrrr",
+        [[format_flops_m(p["flops_budget"]) if p["flops_budget"] else "-", f"{reference} - {p['strategy']}",
+          str(p["pairs"]), f"{100 * p['mean_difference']:+.2f}",
+          "-" if p["standard_error"] is None else f"{100 * p['standard_error']:.2f}",
+          "-" if p["ratio"] is None else f"{p['ratio']:+.1f}"] for p in pairs])
 
 
 def format_legacy_search_table(rows: list[dict[str, Any]]) -> str:

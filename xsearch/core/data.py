@@ -423,6 +423,27 @@ def load_imagefolder(root: str | None = None, image_size: int = 64, workers: int
                      info={"root": root, "workers": workers, "cached": cached})
 
 
+def write_image_folder(data: ImageData, root: str | Path, train: int | None = None, val: int | None = None,
+                       seed: int = 0) -> dict[str, int]:
+    """``data`` as ``root/{train,val}/<class index>/NNNNN.png`` (what ``data=imagefolder`` reads); the counts written.
+
+    ``train`` images of the training split and ``val`` of the test split, class-stratified and seeded
+    (None: all of them). One-channel images are written as grayscale PNGs.
+    """
+    from PIL import Image
+
+    counts = {}
+    for split, source, n in (("train", data.train, train), ("val", data.test, val)):
+        for i in stratified_subset(source.targets, n, seed).tolist():
+            image, target = source.batch(torch.tensor([i]))
+            pixels = (image[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            folder = Path(root) / split / f"{int(target[0]):02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(folder / f"{i:05d}.png")
+        counts[split] = sum(1 for _ in (Path(root) / split).rglob("*.png"))
+    return counts
+
+
 def load_dataset(name: str, root: str | None = None, **kwargs: Any) -> ImageData:
     """Load dataset ``name`` (see ``DATASETS.names()``) from ``root``."""
     return DATASETS.get(name)(root=root, **kwargs)
