@@ -14,6 +14,7 @@ from xsearch.strategies import Constraints
 from .config import build_data, build_evaluator, build_launcher, build_space, build_strategy, needs_data
 from .core import distributed
 from .core.errors import UserError
+from .core.training import release_memory
 from .dashboard import FLOPS, publish_run, record_final, search_metric
 from .records import (
     ReadOnlyRecorder,
@@ -108,6 +109,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         result = strategy.search(space, evaluator, data, Constraints(max_flops), recorder,
                                  checkpoint=recorder.path("search_checkpoint.pt"))
         recorder.save_result(result)
+    release_memory()  # the search's supernet and batches are gone; give their memory back before retraining
     result.arch = distributed.broadcast_object(result.arch)  # every rank retrains the architecture rank 0 records
     if max_flops is not None and result.flops > max_flops:  # the contract every strategy must keep
         raise RuntimeError(f"strategy returned {result.flops} MACs over the budget {max_flops}")

@@ -29,6 +29,32 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def release_memory() -> None:
+    """Hand the memory freed so far back to the operating system (Linux glibc; elsewhere only ``gc.collect``).
+
+    glibc keeps freed heap memory for later allocations, so a process's resident size stays at its
+    high-water mark: after a supernet search the retraining started from 2.2 GB resident although
+    the supernet was gone (1.35 GB after ``malloc_trim``). Called between phases (after every
+    training epoch and after the search); it costs milliseconds.
+    """
+    import gc
+
+    gc.collect()
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -96,7 +122,7 @@ class ClassSubset:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageData, split: str, indices: torch.Tensor | None = None,
-             batch_size: int = 512, device: torch.device | str = "cpu",
+             batch_size: int = 256, device: torch.device | str = "cpu",
              subset: ClassSubset | None = None) -> dict[str, Any]:
     """Accuracy, mean cross-entropy and per-class accuracy of ``model`` on ``split`` (optionally a subset)."""
     was_training = model.training
@@ -274,6 +300,7 @@ def train_epoch(batches: Iterable[Any], step: Step, total: int, desc: str = "", 
             sums[key] = sums.get(key, 0.0) + value * size
         n += size
         bar.set_postfix({key: f"{value / n:.3f}" for key, value in sums.items()}, refresh=False)
+    release_memory()
     return {key: value / max(1, n) for key, value in sums.items()}
 
 
