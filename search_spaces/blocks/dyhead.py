@@ -42,7 +42,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import deform_conv2d
 
 from .dynamic import DyReLU
 
@@ -86,6 +85,10 @@ class DyHeadBlock(nn.Module):
     def deform_read(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
                     stride: int = 1) -> torch.Tensor:
         """The shared modulated deformable 3x3 conv of ``x``; ``offset``/``mask`` sized for its output."""
+        # imported here: torchvision.ops pulls in torch._dynamo and Triton (about 1.4 s and 300 MB resident
+        # on this machine), which a classification run never needs
+        from torchvision.ops import deform_conv2d
+
         return deform_conv2d(x, offset, self.dcn_weight, self.dcn_bias, stride=stride, padding=_K // 2,
                              mask=mask)
 
