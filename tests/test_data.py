@@ -186,3 +186,44 @@ def test_bench_data_rows(tmp_path, fashion_root):
     assert all(r["images_per_second"] > 0 and r["train_images"] == 40 for r in rows)
     assert json.loads(out.read_text()) == rows
     assert len(list((tmp_path / "pngs" / "val").rglob("*.png"))) == 10
+
+
+def test_xsearch_data_folder_writes_what_imagefolder_reads_pixel_for_pixel(tmp_path, capsys):
+    from xsearch.cli import main
+
+    out = tmp_path / "digits"
+    assert main(["data", "folder", str(out), "dataset=digits", "train=200", "val=50"]) == 0
+    assert "wrote digits" in capsys.readouterr().out
+    digits = load_dataset("digits")
+    folder = load_dataset("imagefolder", root=str(out), image_size=8, workers=0)
+    assert abs(len(folder.train) - 200) <= 5 and abs(len(folder.test) - 50) <= 5  # class-stratified: about as asked
+    assert folder.class_names == tuple(f"{c:02d}" for c in range(10))
+    # every written image is one of the digits' test images, the same pixels (grayscale written, RGB read)
+    x, y = folder.test.batch(torch.arange(len(folder.test)))
+    originals = {tuple(digits.test.images[i, 0].flatten().tolist()): int(digits.test.targets[i])
+                 for i in range(len(digits.test))}
+    pixels = (x[:, 0] * 255).round().to(torch.uint8)
+    assert all(originals.get(tuple(p.flatten().tolist())) == int(t) for p, t in zip(pixels, y))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["dataset=nope"], "cannot be written as a folder; valid:"),
+    (["train=0"], "train must be at least 1"),
+    (["train=abc"], "train must be an integer"),
+    (["colour=red"], "is not an option of xsearch data folder"),
+])
+def test_xsearch_data_folder_refuses_bad_input_with_exit_2(tmp_path, capsys, args, message):
+    from xsearch.cli import main
+
+    assert main(["data", "folder", str(tmp_path / "out"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_xsearch_data_folder_will_not_write_into_a_full_folder(tmp_path, capsys):
+    from xsearch.cli import main
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    assert main(["data", "folder", str(tmp_path / "full"), "dataset=digits"]) == 2
+    assert "is not an empty folder" in capsys.readouterr().err
