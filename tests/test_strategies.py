@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from xsearch.core.data import split_for_search
 from xsearch.core.errors import UserError
 from xsearch.records import RunRecorder
 from xsearch.search_spaces import get_space
@@ -93,8 +94,8 @@ def _search(name, digits, budget, tmp_path=None, **kw):
     space = get_space("mbv3", num_classes=10, in_chans=1, image_size=8, num_layers=5)
     if name in ("danas", "dnas"):  # a short accuracy derivation on few held-out images
         kw = {"derive_trials": 4, "val_samples": 200, **kw}
-    strategy = STRATEGIES.get(name)(epochs=3, warmup_epochs=1, train_samples=600, batch_size=50,
-                                    show_progress=False, **kw)
+    kw = {"epochs": 3, "warmup_epochs": 1, "train_samples": 600, "batch_size": 50, **kw}
+    strategy = STRATEGIES.get(name)(show_progress=False, **kw)
     if tmp_path is None:
         return space, strategy.search(space, None, digits, Constraints(budget), None)
     return space, strategy.search(space, None, digits, Constraints(budget), RunRecorder(tmp_path, space),
@@ -213,3 +214,29 @@ def test_spos_refuses_the_settings_it_inherits_but_never_reads():
     with pytest.raises(TypeError, match="spos does not use \\['derive_trials'\\]"):
         STRATEGIES.get("spos")(derive_trials=3)
     assert STRATEGIES.get("spos")(max_trials=3, lr=0.05).lr == 0.05
+
+
+def test_danas_warms_up_on_the_easy_classes_and_counts_images_not_passes(digits):
+    """One all-class warm-up epoch ranks the classes; the others train on stage 1's classes; small data gets passes."""
+    _, result = _search("danas", digits, None, warmup_epochs=3, epoch_images=900, derive="probability")
+    phases = result.metrics["phases"]
+    assert [p["phase"] for p in phases] == ["warm-up", "warm-up (easy classes)", "stage 1", "stage 2", "stage 3"]
+    warm, easy = phases[0], phases[1]
+    # whole passes over the weight half of the 600 search images until an epoch has at least 900 images
+    w_idx, _ = split_for_search(digits.train.targets, 600, 0)
+    passes = -(-900 // len(w_idx))
+    assert (warm["classes"], warm["epochs"], warm["images"]) == (10, 1, passes * len(w_idx))
+    assert warm["steps"] == -(-warm["images"] // 50)
+    assert easy["classes"] == 3 and easy["epochs"] == 2 and easy["images"] % passes == 0
+    assert 0.5 * warm["images"] <= easy["images"] <= 0.7 * warm["images"]  # 3 of 10 classes, twice
+    assert phases[-1]["classes"] == 10 and phases[-1]["images"] == warm["images"]
+    epochs = result.metrics["epochs"]
+    assert [e["classes"] for e in epochs[:3]] == [10, 3, 3]
+    assert result.metrics["warning"] is None or "has not learned" in result.metrics["warning"]
+
+
+def test_dnas_and_spos_warm_up_on_every_class(digits):
+    for name, kw in (("dnas", {"derive": "probability"}), ("spos", {"max_trials": 2})):
+        _, result = _search(name, digits, None, warmup_epochs=2, **kw)
+        warmups = [e for e in result.metrics["epochs"] if e["phase"] == "warmup"]
+        assert warmups and all(e["classes"] == 10 and not e["easy_classes"] for e in warmups)
