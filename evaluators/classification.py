@@ -64,8 +64,9 @@ class ClassificationEvaluator(Evaluator):
                  adamw_lr: float = 2e-3, adamw_weight_decay: float = 0.05, epoch_images: int | None = None,
                  min_steps: int = 125, recalibration_batches: int = 20, device: str = "auto",
                  show_progress: bool = True) -> None:
-        for key, value in (("epoch_images", epoch_images or 0), ("min_steps", min_steps),
-                           ("recalibration_batches", recalibration_batches)):
+        if epoch_images is not None and epoch_images < 1:
+            raise ValueError(f"train.epoch_images must be at least 1 (or null: one pass per epoch), got {epoch_images}")
+        for key, value in (("min_steps", min_steps), ("recalibration_batches", recalibration_batches)):
             if value < 0:
                 raise ValueError(f"train.{key} must be at least 0, got {value}")
         self.epoch_images, self.min_steps, self.recalibration_batches = epoch_images, min_steps, recalibration_batches

@@ -94,3 +94,18 @@ def test_a_supernet_that_did_not_learn_says_so(accuracy, warns):
     assert (report["warning"] is not None) == warns
     if warns:
         assert "search.epoch_images (now 500)" in report["warning"] and "search.warmup_epochs" in report["warning"]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("search.epoch_images=0", "search.epoch_images must be at least 1 (or null: one pass per epoch), got 0"),
+    ("train.epoch_images=0", "train.epoch_images must be at least 1 (or null: one pass per epoch), got 0"),
+    ("train.min_steps=-1", "train.min_steps must be at least 0, got -1"),
+    ("train.recalibration_batches=-2", "train.recalibration_batches=-2 must be at least 0"),
+    ("search.easy_warmup=maybe", "search.easy_warmup=maybe is not valid"),
+])
+def test_the_new_settings_refuse_bad_values_before_any_work(tmp_path, capsys, setting, message):
+    from xsearch.cli import main
+
+    assert main(["run", setting, f"runs_root={tmp_path / 'runs'}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
