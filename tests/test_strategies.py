@@ -216,9 +216,11 @@ def test_spos_refuses_the_settings_it_inherits_but_never_reads():
     assert STRATEGIES.get("spos")(max_trials=3, lr=0.05).lr == 0.05
 
 
-def test_danas_warms_up_on_the_easy_classes_and_counts_images_not_passes(digits):
-    """One all-class warm-up epoch ranks the classes; the others train on stage 1's classes; small data gets passes."""
-    _, result = _search("danas", digits, None, warmup_epochs=3, epoch_images=900, derive="probability")
+def test_danas_easy_warmup_trains_on_the_easy_classes_and_counts_images_not_passes(digits):
+    """easy_warmup: one all-class warm-up epoch ranks the classes, the others train on stage 1's classes; small data
+    gets passes."""
+    _, result = _search("danas", digits, None, warmup_epochs=3, epoch_images=900, derive="probability",
+                        easy_warmup=True)
     phases = result.metrics["phases"]
     assert [p["phase"] for p in phases] == ["warm-up", "warm-up (easy classes)", "stage 1", "stage 2", "stage 3"]
     warm, easy = phases[0], phases[1]
@@ -235,8 +237,9 @@ def test_danas_warms_up_on_the_easy_classes_and_counts_images_not_passes(digits)
     assert result.metrics["warning"] is None or "has not learned" in result.metrics["warning"]
 
 
-def test_dnas_and_spos_warm_up_on_every_class(digits):
-    for name, kw in (("dnas", {"derive": "probability"}), ("spos", {"max_trials": 2})):
+def test_danas_by_default_dnas_and_spos_warm_up_on_every_class(digits):
+    for name, kw in (("danas", {"derive": "probability"}), ("dnas", {"derive": "probability"}),
+                     ("spos", {"max_trials": 2})):
         _, result = _search(name, digits, None, warmup_epochs=2, **kw)
         warmups = [e for e in result.metrics["epochs"] if e["phase"] == "warmup"]
         assert warmups and all(e["classes"] == 10 and not e["easy_classes"] for e in warmups)

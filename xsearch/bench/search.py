@@ -42,8 +42,8 @@ VARIANTS: dict[str, list[str]] = {
                      "search.prune_score=probability"],
     # the pruning score: the softmax alone (danas's default) against the blend with each candidate's own held-out loss
     "danas_blend": ["strategy=danas", "search.prune_score=blend"],
-    # every warm-up epoch on all classes, the ranking after them (before DA-NAS warmed up on the easy classes)
-    "danas_full_warmup": ["strategy=danas", "search.easy_warmup=false"],
+    # the paper's warm-up on easy data: one all-class epoch ranks the classes, the others train on stage 1's classes
+    "danas_easy_warmup": ["strategy=danas", "search.easy_warmup=true"],
 }
 SEEDLESS = frozenset({"hand"})  # strategies that do not search: the same network whatever the seed, so run once
 RANDOM = "random_distribution"  # the strategy field of the random architectures' rows
