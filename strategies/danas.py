@@ -18,7 +18,7 @@ class ProgressiveDataAdaptedPruning(DifferentiableSearch):
     accuracy of sampled sub-networks (easy first). ``easy_warmup=True`` warms up as the paper does,
     on easy data: one epoch on all classes ranks them, the other warm-up epochs train on the first
     stage's classes only; it saved 10 % of the search time in ``bench search`` but left the supernet
-    unable to rank on all classes (inherited accuracy 48-58 % against 76 % on Fashion-MNIST, 53-60 %
+    unable to rank on all classes (inherited accuracy 48-58 % against 69-76 % on Fashion-MNIST, 53-60 %
     against 87-92 % on digits), so it is off by default. Stage ``i`` trains on the easiest ``class_fractions[i]`` of the
     classes; after every stage but the last, each layer keeps its ``keep_fraction`` most probable
     candidates (about 40% pruned per stage). ``epochs`` is split evenly over the stages.
