@@ -338,8 +338,8 @@ def cmd_bench(args: list[str]) -> int:
 
 
 DATA_OPTIONS = {"train": int, "val": int, "seed": int, "size": int, "fashion_root": str, "progress": bool}
-DATA_USAGE = ("usage: xsearch data folder DIR [dataset=NAME] [train=N] [val=N] [seed=0], or xsearch data fashion-coco "
-              "DIR [train=4000] [val=500] [seed=0] [size=128] [fashion_root=DIR] [progress=true]")
+DATA_USAGE = ("usage: xsearch data fashion-coco DIR [train=4000] [val=500] [seed=0] [size=128] [fashion_root=DIR] "
+              "[progress=true], or xsearch data folder DIR [dataset=NAME] [train=N] [val=N] [seed=0]")
 
 
 def cmd_data(args: list[str]) -> int:
