@@ -32,6 +32,7 @@ from xsearch.core.io import atomic_write
 from xsearch.core.training import (
     anneal_temperature,
     channels_last,
+    check_epoch_images,
     check_optimizer,
     cosine_with_warmup,
     evaluate,
@@ -64,8 +65,7 @@ class ClassificationEvaluator(Evaluator):
                  adamw_lr: float = 2e-3, adamw_weight_decay: float = 0.05, epoch_images: int | None = None,
                  min_steps: int = 125, recalibration_batches: int = 20, device: str = "auto",
                  show_progress: bool = True) -> None:
-        if epoch_images is not None and epoch_images < 1:
-            raise ValueError(f"train.epoch_images must be at least 1 (or null: one pass per epoch), got {epoch_images}")
+        check_epoch_images("train.epoch_images", epoch_images)
         for key, value in (("min_steps", min_steps), ("recalibration_batches", recalibration_batches)):
             if value < 0:
                 raise ValueError(f"train.{key} must be at least 0, got {value}")

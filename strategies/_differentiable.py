@@ -28,6 +28,7 @@ from xsearch.core.training import (
     ClassSubset,
     anneal_temperature,
     channels_last,
+    check_epoch_images,
     check_finite_weights,
     check_optimizer,
     cosine_with_warmup,
@@ -78,9 +79,7 @@ class DifferentiableSearch(Strategy):
                                   ("derive", derive, DERIVATIONS), ("prune_score", prune_score, PRUNE_SCORES)):
             if value not in valid:
                 raise ValueError(f"search.{key} must be one of {list(valid)}, got {value!r}")
-        if epoch_images is not None and epoch_images < 1:
-            raise ValueError(f"search.epoch_images must be at least 1 (or null: one pass per epoch), got {epoch_images}")
-        self.epoch_images = epoch_images
+        self.epoch_images = check_epoch_images("search.epoch_images", epoch_images)
         self.sharing, self.skip, self.derive, self.derive_trials = sharing, skip, derive, derive_trials
         self.prune_score, self.val_samples, self.recalibration_batches = prune_score, val_samples, recalibration_batches
         self.epochs, self.warmup_epochs, self.train_samples = epochs, warmup_epochs, train_samples

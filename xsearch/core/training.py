@@ -85,6 +85,13 @@ def passes_for(images: int, epoch_images: int | None) -> int:
     return max(1, math.ceil(epoch_images / images))
 
 
+def check_epoch_images(key: str, value: int | None) -> int | None:
+    """``value`` of setting ``key`` (``search.epoch_images``, ``train.epoch_images``): null or at least 1."""
+    if value is not None and value < 1:
+        raise ValueError(f"{key} must be at least 1 (or null: one pass per epoch), got {value}")
+    return value
+
+
 def repeat_indices(indices: torch.Tensor, passes: int) -> torch.Tensor:
     """``indices`` repeated ``passes`` times (the batches' shuffle mixes the passes): one epoch of several passes."""
     return indices.repeat(passes) if passes > 1 else indices
