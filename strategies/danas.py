@@ -1,4 +1,8 @@
-"""``danas``: progressive data-adapted pruning (DA-NAS, ECCV 2020), as DESIGN.md describes our version."""
+"""``danas``: progressive data-adapted pruning (DA-NAS, ECCV 2020), our version.
+
+What we chose where the paper is silent, and why: docs/concepts/danas.md and docs/design.md (the
+documentation site's "DA-NAS as implemented" and "Design" pages).
+"""
 
 from __future__ import annotations
 
