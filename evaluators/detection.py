@@ -247,7 +247,7 @@ class DetectionTask(Task):
 
     def metrics(self, data: Any, split: str, predictions: dict[int, dict[str, torch.Tensor]],
                 indices: list[int] | None) -> dict[str, Any]:
-        from xsearch.core.coco import coco_evaluate
+        from xsearch.datasets.coco import coco_evaluate
 
         coco_split = data.train if split == "train" else data.val
         out: dict[str, Any] = {}
@@ -367,7 +367,7 @@ class DetectionEvaluator(Evaluator):
                 "train_epochs": self.epochs, "train_seconds": elapsed, "seed": seed}
 
     def _draw(self, data: Any, predictions: dict[int, dict[str, torch.Tensor]], path: Path) -> None:
-        from xsearch.core.coco import draw_predictions
+        from xsearch.datasets.coco import draw_predictions
 
         shown = sorted(predictions)[:6]
         draw_predictions(data.val, predictions, data.class_names, path, shown)

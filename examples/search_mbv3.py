@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from xsearch.core.data import load_dataset
+from xsearch.datasets import load_dataset
 from xsearch.evaluators import ClassificationEvaluator
 from xsearch.search_spaces import format_flops, get_space
 from xsearch.strategies import Constraints, ProgressiveDataAdaptedPruning

@@ -13,13 +13,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .mixed import MixedLayer
+
+class CandidateLayer(Protocol):
+    """What a policy needs of the layer it runs: its candidates, indexed as ``active`` counts them.
+
+    ``supernets.mixed.MixedLayer`` is one; a protocol here, and not that class, keeps this module
+    below ``mixed``, which imports the policies.
+    """
+
+    candidates: nn.ModuleList
 
 
 class Execution(ABC):
@@ -32,7 +39,7 @@ class Execution(ABC):
     fused: ClassVar[bool] = False
 
     @abstractmethod
-    def run(self, layer: MixedLayer, x: torch.Tensor, weights: torch.Tensor | None,
+    def run(self, layer: CandidateLayer, x: torch.Tensor, weights: torch.Tensor | None,
             active: list[int]) -> torch.Tensor:
         """Sum over ``active`` candidates of ``weights[i] * candidate_i(x)`` (unweighted when ``weights`` is None)."""
 
@@ -44,7 +51,7 @@ class Execution(ABC):
 class PlainExecution(Execution):
     """One candidate at a time through its own forward: the reference every other policy must match."""
 
-    def run(self, layer: MixedLayer, x: torch.Tensor, weights: torch.Tensor | None,
+    def run(self, layer: CandidateLayer, x: torch.Tensor, weights: torch.Tensor | None,
             active: list[int]) -> torch.Tensor:
         out = None
         for i in active:

@@ -43,7 +43,7 @@ def fashion_root() -> Path:
 @pytest.fixture(scope="session")
 def fashion_coco(tmp_path_factory) -> Path:
     """A tiny built-in fashion-coco (40 training and 10 validation canvases), written once per session."""
-    from xsearch.core.coco import write_fashion_coco
+    from xsearch.datasets import write_fashion_coco
 
     root = tmp_path_factory.mktemp("fashion-coco")
     write_fashion_coco(root, train=40, val=10, seed=0, show_progress=False)
@@ -52,7 +52,7 @@ def fashion_coco(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def digits():
-    from xsearch.core.data import load_dataset
+    from xsearch.datasets import load_dataset
 
     return load_dataset("digits")
 

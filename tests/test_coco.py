@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from xsearch.cli import main
-from xsearch.core.coco import (
-    FASHION_SIGMAS,
+from xsearch.core.errors import UserError
+from xsearch.datasets import (
+    DATASETS,
     CocoSplit,
     DetectionData,
     coco_evaluate,
@@ -21,8 +22,7 @@ from xsearch.core.coco import (
     load_coco,
     write_fashion_coco,
 )
-from xsearch.core.data import DATASETS
-from xsearch.core.errors import UserError
+from xsearch.datasets.coco import FASHION_SIGMAS
 
 TRAIN, VAL = 40, 12
 
@@ -326,3 +326,11 @@ def test_cli_bad_options_exit_2(args, message, tmp_path, capsys):
     assert main(["data", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("xsearch: error: ") and message in err and "Traceback" not in err
+
+
+def test_cli_unwritable_folder_exits_2_before_any_work(capsys):
+    """/proc takes no new folder, whoever runs: refused before Fashion-MNIST is read (a missing root would say so)."""
+    assert main(["data", "fashion-coco", "/proc/forbidden", "fashion_root=/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xsearch: error: ") and "'/proc/forbidden' cannot be written" in err
+    assert "Traceback" not in err and "Fashion-MNIST" not in err

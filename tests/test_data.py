@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from xsearch.core.data import augment_batch, channels_last_tensor, load_dataset, split_for_search
+from xsearch.core.data import augment_batch, channels_last_tensor, split_for_search
 from xsearch.core.errors import UserError
+from xsearch.datasets import load_dataset
 from xsearch.supernets import Supernet
 
 

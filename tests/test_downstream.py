@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from xsearch.cli import main
-from xsearch.core.coco import load_coco
 from xsearch.core.flops import fvcore_macs
+from xsearch.datasets import load_coco
 from xsearch.evaluators import EVALUATORS, DetectionTask
 from xsearch.evaluators.detection import _DenseCore
 from xsearch.search_spaces import get_space

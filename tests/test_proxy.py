@@ -13,7 +13,7 @@ from xsearch.evaluators.proxy import PROXIES, naswot_kernel
 
 @pytest.fixture(scope="module")
 def fashion(fashion_root):
-    from xsearch.core.data import load_dataset
+    from xsearch.datasets import load_dataset
 
     return load_dataset("fashion_mnist", root=str(fashion_root))
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xsearch.core.data import load_dataset, stratified_subset
+from xsearch.core.data import stratified_subset
 from xsearch.core.training import evaluate, passes_for, repeat_indices, short_training_batch
+from xsearch.datasets import load_dataset
 from xsearch.evaluators import ClassificationEvaluator
 from xsearch.search_spaces import get_space
 

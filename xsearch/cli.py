@@ -343,7 +343,7 @@ DATA_USAGE = ("usage: xsearch data fashion-coco DIR [train=4000] [val=500] [seed
 
 
 def cmd_data(args: list[str]) -> int:
-    from .core.coco import write_fashion_coco
+    from .datasets import write_fashion_coco
 
     if len(args) >= 2 and args[0] == "folder" and "=" not in args[1]:
         return _data_folder(args[1], args[2:])
@@ -383,7 +383,7 @@ def cmd_data(args: list[str]) -> int:
 
 def _data_folder(out_dir: str, args: list[str]) -> int:
     """``xsearch data folder DIR dataset=NAME [train=N] [val=N] [seed=0] [root=DIR]``: a dataset as an ImageFolder."""
-    from .core.data import DATASETS, load_dataset, write_image_folder
+    from .datasets import DATASETS, load_dataset, write_image_folder
     from .records import check_writable
 
     options: dict[str, Any] = {"dataset": "fashion_mnist", "train": None, "val": None, "seed": 0, "root": None}

@@ -84,7 +84,7 @@ KINDS = {
     "space": Kind("space", "xsearch.search_spaces:SPACES", frozenset()),
     "strategy": Kind("strategy", "xsearch.strategies:STRATEGIES",
                      frozenset({"seed", "device", "show_progress", "launcher"})),
-    "data": Kind("data", "xsearch.core.data:DATASETS", frozenset()),
+    "data": Kind("data", "xsearch.datasets:DATASETS", frozenset()),
     "evaluator": Kind("evaluator", "xsearch.evaluators:EVALUATORS", frozenset({"device", "show_progress"})),
 }
 GROUPS = tuple(KINDS)  # the config groups: space=NAME, strategy=NAME, data=NAME, evaluator=NAME

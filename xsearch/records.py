@@ -14,7 +14,6 @@ evaluator's own checkpoints.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 import uuid
 import warnings
@@ -28,31 +27,12 @@ from xsearch.search_spaces import Arch, SearchSpace, arch_from_record, arch_reco
 from xsearch.strategies import QueryRecord, SearchResult, SharedStudy, StageRecord
 
 from .core.errors import UserError
-from .core.io import atomic_write, write_json, write_text
+from .core.io import atomic_write, check_writable, write_json, write_text
 
 SEARCH_FILE, REPLAY_FILE, ARCH_FILE = "search.json", "search_trials.json", "arch.json"
 
 
 # --- run folders and studies ------------------------------------------------------------
-def check_writable(path: str | Path, what: str) -> None:
-    """Refuse (UserError) a folder that cannot be created or written, before any work is done.
-
-    Probes the nearest existing folder with a temporary subfolder: permission bits alone do not
-    tell (root may write anywhere, yet not into /proc or a read-only disk).
-    """
-    existing = Path(path).absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{what}={str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder; "
-                        f"choose another {what}")
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as exc:
-        raise UserError(f"{what}={str(path)!r} cannot be written ({exc.strerror or exc} in {str(existing)!r}); "
-                        f"choose a writable {what}") from None
-
-
 def check_new_run_dir(run_dir: str | Path) -> None:
     """Refuse a ``run_dir`` that already holds a run or cannot be written."""
     if (Path(run_dir) / "config.yaml").exists():

@@ -21,7 +21,7 @@ from torch import nn
 
 from xsearch.core.training import set_temperature, temperature_at
 
-from .mbv3 import conv_out_size
+from ._sizes import conv_out_size
 
 __all__ = ["DyReLU", "DynamicConv2d", "set_temperature", "temperature_at"]
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from xsearch.core.data import load_dataset, write_image_folder
 from xsearch.core.errors import UserError
+from xsearch.datasets import load_dataset, write_image_folder
 
 from ._harness import machine, write_rows
 

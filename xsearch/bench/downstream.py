@@ -63,7 +63,7 @@ def _coco_root(cfg: dict[str, Any], train_o: list[str]) -> tuple[str, list[str]]
     given = [o for o in train_o if o.startswith("data.root=")]
     if given:
         return given[-1].split("=", 1)[1], train_o
-    from xsearch.core.coco import write_fashion_coco
+    from xsearch.datasets import write_fashion_coco
 
     root = Path(cfg["runs_root"]) / "fashion-coco"
     if not (root / "annotations" / "instances_val.json").exists():

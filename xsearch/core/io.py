@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file beside the target, then ``os.replace``.
+"""Atomic file writes (a temporary file beside the target, then ``os.replace``) and the check that a folder is writable.
 
 A kill or a full disk during a write leaves the previous file intact, never a half-written one.
 """
@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .errors import UserError
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = False) -> Path:
@@ -37,6 +39,25 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, payload: Any) -> Path:
     """``payload`` as indented JSON (non-JSON values through ``str``), atomically."""
     return write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """Refuse (UserError) a folder that cannot be created or written, before any work is done.
+
+    Probes the nearest existing folder with a temporary subfolder: permission bits alone do not
+    tell (root may write anywhere, yet not into /proc or a read-only disk).
+    """
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what}={str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder; "
+                        f"choose another {what}")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as exc:
+        raise UserError(f"{what}={str(path)!r} cannot be written ({exc.strerror or exc} in {str(existing)!r}); "
+                        f"choose a writable {what}") from None
 
 
 def _umask() -> int:

@@ -1,5 +1,4 @@
-"""COCO-format detection data: a loader (``data=coco``), COCOeval metrics, a drawing, and the built-in
-fashion-coco dataset (Fashion-MNIST items pasted on black canvases) written in that format.
+"""COCO-format detection data (``data=coco``): the dataset, its splits, and the loader that checks the files.
 
 The loaded splits hold every image as a uint8 tensor in memory, with torchvision-style targets
 (``boxes`` xyxy in pixels, ``labels`` 1..K with 0 the background, and ``masks`` / ``keypoints``
@@ -13,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .data import DATASETS, FASHION_MNIST_CLASSES, load_fashion_mnist
-from .errors import UserError
+from xsearch.core.errors import UserError
+
+from .._registry import DATASETS
 
 if TYPE_CHECKING:  # pragma: no cover
     from pycocotools.coco import COCO
@@ -37,20 +35,6 @@ TASKS = ("detection", "segmentation", "keypoints")
 COCO_PERSON_SIGMAS = (0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062,
                       0.107, 0.107, 0.087, 0.087, 0.089, 0.089)
 
-# fashion-coco keypoints: the extreme pixels of an item's mask and its centroid.
-FASHION_KEYPOINTS = ("top", "bottom", "left", "right", "centre")
-# OKS sigmas for them. COCOeval scores a keypoint by exp(-d^2 / (2 * area * (2 sigma)^2)), so at OKS 0.5 a point may
-# be d = 1.18 * sqrt(area) * 2 sigma off. For a typical item (mask area ~800 px, sqrt ~28): 3.3 px for the extremes
-# (sigma 0.05), which are single, sharply defined pixels on the outline (like COCO's eyes and nose, 0.025, but our
-# objects are small and drawn at low resolution, so a pixel or two of error must still count); 5.3 px for the centre
-# (sigma 0.08), which no edge marks, so it is as loosely located as COCO's hips (0.107) and knees (0.087).
-FASHION_SIGMAS = (0.05, 0.05, 0.05, 0.05, 0.08)
-FASHION_SKELETON = ((5, 1), (5, 2), (5, 3), (5, 4))  # 1-based, COCO's convention: centre to each extreme
-FASHION_THRESHOLD = 20  # an item's pixel belongs to it when brighter than this (of 255) after scaling
-FASHION_ITEM_SIDE = (24, 64)  # the side of a scaled 28x28 item, in pixels
-FASHION_MAX_IOU = 0.3  # an item's box overlaps each earlier one by less than this
-FASHION_MIN_VISIBLE = 0.3  # an item covered so much that less than this fraction of its pixels shows is dropped
-
 
 def _quiet_coco(path: Path) -> COCO:
     from pycocotools.coco import COCO
@@ -60,6 +44,15 @@ def _quiet_coco(path: Path) -> COCO:
             return COCO(str(path))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise UserError(f"{path} is not a COCO annotation file ({type(exc).__name__}: {exc})") from exc
+
+
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """A binary (H, W) mask as COCO's run-length encoding, JSON-ready (``counts`` a string)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
 
 
 # --- splits and data -------------------------------------------------------------------------
@@ -384,253 +377,3 @@ def load_coco(root: str | None = None, task: str | None = None, image_size: int 
     return DetectionData(name, splits["train"], splits["val"], tuple(str(cats[c]["name"]) for c in cat_ids), cat_ids,
                          image_size=image_size, info=info, **kw)
 
-
-# --- evaluation ------------------------------------------------------------------------------
-
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def coco_evaluate(split: CocoSplit, predictions: dict[int, dict[str, torch.Tensor]], iou_type: str,
-                  category_ids: tuple[int, ...], keypoint_sigmas: tuple[float, ...] | None = None,
-                  indices: list[int] | None = None) -> dict[str, Any]:
-    """COCOeval's metrics of ``predictions`` ({position in split: torchvision-style output in the image's pixels})."""
-    from pycocotools.cocoeval import COCOeval
-
-    if iou_type not in ("bbox", "segm", "keypoints"):
-        raise ValueError(f"iou_type must be 'bbox', 'segm' or 'keypoints', not {iou_type!r}")
-    positions = list(range(len(split))) if indices is None else [int(i) for i in indices]
-    image_ids = [split.image_ids[i] for i in positions]
-    chosen = set(positions)
-    results = []
-    for pos, pred in predictions.items():
-        if int(pos) not in chosen:
-            continue
-        image_id = split.image_ids[int(pos)]
-        boxes = pred["boxes"].detach().float().cpu().numpy().reshape(-1, 4)
-        if len(boxes) == 0:
-            continue
-        labels = pred["labels"].detach().cpu().numpy().reshape(-1)
-        scores = pred["scores"].detach().float().cpu().numpy().reshape(-1)
-        masks = keypoints = None
-        if iou_type == "segm":
-            masks = (pred["masks"].detach().cpu() > 0.5).numpy()
-            masks = masks.reshape(len(boxes), *masks.shape[-2:])
-        if iou_type == "keypoints":
-            keypoints = pred["keypoints"].detach().float().cpu().numpy().reshape(len(boxes), -1)
-        for j in range(len(boxes)):
-            x1, y1, x2, y2 = (float(v) for v in boxes[j])
-            res = {"image_id": image_id, "category_id": int(category_ids[int(labels[j]) - 1]),
-                   "score": float(scores[j]), "bbox": [x1, y1, x2 - x1, y2 - y1]}
-            if masks is not None:
-                res["segmentation"] = _rle(masks[j])
-            if keypoints is not None:
-                res["keypoints"] = [float(v) for v in keypoints[j]]
-            results.append(res)
-    keys = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100")
-    if not results:
-        gt_cats = {a["category_id"] for a in split.coco.dataset.get("annotations", []) if a["image_id"] in image_ids}
-        return {**{k: 0.0 for k in keys}, "per_class_ap": [0.0 if c in gt_cats else -1.0 for c in category_ids]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        dt = split.coco.loadRes(results)
-        ev = COCOeval(split.coco, dt, iou_type)
-        ev.params.imgIds = image_ids
-        ev.params.catIds = list(category_ids)
-        if iou_type == "keypoints":
-            if keypoint_sigmas is None:
-                raise ValueError("keypoint evaluation needs keypoint_sigmas")
-            ev.params.kpt_oks_sigmas = np.asarray(keypoint_sigmas, dtype=np.float64)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    s = [float(v) for v in ev.stats]
-    if iou_type == "keypoints":  # AP, AP50, AP75, AP_M, AP_L, AR(20 detections), ...; no small objects
-        out = dict(zip(keys, (s[0], s[1], s[2], -1.0, s[3], s[4], s[5])))
-    else:
-        out = dict(zip(keys, (s[0], s[1], s[2], s[3], s[4], s[5], s[8])))
-    precision = ev.eval["precision"]  # (iou thresholds, recall points, categories, area ranges, max detections)
-    per_class = []
-    for k in range(len(category_ids)):
-        p = precision[:, :, k, 0, -1]
-        p = p[p > -1]
-        per_class.append(float(p.mean()) if p.size else -1.0)
-    out["per_class_ap"] = per_class
-    return out
-
-
-# --- drawing ---------------------------------------------------------------------------------
-
-def draw_predictions(split: CocoSplit, predictions: dict[int, dict], class_names, path, indices: list[int],
-                     score_threshold: float = 0.3) -> None:
-    """A grid of the images at ``indices``: ground truth thin and dashed, predictions (score >= threshold) labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    indices = [int(i) for i in indices]
-    n = max(len(indices), 1)
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
-    colours = plt.get_cmap("tab10")
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, indices):
-        image = split.images[i].permute(1, 2, 0).numpy()
-        ax.imshow(image)
-        gt = split.annotations[i]
-        for box in gt["boxes"].tolist():
-            ax.add_patch(plt.Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False, lw=0.8,
-                                       ls="--", ec="white"))
-        pred = predictions.get(i)
-        if pred:
-            scores = pred["scores"].detach().float().cpu()
-            keep = torch.nonzero(scores >= score_threshold).reshape(-1).tolist()
-            boxes = pred["boxes"].detach().float().cpu()
-            labels = pred["labels"].detach().cpu()
-            overlay = np.zeros((*image.shape[:2], 4), dtype=np.float32)
-            for j in keep:
-                label = int(labels[j])
-                colour = colours((label - 1) % 10)
-                x1, y1, x2, y2 = boxes[j].tolist()
-                ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.6, ec=colour))
-                name = class_names[label - 1] if 0 < label <= len(class_names) else str(label)
-                ax.text(x1, y1, f"{name} {float(scores[j]):.2f}", fontsize=6, color="black", va="bottom",
-                        bbox={"facecolor": colour, "alpha": 0.8, "pad": 0.5, "lw": 0})
-                if "masks" in pred:
-                    m = (pred["masks"][j].detach().float().cpu().reshape(image.shape[:2]) > 0.5).numpy()
-                    overlay[m] = (*colour[:3], 0.45)
-                if "keypoints" in pred:
-                    kp = pred["keypoints"][j].detach().float().cpu().reshape(-1, 3)
-                    ax.scatter(kp[:, 0], kp[:, 1], s=12, c=[colour], edgecolors="black", linewidths=0.3)
-            if "masks" in pred and keep:
-                ax.imshow(overlay)
-        ax.set_title(f"#{i} (image {split.image_ids[i]})", fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# --- the built-in dataset: fashion-coco ------------------------------------------------------
-
-def _box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-def _fashion_canvas(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray, size: int
-                    ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """One canvas and its objects (0-based class, visible mask), 1 to 4 items pasted on black."""
-    from PIL import Image
-
-    canvas = np.zeros((size, size), dtype=np.uint8)
-    objects: list[list[Any]] = []  # [class, full-canvas mask, pixels when pasted]
-    placed: list[tuple[int, int, int, int]] = []
-    low, high = FASHION_ITEM_SIDE[0], min(FASHION_ITEM_SIDE[1], size)
-    for _ in range(int(rng.integers(1, 5))):
-        k = int(rng.integers(len(items)))
-        side = int(rng.integers(low, high + 1))
-        item = np.asarray(Image.fromarray(items[k]).resize((side, side), Image.BILINEAR))
-        mask = item > FASHION_THRESHOLD
-        pixels = int(mask.sum())
-        if pixels < 16:
-            continue
-        ys, xs = np.nonzero(mask)
-        for _attempt in range(20):
-            x0, y0 = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
-            box = (x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
-            if all(_box_iou(box, b) < FASHION_MAX_IOU for b in placed):
-                break
-        else:
-            continue
-        full = np.zeros((size, size), dtype=bool)
-        full[y0:y0 + side, x0:x0 + side] = mask
-        for obj in objects:
-            obj[1] &= ~full
-        region = canvas[y0:y0 + side, x0:x0 + side]
-        canvas[y0:y0 + side, x0:x0 + side] = np.where(mask, item, np.maximum(region, item))
-        placed.append(box)
-        objects.append([int(labels[k]), full, pixels])
-    return canvas, [(c, m) for c, m, p in objects if m.sum() >= FASHION_MIN_VISIBLE * p]
-
-
-def _fashion_keypoints(mask: np.ndarray) -> list[float]:
-    """Top-most, bottom-most, left-most, right-most pixel and centroid of ``mask``, at pixel centres, visibility 2.
-
-    Along the extreme row (column) the point is the mean of its pixels, so a horizontal flip maps each point exactly
-    onto its flipped counterpart (left and right swapping)."""
-    ys, xs = np.nonzero(mask)
-    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
-    points = [(xs[ys == top].mean(), top), (xs[ys == bottom].mean(), bottom), (left, ys[xs == left].mean()),
-              (right, ys[xs == right].mean()), (xs.mean(), ys.mean())]
-    out: list[float] = []
-    for x, y in points:
-        out += [round(float(x) + 0.5, 2), round(float(y) + 0.5, 2), 2]
-    return out
-
-
-def write_fashion_coco(out_dir: str | Path, train: int = 4000, val: int = 500, size: int = 128, seed: int = 0,
-                       fashion_root: str | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Write fashion-coco: Fashion-MNIST items (train items for train, test items for val) pasted 1 to 4 per black
-    ``size`` x ``size`` canvas, as PNG images and COCO annotation files (boxes, masks, 5 keypoints per object)."""
-    from PIL import Image
-    from tqdm import tqdm
-
-    for name, value, least in (("train", train, 1), ("val", val, 1), ("size", size, 32)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise UserError(f"fashion-coco {name} must be an integer of at least {least}; got {value!r}")
-    start = time.perf_counter()
-    fm = load_fashion_mnist(fashion_root)
-    out = Path(out_dir)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
-    categories = [{"id": i + 1, "name": n, "supercategory": "fashion"} for i, n in enumerate(FASHION_MNIST_CLASSES)]
-    kp_categories = [{**c, "keypoints": list(FASHION_KEYPOINTS), "skeleton": [list(s) for s in FASHION_SKELETON],
-                      "oks_sigmas": list(FASHION_SIGMAS)} for c in categories]
-    train_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    counts: dict[str, Any] = {"out_dir": str(out)}
-    mean = std = None
-    for split, n, source, rng in (("train", train, fm.train, train_rng), ("val", val, fm.test, val_rng)):
-        items = source.images[:, 0].numpy()
-        labels = source.targets.numpy()
-        (out / split).mkdir(exist_ok=True)
-        images, instances, keypoints = [], [], []
-        total, total_sq = 0.0, 0.0
-        for i in tqdm(range(n), desc=f"fashion-coco {split}", disable=not show_progress, leave=False):
-            canvas, objects = _fashion_canvas(rng, items, labels, size)
-            file_name = f"{i:06d}.png"
-            Image.fromarray(canvas, mode="L").save(out / split / file_name, compress_level=1)
-            image_id = i + 1
-            images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
-            pixels = canvas.astype(np.float64) / 255.0
-            total, total_sq = total + pixels.mean(), total_sq + (pixels ** 2).mean()
-            for c, mask in objects:
-                ys, xs = np.nonzero(mask)
-                x1, y1 = int(xs.min()), int(ys.min())
-                ann = {"id": len(instances) + 1, "image_id": image_id, "category_id": c + 1, "iscrowd": 0,
-                       "bbox": [x1, y1, int(xs.max()) + 1 - x1, int(ys.max()) + 1 - y1], "area": int(mask.sum()),
-                       "segmentation": _rle(mask)}
-                instances.append(ann)
-                keypoints.append({**ann, "keypoints": _fashion_keypoints(mask), "num_keypoints": 5})
-        if split == "train":
-            m = total / n
-            mean, std = (m,) * 3, (math.sqrt(max(total_sq / n - m * m, 1e-12)),) * 3
-        info = {"description": "fashion-coco: Fashion-MNIST items on black canvases, written by xsearch",
-                "dataset": "fashion_coco", "version": "1", "seed": seed, "size": size, "split": split,
-                "mean": [round(v, 4) for v in mean], "std": [round(v, 4) for v in std]}  # type: ignore[union-attr]
-        for stem, anns, cats in (("instances", instances, categories), ("keypoints", keypoints, kp_categories)):
-            doc = {"info": info, "licenses": [], "images": images, "annotations": anns, "categories": cats}
-            (out / "annotations" / f"{stem}_{split}.json").write_text(json.dumps(doc, separators=(",", ":")))
-        counts[f"{split}_images"] = n
-        counts[f"{split}_objects"] = len(instances)
-    counts["seconds"] = round(time.perf_counter() - start, 2)
-    return counts
