@@ -26,6 +26,32 @@ class Evaluator(ABC):
     name = ""
     reports_accuracy = True  # evaluate() returns test_accuracy
     needs_data = True        # False: answers without images (a benchmark table, FLOPs)
+    trains = False           # evaluate() trains the network from scratch (its settings are train.*): "retrained"
+    data_parallel = False    # its training runs data-parallel under torchrun (one global batch split across processes)
+    data_task: str | None = None  # what a loader with a ``task`` setting (data=coco) loads for it; None: the default
+
+    # --- how the dashboard and the run's summary name what it reports ----------------------
+    @property
+    def label(self) -> str:
+        """The evaluator in study names (``retrained/<space>/<data>/<label>``): its name, with its variant if any."""
+        return self.name
+
+    @property
+    def metric_name(self) -> str:
+        """Its task's metric in words: ``accuracy``, ``box AP``."""
+        from .tasks import task_of
+
+        return task_of(self).metric.replace("_ap", " AP").replace("_", " ")
+
+    @property
+    def score_name(self) -> str:
+        """What ``score`` values are called: a trainer scores on held-out training images, others say their name."""
+        return f"held-out {self.metric_name}" if self.trains else f"{self.name} score"
+
+    @property
+    def result_name(self) -> str:
+        """What ``evaluate``'s headline value is called: test accuracy, or the task's metric on the val split."""
+        return "test accuracy" if self.reports_accuracy else f"val {self.metric_name}"
 
     @abstractmethod
     def evaluate(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0,

@@ -28,6 +28,7 @@ from torch import nn
 from xsearch.core import distributed
 from xsearch.core.checkpoint import Resumable
 from xsearch.core.data import ImageData, stratified_subset
+from xsearch.core.errors import SettingError
 from xsearch.core.io import atomic_write
 from xsearch.core.training import (
     anneal_temperature,
@@ -58,6 +59,8 @@ class ClassificationEvaluator(Evaluator):
 
     name = "classification"
     task = CLASSIFICATION
+    trains = True
+    data_parallel = True  # core.distributed: each process trains on its slice of every batch
 
     def __init__(self, epochs: int = 4, batch_size: int = 128, lr: float = 0.2, weight_decay: float = 5e-5,
                  label_smoothing: float = 0.1, train_samples: int | None = None, test_samples: int | None = None,
@@ -68,7 +71,7 @@ class ClassificationEvaluator(Evaluator):
         check_epoch_images("train.epoch_images", epoch_images)
         for key, value in (("min_steps", min_steps), ("recalibration_batches", recalibration_batches)):
             if value < 0:
-                raise ValueError(f"train.{key} must be at least 0, got {value}")
+                raise SettingError(f"train.{key} must be at least 0, got {value}")
         self.epoch_images, self.min_steps, self.recalibration_batches = epoch_images, min_steps, recalibration_batches
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.label_smoothing, self.train_samples, self.test_samples = label_smoothing, train_samples, test_samples

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from xsearch.core.checkpoint import Resumable
-from xsearch.core.errors import UserError
+from xsearch.core.errors import SettingError, UserError
 from xsearch.core.flops import fvcore_macs
 from xsearch.core.io import atomic_write
 from xsearch.core.training import (
@@ -283,8 +283,9 @@ class DetectionEvaluator(Evaluator):
     """
 
     name = "detection"
-    kind = "detection"
+    kind = data_task = "detection"
     reports_accuracy = False
+    trains = True
 
     def __init__(self, epochs: int = 6, batch_size: int = 16, lr: float = 2e-3, weight_decay: float = 0.05,
                  channels: int = 64, head_convs: int = 1, dyhead_blocks: int = 0, train_images: int | None = 1500,
@@ -294,9 +295,9 @@ class DetectionEvaluator(Evaluator):
                                   ("head_convs", head_convs, 0), ("dyhead_blocks", dyhead_blocks, 0),
                                   ("holdout_images", holdout_images, 1)):
             if value < least:
-                raise ValueError(f"train.{key} must be at least {least}, got {value}")
+                raise SettingError(f"train.{key} must be at least {least}, got {value}")
         if head_convs > 0 and channels % 32:
-            raise ValueError(f"train.channels={channels} must be a multiple of 32 when train.head_convs > 0 (the FCOS "
+            raise SettingError(f"train.channels={channels} must be a multiple of 32 when train.head_convs > 0 (the FCOS "
                              "tower's GroupNorm has 32 groups); use train.channels=32, 64, ... or train.head_convs=0")
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.train_images, self.test_images, self.holdout_images = train_images, test_images, holdout_images
@@ -408,7 +409,7 @@ class SegmentationEvaluator(DetectionEvaluator):
     """Instance segmentation with Mask R-CNN on the found features: mask AP and box AP (see the module doc)."""
 
     name = "segmentation"
-    kind = "segmentation"
+    kind = data_task = "segmentation"
 
 
 @EVALUATORS.register("keypoints")
@@ -416,7 +417,7 @@ class KeypointEvaluator(DetectionEvaluator):
     """Keypoints with Keypoint R-CNN on the found features: keypoint AP (the data's OKS sigmas) and box AP."""
 
     name = "keypoints"
-    kind = "keypoints"
+    kind = data_task = "keypoints"
 
 
 EVALUATORS.register("detection")(DetectionEvaluator)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xsearch.core.data import stratified_split
+from xsearch.core.errors import SettingError
 from xsearch.core.training import resolve_device, seed_everything
 
 from ._base import EVALUATORS, Evaluator
@@ -54,7 +55,7 @@ NASWOT_ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyRe
 
 def _check_name(name: str) -> None:
     if name not in PROXIES:
-        raise ValueError(f"unknown proxy {name!r}; valid proxies: {', '.join(PROXIES)}")
+        raise SettingError(f"unknown proxy {name!r}; valid proxies: {', '.join(PROXIES)}")
 
 
 def _train_without_dropout(model: nn.Module) -> nn.Module:
@@ -149,11 +150,21 @@ class ProxyEvaluator(Evaluator):
     name = "proxy"
     reports_accuracy = False  # its metrics carry no test accuracy
 
+    @property
+    def label(self) -> str:
+        return f"proxy-{self.proxy}"
+
+    @property
+    def score_name(self) -> str:
+        return f"{self.proxy} score"
+
+    result_name = score_name  # evaluate() reports the same proxy score
+
     def __init__(self, proxy: str = "synflow", batch_size: int = 64, device: str = "auto",
                  show_progress: bool = True) -> None:
         _check_name(proxy)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise SettingError(f"batch_size must be at least 1, got {batch_size}")
         self.proxy, self.batch_size = proxy, batch_size
         self.device = resolve_device(device)
         self.show_progress = show_progress  # nothing long-running to show; kept for the common signature

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from xsearch.core.errors import UserError
+from xsearch.core.errors import SettingError, UserError
 
 from ._base import EVALUATORS, Evaluator
 
@@ -43,10 +43,12 @@ class TabularEvaluator(Evaluator):
 
     name = "tabular"
     needs_data = False
+    score_name = "table accuracy"
+    result_name = "table test accuracy"
 
     def __init__(self, table: str | None = None) -> None:
         if not table:
-            raise ValueError("needs evaluator.table=PATH (a benchmark table, e.g. nas-bench-macro_cifar10.json)")
+            raise SettingError("needs evaluator.table=PATH (a benchmark table, e.g. nas-bench-macro_cifar10.json)")
         self.table_path = str(table)
         self.table = load_table(self.table_path)
 

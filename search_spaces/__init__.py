@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
-from xsearch.core.errors import UserError
+from xsearch.core.errors import SettingError, UserError
 
 from . import dyhead, focalnet, mbv3, micronet, nasbench_macro  # noqa: F401  (registers the spaces)
 from ._base import SKIP, Arch, ChainNetwork, Choice, FeatureNetwork, SearchSpace, format_flops
@@ -31,13 +32,19 @@ def list_spaces() -> list[str]:
 
 
 def get_space(name: str, **kwargs: Any) -> SearchSpace:
-    """Build space ``name`` with its keyword arguments (e.g. ``num_classes``, ``in_chans``, ``image_size``)."""
+    """Build space ``name`` with its keyword arguments (e.g. ``num_classes``, ``in_chans``, ``image_size``).
+
+    An argument the space does not take, or a setting it refuses (``SettingError``), is a UserError;
+    any other exception from the constructor is a bug and keeps its traceback.
+    """
     cls = SPACES.get(name)
     try:
-        return cls(**kwargs)
+        inspect.signature(cls).bind(**kwargs)
     except TypeError as exc:
         raise UserError(f"space {name!r} got invalid arguments {kwargs}: {exc}") from None
-    except ValueError as exc:
+    try:
+        return cls(**kwargs)
+    except SettingError as exc:
         raise UserError(f"space {name!r}: {exc}") from None
 
 
@@ -57,10 +64,10 @@ def arch_record(space: SearchSpace, arch: Arch, **extra: Any) -> dict[str, Any]:
 
 def arch_from_record(record: Any, source: str = "the architecture record") -> tuple[SearchSpace, Arch]:
     """``(space, arch)`` back from an ``arch_record`` (e.g. a run's parsed ``arch.json``); ``source`` names it in errors."""
-    try:
+    try:  # the record is a file's content: settings of any type a space may fail on
         space = get_space(record["space"], **record.get("space_kwargs", {}))
         arch = space.validate(record["arch"])
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise UserError(f"{source} is not a valid arch.json (needs 'space', 'space_kwargs', 'arch'): "
                         f"{type(exc).__name__}: {exc}") from None
     return space, arch

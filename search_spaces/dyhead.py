@@ -23,6 +23,8 @@ from itertools import combinations
 import torch
 from torch import nn
 
+from xsearch.core.errors import SettingError
+
 from ._base import SKIP, Choice, SearchSpace
 from ._registry import SPACES
 from .blocks.dyhead import DyHeadBlock
@@ -98,9 +100,9 @@ class DyHeadSpace(SearchSpace):
                  num_blocks: int = 6, backbone_width: float = 0.5) -> None:
         super().__init__(num_classes, in_chans, image_size)
         if num_blocks < 1:
-            raise ValueError(f"num_blocks must be at least 1, got {num_blocks}")
+            raise SettingError(f"num_blocks must be at least 1, got {num_blocks}")
         if channels < 4:
-            raise ValueError(f"channels must be at least 4, got {channels}")
+            raise SettingError(f"channels must be at least 4, got {channels}")
         self.channels, self.num_blocks, self.backbone_width = channels, num_blocks, backbone_width
         self.sizes = self.build_stem().level_sizes(image_size)
         options = attention_options()

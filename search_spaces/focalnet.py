@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from xsearch.core.errors import SettingError
+
 from ._base import SKIP, Choice, SearchSpace
 from ._registry import SPACES
 from .blocks.focal import FocalNetBlock, LayerNorm2d
@@ -77,9 +79,9 @@ class FocalNetSpace(SearchSpace):
         super().__init__(num_classes, in_chans, image_size)
         depths = tuple(int(d) for d in depths)
         if len(depths) != 3 or min(depths) < 1:
-            raise ValueError(f"depths must be three positive stage depths, e.g. [2, 2, 3], got {list(depths)}")
+            raise SettingError(f"depths must be three positive stage depths, e.g. [2, 2, 3], got {list(depths)}")
         if width_mult <= 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult}")
+            raise SettingError(f"width_mult must be positive, got {width_mult}")
         self.width_mult, self.depths, self.dropout, self.layer_scale = width_mult, depths, dropout, layer_scale
         self.widths = tuple(max(8, round(w * width_mult / 8) * 8) for w in (24, 48, 96))
         # each later stage opens with a stride-2 patch embedding inside its first layer

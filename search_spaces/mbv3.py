@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from xsearch.core.errors import UserError
+from xsearch.core.errors import SettingError, UserError
 
 from ._base import SKIP, Arch, Choice, SearchSpace, format_flops
 from ._registry import SPACES
@@ -140,11 +140,11 @@ class MobileNetV3Space(SearchSpace):
                  dynamic: bool = False, act: str = "hswish") -> None:
         super().__init__(num_classes, in_chans, image_size)
         if num_layers < len(STAGE_WIDTHS):
-            raise ValueError(f"num_layers must be at least {len(STAGE_WIDTHS)} (one per stage), got {num_layers}")
+            raise SettingError(f"num_layers must be at least {len(STAGE_WIDTHS)} (one per stage), got {num_layers}")
         if width_mult <= 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult}")
+            raise SettingError(f"width_mult must be positive, got {width_mult}")
         if act not in ("hswish", "relu"):
-            raise ValueError(f"act must be 'hswish' or 'relu' (DyReLU is the _dr candidates with dynamic=true), got {act!r}")
+            raise SettingError(f"act must be 'hswish' or 'relu' (DyReLU is the _dr candidates with dynamic=true), got {act!r}")
         self.width_mult, self.num_layers, self.dropout, self.dynamic = width_mult, num_layers, dropout, bool(dynamic)
         self.act = act
         self.stem_channels = make_divisible(16 * width_mult)

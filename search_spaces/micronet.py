@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from xsearch.core.errors import SettingError
+
 from ._base import SKIP, Choice, SearchSpace
 from ._registry import SPACES
 from .blocks.head import ClassifierHead
@@ -61,9 +63,9 @@ class MicroNetSpace(SearchSpace):
         super().__init__(num_classes, in_chans, image_size)
         depths = tuple(int(d) for d in depths)
         if len(depths) != len(STAGE_WIDTHS) or min(depths) < 1:
-            raise ValueError(f"depths must be four positive stage depths, e.g. [1, 2, 3, 2], got {list(depths)}")
+            raise SettingError(f"depths must be four positive stage depths, e.g. [1, 2, 3, 2], got {list(depths)}")
         if width_mult <= 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult}")
+            raise SettingError(f"width_mult must be positive, got {width_mult}")
         self.width_mult, self.depths, self.dropout = width_mult, depths, dropout
         self.stem_channels = make_divisible(24 * width_mult, 8)
         self.stem_stride = 2 if image_size > 16 else 1

@@ -135,7 +135,7 @@ class SharedStudy:
 
     ``study`` is an ``optuna.Study`` on a storage every worker reaches (PostgreSQL across machines);
     ``worker`` names this worker uniquely across machines and stays the same when its run resumes.
-    The claim protocol that uses it lives in ``_multi_trial.py``.
+    The claim protocol that uses it is ``xsearch.core.study.SharedClaims``.
     """
 
     study: Any
@@ -186,6 +186,8 @@ class Strategy(ABC):
 
     name = ""
     needs_data = True  # False: it only queries an evaluator (which says for itself whether it needs images)
+    data_parallel = False  # True: runs under torchrun, its training splitting each batch across the processes
+    inherited_scores = False  # True: its trials are valued with a supernet's weights, not by the evaluator's score
 
     @abstractmethod
     def search(self, space: Any, evaluator: Any, data: Any, constraints: Constraints,

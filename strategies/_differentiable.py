@@ -23,7 +23,7 @@ from torch import nn
 from xsearch.core import distributed
 from xsearch.core.checkpoint import Resumable
 from xsearch.core.data import ImageData, split_for_search, stratified_subset
-from xsearch.core.errors import UserError
+from xsearch.core.errors import SettingError, UserError
 from xsearch.core.training import (
     ClassSubset,
     anneal_temperature,
@@ -64,6 +64,8 @@ class DifferentiableSearch(Strategy):
     """Bilevel differentiable search over a supernet, run as resumable stages (see module doc)."""
 
     rank_classes = False
+    data_parallel = True  # the supernet's training is one data-parallel loop (torchrun)
+    inherited_scores = True  # stages and derivation queries are valued with the supernet's weights
 
     def __init__(self, epochs: int = 3, warmup_epochs: int = 3, train_samples: int | None = 20000,
                  batch_size: int = 128, lr: float = 0.1, weight_decay: float = 4e-5, arch_lr: float = 0.01,
@@ -74,11 +76,11 @@ class DifferentiableSearch(Strategy):
                  val_samples: int = 2000, recalibration_batches: int = 10, epoch_images: int | None = None,
                  seed: int = 0, device: str = "auto", show_progress: bool = True) -> None:
         if path_mode not in ("weighted", "gated"):
-            raise ValueError(f"search.path_mode must be 'weighted' or 'gated', got {path_mode!r}")
+            raise SettingError(f"search.path_mode must be 'weighted' or 'gated', got {path_mode!r}")
         for key, value, valid in (("sharing", sharing, SHARING), ("skip", skip, SKIP_POLICIES),
                                   ("derive", derive, DERIVATIONS), ("prune_score", prune_score, PRUNE_SCORES)):
             if value not in valid:
-                raise ValueError(f"search.{key} must be one of {list(valid)}, got {value!r}")
+                raise SettingError(f"search.{key} must be one of {list(valid)}, got {value!r}")
         self.epoch_images = check_epoch_images("search.epoch_images", epoch_images)
         self.sharing, self.skip, self.derive, self.derive_trials = sharing, skip, derive, derive_trials
         self.prune_score, self.val_samples, self.recalibration_batches = prune_score, val_samples, recalibration_batches

@@ -17,21 +17,15 @@ Optional pre-screening (``prescreen=synflow`` etc., random and evolution only): 
 draws ``prescreen_factor`` candidates and queries the one a zero-cost proxy likes best.
 
 Several workers, one search (``study=NAME storage=URL``, Optuna's distributed pattern). When the
-events hand over a ``SharedStudy``, ``SharedClaims`` coordinates the worker processes (on one
-machine or many) through that study alone; nothing else is shared:
+events hand over a ``SharedStudy``, ``xsearch.core.study.SharedClaims`` coordinates the worker
+processes (on one machine or many) through that study alone; nothing else is shared:
 - each worker keeps its own run folder and its own strategy, whose proposals are seeded with
   ``seed + crc32(worker id) mod 2**20`` so the workers explore different architectures (the
   evaluator keeps ``seed``, so every worker scores an architecture the same way);
-- before it evaluates an architecture a worker *claims* it: ``study.ask()`` with the architecture
-  as the trial's parameters, then the user attr ``arch_key`` (committed), and only then it reads
-  every trial of the study. A claim is *live* while it is RUNNING and not ``yielded``, or once it is
-  COMPLETE. The worker yields (user attr ``yielded``: ``duplicate of trial N`` or ``budget``, then
-  the trial is told FAIL, then a short random back-off) when another live claim holds the same
-  ``arch_key``, or when the study holds more than ``max_trials`` live claims. Write-then-check: of
-  two racing claimers the later reader sees the earlier writer, so at most one of them goes on
-  (both may yield; they retry after random back-offs), and the last claimer to go on has seen
-  every other that went on, so no architecture is evaluated twice and at most ``max_trials`` are
-  evaluated;
+- before it evaluates an architecture a worker claims it in the study (``SharedClaims``: write the
+  claim, then read every other; yield to a rival claim of the same architecture or when the study
+  holds ``max_trials`` live claims), so no architecture is evaluated twice and at most
+  ``max_trials`` are evaluated;
 - the claim that goes on is evaluated and told COMPLETE with values (score, FLOPs) and the user
   attrs the recorder writes for a query (``record_id``, ``kind=query``, ``metrics``...), so the
   recorder, finding its ``record_id`` for this worker, adds no second trial;
@@ -42,11 +36,10 @@ machine or many) through that study alone; nothing else is shared:
   usual: with a training evaluator every worker retrains that same best in its own folder;
 - a study that already holds another search's claims (another space or FLOPs budget) is refused;
 - an evaluation that raises (or Ctrl-C) tells its claim FAIL before the error goes on. While a
-  worker evaluates, a thread records Optuna heartbeats on its claim (when the storage keeps them:
-  ``RDBStorage(heartbeat_interval=...)``, which the application sets up from ``heartbeat=``); a
-  worker killed outright leaves its claim RUNNING, and once its heartbeat is older than the
-  storage's grace period the other workers fail it (``optuna.storages.fail_stale_trials``) and
-  go on. ``resume=`` of the killed worker's run folder fails its own stale claims at once.
+  worker evaluates, a thread records Optuna heartbeats on its claim (when the storage keeps them,
+  which the application sets up from ``heartbeat=``); a worker killed outright leaves its claim
+  RUNNING, and once its heartbeat is older than the storage's grace period the other workers fail
+  it and go on. ``resume=`` of the killed worker's run folder fails its own stale claims at once.
 The study is the resume state of a worker: a resumed worker finds its own finished queries there
 (the replay file is not used). Staged and supernet strategies (danas, dnas, spos and their derive
 queries) do not claim: workers sharing their study simply record their trials side by side.
@@ -54,21 +47,19 @@ queries) do not claim: workers sharing their study simply record their trials si
 
 from __future__ import annotations
 
-import random
-import threading
 import time
-import warnings
 import zlib
 from abc import abstractmethod
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from xsearch.core.errors import UserError
+from xsearch.core.errors import SettingError
 from xsearch.core.launch import Launcher, LocalLauncher
+from xsearch.core.study import SharedClaims
 from xsearch.core.training import TrainingDiverged, progress, resolve_device
 
-from ._base import Constraints, NoEvents, QueryRecord, SearchEvents, SearchResult, SharedStudy, Strategy
+from ._base import Constraints, NoEvents, QueryRecord, SearchEvents, SearchResult, Strategy
 
 
 def score_one(evaluator: Any, space: Any, data: Any, seed: int, arch: dict[str, str]) -> dict[str, Any]:
@@ -97,158 +88,6 @@ def arch_key(space: Any, arch: dict[str, str]) -> str:
 def worker_seed(seed: int, worker: str) -> int:
     """The proposal seed of a worker sharing a study: ``seed + crc32(worker) mod 2**20``."""
     return seed + zlib.crc32(worker.encode()) % 2**20
-
-
-class SharedClaims:
-    """The claim protocol of workers that share one study (see the module doc)."""
-
-    def __init__(self, shared: SharedStudy, space: Any, prefix: str, max_trials: int, max_flops: int | None) -> None:
-        import optuna
-
-        self.optuna, self.study, self.worker = optuna, shared.study, shared.worker
-        self.space, self.prefix, self.max_trials = space, prefix, max_trials
-        self.tag = {"space": space.name, "flops_budget": max_flops}
-        self.distributions = {c.label: optuna.distributions.CategoricalDistribution(list(c.options))
-                              for c in space.choices}
-        self.fixed = optuna.samplers.PartialFixedSampler  # pins a claim's parameters to the proposal
-        self.backoff = random.Random()  # back-off only: the strategy's proposals never see it
-        storage = self.study._storage  # Optuna's heartbeats live on the storage
-        self.heartbeat = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
-        self.beating: dict[int, threading.Event] = {}  # claim number -> stops its heartbeat thread
-        self.check_compatible()
-        self.release_stale()
-
-    # --- reading the study --------------------------------------------------------------
-    def claims(self) -> list[Any]:
-        """RUNNING and COMPLETE claims of this search (trials with an ``arch_key``), by number."""
-        states = (self.optuna.trial.TrialState.RUNNING, self.optuna.trial.TrialState.COMPLETE)
-        return [t for t in self.study.get_trials(deepcopy=False, states=states)
-                if "arch_key" in t.user_attrs and t.user_attrs.get("kind") == "query"]
-
-    @staticmethod
-    def live(trial: Any) -> bool:
-        return trial.state.name == "COMPLETE" or "yielded" not in trial.user_attrs
-
-    def completed(self) -> list[Any]:
-        return [t for t in self.claims() if t.state.name == "COMPLETE"]
-
-    def check_compatible(self) -> None:
-        for t in self.claims():
-            theirs = {k: t.user_attrs.get(k) for k in self.tag}
-            if theirs != self.tag:
-                raise UserError(f"study {self.study.study_name!r} holds another search (trial {t.number}: "
-                                f"space {theirs['space']!r}, FLOPs budget {theirs['flops_budget']}), not this one "
-                                f"(space {self.tag['space']!r}, FLOPs budget {self.tag['flops_budget']}); give "
-                                "every worker the same space and constraints.flops, or choose another study=NAME")
-
-    def release_stale(self) -> None:
-        """Fail this worker's RUNNING claims: left by an earlier process of the same run (killed, now resumed)."""
-        for t in self.claims():
-            if t.state.name == "RUNNING" and t.user_attrs.get("worker") == self.worker:
-                self.study.tell(t.number, state=self.optuna.trial.TrialState.FAIL)
-
-    def fail_dead(self) -> None:
-        """Fail other workers' claims whose heartbeat is older than the storage's grace period (killed workers)."""
-        if self.heartbeat:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", self.optuna.exceptions.ExperimentalWarning)
-                self.optuna.storages.fail_stale_trials(self.study)
-
-    def beat(self, trial: Any) -> None:
-        """Record heartbeats on ``trial`` (this worker's claim) until ``finish`` or ``give_up``."""
-        if not self.heartbeat:
-            return
-        storage, trial_id, stop = self.study._storage, trial._trial_id, threading.Event()
-        storage.record_heartbeat(trial_id)
-
-        def run() -> None:
-            while not stop.wait(self.heartbeat):
-                try:
-                    storage.record_heartbeat(trial_id)
-                except Exception as exc:  # noqa: BLE001 - a lost beat only risks the claim being freed
-                    warnings.warn(f"heartbeat of claim {trial.number} not recorded: {exc}", stacklevel=1)
-
-        self.beating[trial.number] = stop
-        threading.Thread(target=run, name=f"xsearch-heartbeat-{trial.number}", daemon=True).start()
-
-    def stop_beat(self, trial: Any) -> None:
-        stop = self.beating.pop(trial.number, None)
-        if stop is not None:
-            stop.set()
-
-    def arch(self, trial: Any) -> dict[str, str]:
-        return {c.label: trial.params[c.label] for c in self.space.choices}
-
-    def wait(self, attempt: int) -> None:
-        time.sleep(min(2.0, 0.02 * 2 ** min(attempt, 7)) * self.backoff.uniform(0.5, 1.5))
-
-    # --- claiming -----------------------------------------------------------------------
-    def claim(self, arch: dict[str, str], key: str) -> tuple[Any, Any, str]:
-        """Claim ``arch``: ``("done", trial, "")`` another worker finished it; ``("mine", trial, "")`` evaluate
-        it and ``finish`` the trial; ``("stop", None, why)`` the study holds ``max_trials`` finished queries."""
-        attempt = 0
-        while True:
-            self.fail_dead()
-            claims = self.claims()
-            done = [t for t in claims if t.state.name == "COMPLETE"]
-            same = [t for t in done if t.user_attrs["arch_key"] == key]
-            if same:
-                return "done", same[0], ""
-            if len(done) >= self.max_trials:
-                return "stop", None, f"{self.max_trials} queries made in study {self.study.study_name!r}"
-            busy = [t for t in claims if t.user_attrs["arch_key"] == key and self.live(t)]
-            if busy or sum(self.live(t) for t in claims) >= self.max_trials:
-                self.wait(attempt)  # another worker is evaluating it, or the last claims are out: wait for them
-                attempt += 1
-                continue
-            trial = self.ask(arch, key)
-            claims = self.claims()  # write-then-check: read only after our arch_key is committed
-            rival = [t for t in claims if t.number != trial.number and t.user_attrs["arch_key"] == key and self.live(t)]
-            over = sum(self.live(t) for t in claims) > self.max_trials
-            if not rival and not over:
-                self.beat(trial)
-                return "mine", trial, ""
-            self.give_up(trial, f"duplicate of trial {rival[0].number}" if rival else "budget")
-            self.wait(attempt)
-            attempt += 1
-
-    def ask(self, arch: dict[str, str], key: str) -> Any:
-        sampler = self.study.sampler
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", self.optuna.exceptions.ExperimentalWarning)
-            self.study.sampler = self.fixed(fixed_params=arch, base_sampler=self.optuna.samplers.RandomSampler())
-        try:
-            with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": beat does it
-                warnings.filterwarnings("ignore", message=".*[Hh]eartbeat.*")
-                trial = self.study.ask(fixed_distributions=self.distributions)
-        finally:
-            self.study.sampler = sampler
-        for name, value in {"kind": "query", "worker": self.worker, "search": self.prefix, **self.tag}.items():
-            trial.set_user_attr(name, value)
-        trial.set_user_attr("arch_key", key)  # the claim: committed before any read
-        return trial
-
-    def give_up(self, trial: Any, why: str) -> None:
-        self.stop_beat(trial)
-        trial.set_user_attr("yielded", why)
-        self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
-
-    def finish(self, trial: Any, record: QueryRecord) -> None:
-        """The claim becomes the query's trial, with the attrs ``RunRecorder.trial`` writes for a query."""
-        scalars = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float, str)) and k != "score"}
-        attrs = {"record_id": record.record_id, "flops": record.flops, "params": record.params,
-                 "recorded_at": time.time(), "query": record.query, "score": record.score, **scalars,
-                 "metrics": record.metrics}
-        self.stop_beat(trial)
-        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
-            # freed by another worker while this one stalled past the grace period: the recorder adds
-            # the query as a trial of its own (the architecture may have been claimed again meanwhile)
-            warnings.warn(f"claim {trial.number} was freed as stale before its result came; recording it apart",
-                          stacklevel=1)
-            return
-        for name, value in attrs.items():
-            trial.set_user_attr(name, value)
-        self.study.tell(trial, [record.score, float(record.flops)])
 
 
 class Queries:
@@ -419,12 +258,12 @@ class MultiTrialStrategy(Strategy):
     def __init__(self, max_trials: int = 20, seed: int = 0, prescreen: str | None = None, prescreen_factor: int = 4,
                  device: str = "auto", show_progress: bool = True, launcher: Launcher | None = None) -> None:
         if max_trials < 1:
-            raise ValueError(f"search.max_trials must be at least 1, got {max_trials}")
+            raise SettingError(f"search.max_trials must be at least 1, got {max_trials}")
         if prescreen is not None and not self.supports_prescreen:
-            raise ValueError(f"search.prescreen is not supported by strategy {self.name!r}; "
+            raise SettingError(f"search.prescreen is not supported by strategy {self.name!r}; "
                              "use it with strategy=random or strategy=evolution")
         if prescreen_factor < 1:
-            raise ValueError(f"search.prescreen_factor must be at least 1, got {prescreen_factor}")
+            raise SettingError(f"search.prescreen_factor must be at least 1, got {prescreen_factor}")
         self.max_trials, self.seed, self.prescreen, self.prescreen_factor = max_trials, seed, prescreen, prescreen_factor
         self.device, self.show_progress = resolve_device(device), show_progress
         self.launcher = launcher  # where queries run (``launcher=``, supplied by the run); None: this process

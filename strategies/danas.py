@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from xsearch.core.errors import SettingError
+
 from ._base import STRATEGIES
 from ._differentiable import DifferentiableSearch, Stage
 
@@ -37,11 +39,11 @@ class ProgressiveDataAdaptedPruning(DifferentiableSearch):
         super().__init__(**kwargs)
         fractions = [float(f) for f in class_fractions]
         if not fractions or any(not 0 < f <= 1 for f in fractions) or fractions != sorted(fractions) or fractions[-1] != 1:
-            raise ValueError(f"search.class_fractions must rise within (0, 1] and end at 1.0, got {fractions}")
+            raise SettingError(f"search.class_fractions must rise within (0, 1] and end at 1.0, got {fractions}")
         if not 0 < keep_fraction <= 1:
-            raise ValueError(f"search.keep_fraction must be in (0, 1], got {keep_fraction}")
+            raise SettingError(f"search.keep_fraction must be in (0, 1], got {keep_fraction}")
         if self.epochs < len(fractions):
-            raise ValueError(f"search.epochs ({self.epochs}) must be at least the number of stages ({len(fractions)})")
+            raise SettingError(f"search.epochs ({self.epochs}) must be at least the number of stages ({len(fractions)})")
         self.class_fractions, self.keep_fraction, self.easy_warmup = fractions, keep_fraction, easy_warmup
 
     def warmup_split(self) -> tuple[int, int]:

@@ -16,6 +16,8 @@ import random
 from collections import deque
 from typing import Any
 
+from xsearch.core.errors import SettingError
+
 from ._base import STRATEGIES
 from ._multi_trial import MultiTrialStrategy, Queries
 
@@ -44,10 +46,10 @@ class RegularizedEvolution(MultiTrialStrategy):
     def __init__(self, max_trials: int = 20, population_size: int = 20, sample_size: int = 5,
                  parallel_queries: int = 1, **kwargs: Any) -> None:
         if population_size < 2 or not 1 <= sample_size <= population_size:
-            raise ValueError(f"need population_size >= 2 and 1 <= sample_size <= population_size, got "
+            raise SettingError(f"need population_size >= 2 and 1 <= sample_size <= population_size, got "
                              f"population_size={population_size}, sample_size={sample_size}")
         if parallel_queries < 1:
-            raise ValueError(f"search.parallel_queries must be at least 1, got {parallel_queries}")
+            raise SettingError(f"search.parallel_queries must be at least 1, got {parallel_queries}")
         super().__init__(max_trials=max_trials, **kwargs)
         self.population_size, self.sample_size, self.parallel_queries = population_size, sample_size, parallel_queries
         self.initial: list[dict[str, str]] = []  # architectures queried first (e.g. a derivation's seeds)

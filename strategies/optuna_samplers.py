@@ -21,6 +21,8 @@ from typing import Any
 
 import optuna
 
+from xsearch.core.errors import SettingError
+
 from ._base import STRATEGIES
 from ._multi_trial import MultiTrialStrategy, Queries
 
@@ -33,7 +35,7 @@ class OptunaSearch(MultiTrialStrategy):
 
     def __init__(self, max_trials: int = 20, parallel_queries: int = 1, **kwargs: Any) -> None:
         if parallel_queries < 1:
-            raise ValueError(f"search.parallel_queries must be at least 1, got {parallel_queries}")
+            raise SettingError(f"search.parallel_queries must be at least 1, got {parallel_queries}")
         super().__init__(max_trials=max_trials, **kwargs)
         self.parallel_queries = parallel_queries
 
@@ -87,7 +89,7 @@ class NSGA2Search(OptunaSearch):
 
     def __init__(self, max_trials: int = 20, population_size: int = 20, **kwargs: Any) -> None:
         if population_size < 2:
-            raise ValueError(f"search.population_size must be at least 2, got {population_size}")
+            raise SettingError(f"search.population_size must be at least 2, got {population_size}")
         super().__init__(max_trials=max_trials, **kwargs)
         self.population_size = population_size
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from xsearch.core.errors import SettingError
 from xsearch.core.registry import call_with_accepted
 
 from ._base import STRATEGIES, SearchResult
@@ -42,8 +43,8 @@ class SinglePathOneShot(DifferentiableSearch):
                             "paths, then queries search.max_trials architectures with search.searcher")
         super().__init__(**kwargs)
         factory = STRATEGIES.get(searcher)
-        if not issubclass(factory, MultiTrialStrategy):  # a bad setting, not a bad type: ValueError -> exit 2
-            raise ValueError(  # noqa: TRY004
+        if not issubclass(factory, MultiTrialStrategy):  # a bad setting, not a bad type: exit 2
+            raise SettingError(
                 f"search.searcher must be a multi-trial strategy (random, evolution, tpe, nsga2), got {searcher!r}")
         self.searcher = call_with_accepted(factory, {
             "max_trials": max_trials, "population_size": population_size, "sample_size": sample_size,

@@ -118,6 +118,33 @@ def test_list_and_flops_and_train(tmp_path, capsys):
     assert (trained / "model.pt").exists() and json.loads((trained / "arch.json").read_text())["metrics"]
 
 
+def test_the_run_summary_prints_the_facts_the_run_produced():
+    from xsearch.cli import summary_lines
+    from xsearch.pipeline import RunSummary
+
+    summary = RunSummary(
+        run_dir=Path("runs/r"), arch=["k3_e3", "skip"], flops=280_000, params=180_000, flops_budget=None,
+        strategy="danas", evaluator="classification", search_seconds=105.0, stages=[(3, 12.0), (10, 5.0)],
+        result={"test_accuracy": 0.9548, "train_epochs": 2, "test_samples": 199, "train_seconds": 40.0,
+                "train_images_seen": 8400, "train_steps": 132, "train_batch_size": 64},
+        search={"derivation": "accuracy", "derivation_queries": 3,
+                "phases": [{"phase": "warm-up", "images": 594, "steps": 10, "epochs": 1, "classes": 10, "seconds": 34}]},
+        files=["arch.json", "retrain/model.pt"],
+        commands=[("dashboard", "xsearch dashboard sqlite:///x.db"), ("export", "xsearch export runs/r/arch.json")])
+    assert summary_lines(summary) == [
+        "xsearch run finished: runs/r",
+        "  architecture   k3_e3 skip",
+        "  test accuracy  95.48%  (retrained from scratch, 2 epochs, 199 test images)",
+        "  FLOPs          280K MACs, params 0.180M",
+        ("  search         1m45s (danas, classes 3 -> 10, candidates/layer 12.0 -> 5.0, derived by inherited "
+         "accuracy over 3 queries)"),
+        "  warm-up        594 images, 10 steps (1 epoch on 10 classes, 34s)",
+        "  retraining     40s (8,400 images, 132 steps at batch 64)",
+        "  run folder     runs/r  (arch.json, retrain/model.pt)",
+        "  dashboard      xsearch dashboard sqlite:///x.db",
+        "  export         xsearch export runs/r/arch.json"]
+
+
 def test_run_dir_is_never_overwritten(tmp_path, capsys):
     assert main(["run", *TINY, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 0
     assert main(["run", *TINY, f"runs_root={tmp_path}", f"run_dir={tmp_path / 'r'}"]) == 2

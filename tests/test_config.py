@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import re
 
 import pytest
 import yaml
@@ -127,6 +129,51 @@ def test_a_setting_the_component_does_not_have_is_refused_naming_the_valid_ones(
 ])
 def test_unknown_keys_and_names_are_refused(args, message, tmp_path, capsys):
     assert message in run_refused(args, tmp_path, capsys)
+
+
+# --- what a constructor raises: a refused setting is exit 2, anything else a bug --------------
+@pytest.mark.parametrize("args,message", [
+    (["search.class_fractions=[0.5,0.2]"], "strategy 'danas': search.class_fractions must rise"),
+    (["strategy=spos", "search.searcher=danas"], "strategy 'spos': search.searcher must be a multi-trial strategy"),
+    (["evaluator=proxy", "evaluator.proxy=nothing"], "evaluator 'proxy': unknown proxy 'nothing'"),
+    (["evaluator=detection", "train.channels=48"], "evaluator 'detection': train.channels=48 must be a multiple of 32"),
+    (["space.act=gelu"], "space 'mbv3': act must be 'hswish' or 'relu'"),
+])
+def test_a_setting_a_constructor_refuses_exits_2_naming_the_component(args, message, tmp_path, capsys):
+    assert message in run_refused(["data=digits", "budget=smoke", *args], tmp_path, capsys)
+
+
+def test_a_setting_error_is_a_user_error_and_a_value_error():
+    from xsearch.core.errors import SettingError
+    from xsearch.strategies import STRATEGIES
+
+    assert issubclass(SettingError, UserError) and issubclass(SettingError, ValueError)
+    with pytest.raises(ValueError, match="must rise"):  # library callers that catch ValueError keep working
+        STRATEGIES.get("danas")(class_fractions=[0.5, 0.2])
+
+
+def _broken(cls, monkeypatch, error: Exception) -> None:
+    """Make ``cls``'s constructor raise ``error`` (a bug), keeping its signature (the schemas read it)."""
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def init(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cls, "__init__", init)
+
+
+@pytest.mark.parametrize("command,group,name,error", [
+    ("run", "strategy", "random", TypeError("unsupported operand type(s): a bug")),
+    ("run", "evaluator", "classification", ValueError("a bug, not a setting")),
+    ("flops", "space", "mbv3", TypeError("a bug in the space")),
+])
+def test_any_other_exception_of_a_constructor_is_a_traceback_not_exit_2(command, group, name, error, tmp_path,
+                                                                          monkeypatch):
+    _broken(KINDS[group].registry.get(name), monkeypatch, error)
+    with pytest.raises(type(error), match=re.escape(str(error))):
+        main([command, f"{group}={name}", "data=digits", "budget=smoke", f"runs_root={tmp_path / 'runs'}"])
+    assert not (tmp_path / "runs").exists()
 
 
 # --- one source of truth ------------------------------------------------------------------

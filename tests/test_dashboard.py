@@ -18,16 +18,9 @@ import optuna
 import pytest
 
 from xsearch.cli import main
-from xsearch.dashboard import (
-    compatible_space,
-    final_metric,
-    final_study_name,
-    record_final,
-    run_note,
-    search_metric,
-    stage_table,
-)
-from xsearch.records import RunRecorder, open_study
+from xsearch.core.study import compatible_space, final_metric, final_study_name, open_study, search_metric
+from xsearch.dashboard import record_final, run_note, stage_table
+from xsearch.records import RunRecorder
 from xsearch.search_spaces import get_space
 from xsearch.strategies import STRATEGIES, QueryRecord, SearchResult, StageRecord
 

@@ -118,8 +118,9 @@ def race(storage: str, study_name: str, workers: int = 4, max_trials: int = 10, 
     """``workers`` threads, each with its own study object (own connections), claim the same ``pool``
     architectures in the same order (the worst case: every claim races); a claim that goes on is finished
     at once. Returns the study's trials."""
+    from xsearch.core.study import SharedClaims
     from xsearch.strategies import QueryRecord
-    from xsearch.strategies._multi_trial import SharedClaims, arch_key
+    from xsearch.strategies._multi_trial import arch_key
 
     space = get_space("nasbench_macro")
     archs = list({arch_key(space, a): a for a in (space.sample(seed=i, max_flops=BUDGET) for i in range(3 * pool))
@@ -218,7 +219,8 @@ def test_claims_in_one_process_keep_the_budget_and_reuse_other_workers_scores(po
 def test_a_study_of_another_search_is_refused(postgres_url, macro_table, tmp_path, capsys):
     space = get_space("nasbench_macro")
     study = optuna.create_study(storage=postgres_url, study_name="other-budget", directions=["maximize", "minimize"])
-    from xsearch.strategies._multi_trial import SharedClaims, arch_key
+    from xsearch.core.study import SharedClaims
+    from xsearch.strategies._multi_trial import arch_key
 
     arch = space.sample(seed=0, max_flops=BUDGET)
     SharedClaims(SharedStudy(study, "first"), space, "random", 3, 40_000_000).claim(arch, arch_key(space, arch))
@@ -237,7 +239,8 @@ def test_resumed_worker_fails_its_stale_claims(postgres_url, macro_table, tmp_pa
     recorder = RunRecorder(tmp_path / "w", space, study, shared=True)
     assert recorder.shared_study().worker == RunRecorder(tmp_path / "w", space, study, shared=True).worker
     arch = space.sample(seed=1, max_flops=BUDGET)
-    from xsearch.strategies._multi_trial import SharedClaims, arch_key
+    from xsearch.core.study import SharedClaims
+    from xsearch.strategies._multi_trial import arch_key
 
     claims = SharedClaims(recorder.shared_study(), space, "random", 5, BUDGET)
     outcome, trial, _ = claims.claim(arch, arch_key(space, arch))
@@ -271,8 +274,8 @@ def test_workers_started_in_the_same_second_get_a_run_folder_each(tmp_path):
 def test_a_killed_workers_claim_is_freed_once_its_heartbeat_stops(tmp_path):
     """Heartbeats (``heartbeat=``): a claim whose worker stopped beating is failed by the others after the
     grace period (4 heartbeats), and the architecture is theirs; a claim still beating is never failed."""
-    from xsearch.records import open_study
-    from xsearch.strategies._multi_trial import SharedClaims, arch_key
+    from xsearch.core.study import SharedClaims, open_study
+    from xsearch.strategies._multi_trial import arch_key
 
     space = get_space("nasbench_macro")
     storage = f"sqlite:///{tmp_path / 'x.db'}"

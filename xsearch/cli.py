@@ -61,9 +61,6 @@ def _fmt_seconds(s: float) -> str:
 
 
 def cmd_run(args: list[str]) -> int:
-    from xsearch.search_spaces import format_flops
-    from xsearch.strategies import StageRecord
-
     from .config import compose, validate
     from .pipeline import load_run_config, run
 
@@ -86,72 +83,71 @@ def cmd_run(args: list[str]) -> int:
 
     if not distributed.is_main():  # under torchrun rank 0 reports (and wrote) the run
         return 0
-    rec, res, met, cfg = out["record"], out["result"], out["metrics"], out["cfg"]
-    labels = " ".join(f"{v}" for v in rec["arch"].values())
+    summary = out["summary"]
     print("\n" + "=" * 72)
-    print(f"xsearch run finished: {out['run_dir']}")
-    print(f"  architecture   {labels}")
-    if "benchmark_key" in met:
-        print(f"  test accuracy  {100 * met['test_accuracy']:.2f}%  (benchmark table, key {met['benchmark_key']})")
-    elif "test_accuracy" in met:
-        print(f"  test accuracy  {100 * met['test_accuracy']:.2f}%  (retrained from scratch, {met['train_epochs']} "
-              f"epochs, {met['test_samples']} test images)")
-    elif any(k.endswith("_ap") for k in met):  # a downstream task: COCOeval's metrics
-        shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in met.items()
-                          if k.endswith(("_ap", "_ap50")) and isinstance(v, float))
-        print(f"  {cfg['evaluator']['name']:<14} {shown} (COCOeval, %; {met['train_epochs']} epochs, "
-              f"{met['test_images']} val images; predictions.png)")
-    else:
-        print(f"  score          {met['score']:.4g}  ({cfg['evaluator']['name']} {met.get('proxy', '')})")
-    budget = cfg["constraints"]["flops"]
-    print(f"  FLOPs          {format_flops(rec['flops'])} MACs"
-          + (f" (budget {format_flops(budget)})" if budget else "") + f", params {rec['params'] / 1e6:.3f}M")
-    stages = [h for h in res.history if isinstance(h, StageRecord)]
-    if stages:
-        classes = " -> ".join(str(h.num_classes) for h in stages)
-        alive = " -> ".join(f"{sum(h.alive_per_layer.values()) / len(h.alive_per_layer):.1f}" for h in stages)
-        derived = res.metrics.get("derivation")
-        derived = (f", derived by inherited {res.metrics.get('inherited_metric', 'accuracy')} over {res.metrics.get('derivation_queries')} queries"
-                   if derived == "accuracy" else ", derived by probability" if derived else "")
-        print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']}, classes {classes}, "
-              f"candidates/layer {alive}{derived})")
-    elif res.metrics.get("queries"):
-        print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']}, "
-              f"{res.metrics['queries']} queries to {res.metrics.get('scorer', cfg['evaluator']['name'])}, best at query "
-              f"{res.metrics['best_query']}, score {res.metrics['score']:.4g}"
-              + (f"; {res.metrics['diverged_queries']} diverged, scored 0" if res.metrics.get("diverged_queries") else "")
-              + ")")
-    else:
-        print(f"  search         {_fmt_seconds(res.search_seconds)} ({cfg['strategy']['name']})")
-    for phase in res.metrics.get("phases") or []:
-        print(f"  {phase['phase']:<14} {phase['images']:,} images, {phase['steps']:,} steps "
-              f"({phase['epochs']} epoch{'s' if phase['epochs'] != 1 else ''} on {phase['classes']} classes, {_fmt_seconds(phase['seconds'])})")
-    if "train_seconds" in met:
-        seen = (f" ({met['train_images_seen']:,} images, {met['train_steps']:,} steps at batch {met['train_batch_size']})"
-                if "train_images_seen" in met else "")
-        print(f"  retraining     {_fmt_seconds(met['train_seconds'])}{seen}")
-    files = [f for f in ("arch.json", "search.png", "stages.csv", "trials.csv", "predictions.png", "retrain/model.pt")
-             if (Path(out["run_dir"]) / f).exists()]
-    print(f"  run folder     {out['run_dir']}  ({', '.join(files)})")
-    print(f"  dashboard      xsearch dashboard {cfg['storage']}")
-    downstream = "" if cfg["evaluator"]["name"] == "classification" else f" evaluator={cfg['evaluator']['name']}"
-    print(f"  retrain again  xsearch train {out['run_dir']}/arch.json{downstream} train.epochs=20")
-    if cfg["evaluator"]["name"] == "classification" and rec["space"] != "dyhead":
-        print(f"  downstream     xsearch train {out['run_dir']}/arch.json evaluator=detection data=coco data.root=DIR")
-    if (Path(out["run_dir"]) / "retrain" / "model.pt").exists() and cfg["evaluator"]["name"] == "classification":
-        print(f"  export         xsearch export {out['run_dir']}/arch.json --format onnx")
-    if res.metrics.get("warning"):
-        print(f"\nWARNING: {res.metrics['warning']}", file=sys.stderr)
+    print("\n".join(summary_lines(summary)))
+    if summary.warning:
+        print(f"\nWARNING: {summary.warning}", file=sys.stderr)
     return 0
 
 
+def summary_lines(summary: Any) -> list[str]:
+    """The lines ``xsearch run`` prints for a finished run (a ``pipeline.RunSummary``)."""
+    from xsearch.search_spaces import format_flops
+
+    met, search = summary.result, summary.search
+    lines = [f"xsearch run finished: {summary.run_dir}", f"  architecture   {' '.join(summary.arch)}"]
+    if "benchmark_key" in met:
+        lines.append(f"  test accuracy  {100 * met['test_accuracy']:.2f}%  (benchmark table, key "
+                     f"{met['benchmark_key']})")
+    elif "test_accuracy" in met:
+        lines.append(f"  test accuracy  {100 * met['test_accuracy']:.2f}%  (retrained from scratch, "
+                     f"{met['train_epochs']} epochs, {met['test_samples']} test images)")
+    elif any(k.endswith("_ap") for k in met):  # a downstream task: COCOeval's metrics
+        shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in met.items()
+                          if k.endswith(("_ap", "_ap50")) and isinstance(v, float))
+        lines.append(f"  {summary.evaluator:<14} {shown} (COCOeval, %; {met['train_epochs']} epochs, "
+                     f"{met['test_images']} val images; predictions.png)")
+    else:
+        lines.append(f"  score          {met['score']:.4g}  ({summary.evaluator} {met.get('proxy', '')})")
+    budget = f" (budget {format_flops(summary.flops_budget)})" if summary.flops_budget else ""
+    lines.append(f"  FLOPs          {format_flops(summary.flops)} MACs{budget}, params {summary.params / 1e6:.3f}M")
+    took = f"  search         {_fmt_seconds(summary.search_seconds)} ({summary.strategy}"
+    if summary.stages:
+        classes = " -> ".join(str(n) for n, _ in summary.stages)
+        alive = " -> ".join(f"{mean:.1f}" for _, mean in summary.stages)
+        derived = search.get("derivation")
+        derived = (f", derived by inherited {search.get('inherited_metric', 'accuracy')} over "
+                   f"{search.get('derivation_queries')} queries" if derived == "accuracy"
+                   else ", derived by probability" if derived else "")
+        lines.append(f"{took}, classes {classes}, candidates/layer {alive}{derived})")
+    elif search.get("queries"):
+        diverged = (f"; {search['diverged_queries']} diverged, scored 0" if search.get("diverged_queries") else "")
+        lines.append(f"{took}, {search['queries']} queries to {search.get('scorer', summary.evaluator)}, best at "
+                     f"query {search['best_query']}, score {search['score']:.4g}{diverged})")
+    else:
+        lines.append(f"{took})")
+    for phase in search.get("phases") or []:
+        lines.append(f"  {phase['phase']:<14} {phase['images']:,} images, {phase['steps']:,} steps "
+                     f"({phase['epochs']} epoch{'s' if phase['epochs'] != 1 else ''} on {phase['classes']} classes, "
+                     f"{_fmt_seconds(phase['seconds'])})")
+    if "train_seconds" in met:
+        seen = (f" ({met['train_images_seen']:,} images, {met['train_steps']:,} steps at batch "
+                f"{met['train_batch_size']})" if "train_images_seen" in met else "")
+        lines.append(f"  retraining     {_fmt_seconds(met['train_seconds'])}{seen}")
+    lines.append(f"  run folder     {summary.run_dir}  ({', '.join(summary.files)})")
+    lines += [f"  {what:<14} {command}" for what, command in summary.commands]
+    return lines
+
+
 def cmd_train(args: list[str]) -> int:
-    from xsearch.evaluators import task_of
+    from xsearch.evaluators import CLASSIFICATION, task_of
     from xsearch.search_spaces import format_flops, get_space
 
     from .config import build_data, build_evaluator, compose, validate
     from .core import distributed
-    from .records import ReadOnlyRecorder, RunRecorder, check_run_location, load_arch, new_run_dir, read_arch_record
+    from .pipeline import open_recorder
+    from .records import check_run_location, load_arch, read_arch_record
 
     if not args or "=" in args[0]:
         raise UserError("usage: xsearch train ARCH_JSON [overrides]; ARCH_JSON is a run's arch.json")
@@ -161,15 +157,16 @@ def cmd_train(args: list[str]) -> int:
     if not any(o.startswith("data=") for o in overrides) and saved.get("data"):
         overrides = [f"data={saved['data']}"] + overrides
     cfg = validate(compose(overrides))
-    if distributed.init(str(cfg.get("device", "auto"))) and cfg["evaluator"]["name"] != "classification":
-        raise UserError(f"torchrun with several processes retrains with evaluator=classification; got "
-                        f"evaluator={cfg['evaluator']['name']}: run it as a single process (plain 'xsearch train')")
+    several = distributed.init(str(cfg.get("device", "auto")))
     check_run_location(cfg["runs_root"], cfg.get("run_dir"))  # before loading data
     evaluator = build_evaluator(cfg)
+    if several and not (evaluator.trains and evaluator.data_parallel):
+        raise UserError(f"torchrun with several processes retrains with evaluator=classification; got "
+                        f"evaluator={cfg['evaluator']['name']}: run it as a single process (plain 'xsearch train')")
     data = build_data(cfg)
     evaluator.check_data(data)
-    downstream = task_of(evaluator).name != "classification"
-    if downstream and space.task == "classification":  # a found backbone, rebuilt for the task's images
+    downstream = task_of(evaluator).name != CLASSIFICATION.name
+    if downstream and space.task == CLASSIFICATION.name:  # a found backbone, rebuilt for the task's images
         c, h, _ = data.input_shape
         space = get_space(space.name, **{**space.space_kwargs, "num_classes": data.num_classes, "in_chans": c,
                                          "image_size": h})
@@ -180,10 +177,7 @@ def cmd_train(args: list[str]) -> int:
                         f"but data={cfg['data']['name']} has {data.num_classes} classes of {data.input_shape}; "
                         "pass the data it was searched on")
     evaluator.check(space)
-    # under torchrun rank 0 creates and writes the folder; the others learn its name and write nothing
-    made = new_run_dir(cfg["runs_root"], space.name, "train", cfg.get("run_dir")) if distributed.is_main() else None
-    run_dir = Path(distributed.broadcast_object(str(made) if made else None))
-    recorder = RunRecorder(run_dir, space) if distributed.is_main() else ReadOnlyRecorder(run_dir, space)
+    recorder, _ = open_recorder(cfg, space, "train")  # under torchrun rank 0 writes the folder, the others read
     if not distributed.is_main():
         evaluator.evaluate(space, arch, data, seed=cfg["seed"], workdir=recorder.run_dir)
         return 0
@@ -285,7 +279,7 @@ def _budget_line(name: str) -> str:
 
 def cmd_dashboard(args: list[str]) -> int:
     from .config import compose
-    from .dashboard import artifact_dir, check_port, open_storage
+    from .dashboard import artifact_dir, check_port, served_storage
 
     if any(a.startswith("--") for a in args):
         raise UserError("xsearch dashboard takes key=value options like every xsearch command: write port=8080 "
@@ -306,7 +300,7 @@ def cmd_dashboard(args: list[str]) -> int:
         storage = f"sqlite:///{Path(storage).resolve()}"
     # every check before serving: a bad port or address, a missing or empty storage, no server
     port = check_port(cfg.host, cfg.port)
-    rdb, studies = open_storage(storage)
+    rdb, studies = served_storage(storage)
     artifacts = Path(cfg.artifacts) if cfg.artifacts else artifact_dir(storage, "runs")
     if cfg.artifacts and not artifacts.is_dir():
         raise UserError(f"artifacts={cfg.artifacts!r} is not a folder; pass the artifacts/ folder beside the "

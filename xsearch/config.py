@@ -8,7 +8,8 @@ repeated in YAML). The dataclasses live in Hydra's ConfigStore, one group per ki
 evaluator's for ``train.*`` (an evaluator that trains, i.e. takes ``epochs``) or ``evaluator.*``
 (one that does not: ``evaluator.proxy``, ``evaluator.table``). OmegaConf checks the types; the
 components' constructors check ranges when the builders below call them, which the pipeline does
-before it loads data or creates a run folder.
+before it loads data or creates a run folder: a setting a constructor refuses (``SettingError``)
+exits 2 naming the component, any other exception is a bug and keeps its traceback.
 
 Budgets (``conf/budget/*.yaml``) are presets, not schemas: ``budget=smoke`` sets the keys it names
 that the chosen components have (``search.epochs`` means nothing to ``strategy=evolution`` and is
@@ -41,7 +42,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .core.errors import UserError
+from .bench.settings import BenchConfig, check_bench
+from .core.errors import SettingError, UserError
 from .core.registry import unused_settings
 
 if typing.TYPE_CHECKING:
@@ -151,40 +153,6 @@ def settings(group: str, name: str) -> dict[str, Any]:
 @dataclasses.dataclass
 class ConstraintsConfig:
     flops: Any = None  # hard limit on the found network's MACs: 5M, 300K, 1.2G or an integer
-
-
-@dataclasses.dataclass
-class BenchConfig:
-    """The ``xsearch bench`` settings (``bench.*``); ``xsearch run`` ignores them."""
-
-    seeds: int = 3  # bench search (and blocks): retraining seeds per found network
-    # bench search: strategies or named variants (bench.search.VARIANTS), each searched at every budget
-    strategies: list[str] = dataclasses.field(default_factory=lambda: ["danas", "danas_legacy", "dnas", "spos",
-                                                                       "hand"])
-    search_budgets: list[str] = dataclasses.field(default_factory=lambda: ["5M", "8M"])  # bench search
-    search_seeds: int = 3  # bench search: search seeds 0..n-1 per searching strategy and budget
-    random_archs: int = 8  # bench search: uniform architectures under each budget, retrained too (0: none)
-    multi_trial: list[str] = dataclasses.field(default_factory=lambda: ["random", "evolution", "tpe", "nsga2"])
-    budgets: list[str] = dataclasses.field(default_factory=lambda: ["30M", "40M", "50M", "60M"])  # bench strategies
-    table_seeds: int = 10  # bench strategies: search seeds per strategy and budget
-    queries: list[int] = dataclasses.field(default_factory=lambda: [25, 50, 100])  # regret after these many queries
-    ranking_archs: int = 15  # bench ranking: architectures scored both ways
-    ranking_epochs: int = 2  # bench ranking: stand-alone training epochs per architecture
-    ranking_train_samples: int = 10000  # bench ranking: stand-alone training images
-    blocks_spaces: list[str] = dataclasses.field(default_factory=lambda: ["mbv3", "mbv3-dynamic", "micronet",
-                                                                          "focalnet"])
-    blocks_budgets: list[str] = dataclasses.field(default_factory=lambda: ["5M", "10M"])  # every space must fit
-    throughput_rounds: int = 5  # bench blocks / throughput: timed rounds of 20 batches per network (the best counts)
-    supernet_batch: int = 128  # bench supernet: images per training step
-    ray_repeats: int = 2  # bench ray: timed searches per mode (in-process, Ray Tune trials)
-    supernet_steps: int = 5  # bench supernet: timed steps (median reported)
-    supernet_warmup: int = 1  # bench supernet: untimed steps first
-    downstream_budget: str = "5M"  # bench downstream: the backbones' FLOPs budget (Fashion-MNIST size)
-    downstream_tasks: list[str] = dataclasses.field(default_factory=lambda: ["detection", "segmentation",
-                                                                             "keypoints"])
-    downstream_arch: str | None = None  # bench downstream: an arch.json danas found (null: search one)
-    head_budget: str = "auto"  # bench downstream: the DyHead search's budget (auto: halfway none -> fixed)
-    head_search: list[str] = dataclasses.field(default_factory=list)  # bench downstream: search.* for the DyHead
 
 
 @dataclasses.dataclass
@@ -460,9 +428,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     plain.pop("defaults", None)
     check_ranges(plain)
     plain["constraints"]["flops"] = parse_count(plain["constraints"].get("flops"))
-    if int((plain.get("bench") or {}).get("throughput_rounds", 1)) < 1:
-        raise UserError(f"bench.throughput_rounds={plain['bench']['throughput_rounds']} must be at least 1 (timed "
-                        "rounds of 20 batches per network; the default is 5)")
+    check_bench(plain.get("bench") or {})
     if int(plain.get("heartbeat") or 0) < 1:
         raise UserError(f"heartbeat={plain.get('heartbeat')} must be at least 1 (seconds between a shared-study "
                         "worker's heartbeats; the default is 30)")
@@ -497,19 +463,20 @@ def _settings_of(cfg: dict[str, Any], group: str) -> tuple[str, dict[str, Any]]:
 
 
 def _construct(group: str, name: str, knobs: dict[str, Any]) -> Any:
-    """Call component ``name`` of ``group`` with ``knobs``; its own checks (ranges) become UserErrors."""
+    """Call component ``name`` of ``group`` with ``knobs``; a setting it refuses (``SettingError``) becomes a
+    UserError naming it. Any other exception is a bug and keeps its traceback."""
     try:
         return KINDS[group].registry.get(name)(**knobs)
-    except (ValueError, TypeError) as exc:
+    except SettingError as exc:
         raise UserError(f"{group} {name!r}: {exc}") from None
 
 
 def build_data(cfg: dict[str, Any]) -> ImageData:
     """The configured dataset, checked against the configured sample counts before any search or training."""
     name, knobs = _settings_of(cfg, "data")
-    if "task" in knobs and knobs["task"] is None and cfg["evaluator"]["name"] in ("detection", "segmentation",
-                                                                                   "keypoints"):
-        knobs = {**knobs, "task": cfg["evaluator"]["name"]}  # data=coco loads the annotations the evaluator needs
+    wanted = KINDS["evaluator"].registry.get(cfg["evaluator"]["name"]).data_task
+    if "task" in knobs and knobs["task"] is None and wanted is not None:
+        knobs = {**knobs, "task": wanted}  # data=coco loads the annotations the evaluator needs
     data = _construct("data", name, knobs)
     check_sample_counts(cfg, data)
     return data

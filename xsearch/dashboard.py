@@ -10,10 +10,11 @@ Two kinds of study (see the README, "The dashboard"):
   proxy) holds one trial per run: the found network retrained from scratch, valued by its test
   accuracy, so the runs' final networks form one comparable front.
 
-Every study has metric names (``study.set_metric_names``). A run's study gets a note (markdown:
-the stage table or the query summary, and the result) and its plots (``search.png``,
-``predictions.png``) as artifacts in a ``FileSystemArtifactStore`` (``artifacts/`` beside the
-SQLite study file, else under ``runs_root``); ``xsearch dashboard`` serves the same store.
+Every study has metric names (``xsearch.core.study`` opens the studies and names their values).
+A run's study gets a note (markdown: the stage table or the query summary, and the result) and its
+plots (``search.png``, ``predictions.png``) as artifacts in a ``FileSystemArtifactStore``
+(``artifacts/`` beside the SQLite study file, else under ``runs_root``); ``xsearch dashboard``
+serves the same store.
 """
 
 from __future__ import annotations
@@ -28,86 +29,25 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from .core.errors import UserError
+from .core.study import (
+    FLOPS,
+    compatible_space,
+    distributions,
+    final_metric,
+    final_study_name,
+    find_trial,
+    open_storage,
+    open_study,
+    sqlite_path,
+)
 
 if TYPE_CHECKING:  # the dashboard command imports this module: no torch at import time
     from xsearch.strategies import QueryRecord, StageRecord
 
 ARTIFACTS = "artifacts"
-FLOPS = "FLOPs"
-
-
-# --- metric names -----------------------------------------------------------------------
-def _readable(metric: str) -> str:
-    """A task's metric key as words: ``box_ap`` -> ``box AP``."""
-    return metric.replace("_ap", " AP").replace("_", " ")
-
-
-def search_metric(strategy: Any, evaluator: Any) -> str:
-    """The name of a run study's first value: what its search trials are valued by."""
-    from xsearch.evaluators import task_of
-    from xsearch.strategies import DifferentiableSearch
-
-    if isinstance(strategy, DifferentiableSearch):  # stages and derivation queries: the supernet's weights
-        return f"inherited {_readable(task_of(evaluator).metric)}"
-    name = getattr(evaluator, "name", "")
-    if name == "proxy":
-        return f"{evaluator.proxy} score"
-    if name == "tabular":
-        return "table accuracy"
-    if hasattr(evaluator, "epochs"):  # trained on part of the training split, scored on the held-out rest
-        return f"held-out {_readable(task_of(evaluator).metric)}"
-    return f"{name} score"
-
-
-def final_metric(evaluator: Any) -> str:
-    """The name of a final study's first value (the run's found network, retrained or looked up)."""
-    from xsearch.evaluators import task_of
-
-    name = getattr(evaluator, "name", "")
-    if name == "proxy":
-        return f"{evaluator.proxy} score"
-    if name == "tabular":
-        return "table test accuracy"
-    if getattr(evaluator, "reports_accuracy", False):
-        return "test accuracy"
-    return f"val {_readable(task_of(evaluator).metric)}"  # COCOeval on the annotations' val split
-
-
-def final_study_name(kind: str, space: str, data: str | None, evaluator: Any) -> str:
-    """``retrained/<space>/<data>/<evaluator>`` (``evaluated/...`` when nothing is trained)."""
-    label = evaluator.name + (f"-{evaluator.proxy}" if evaluator.name == "proxy" else "")
-    return f"{kind}/{space}/{data or 'table'}/{label}"
-
-
-def set_metric_names(study: optuna.Study, names: list[str]) -> None:
-    """Name the study's values (shown on the dashboard's axes and tables), unless they already are so named."""
-    if study.metric_names == names:
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(names)
-
-
-def compatible_space(study: optuna.Study, distributions: dict[str, Any]) -> bool:
-    """Whether trials with ``distributions`` can join ``study``: Optuna refuses a parameter name whose
-    categorical choices differ from those already recorded (``CategoricalDistribution does not support
-    dynamic value space``)."""
-    seen: dict[str, Any] = {}
-    for trial in study.get_trials(deepcopy=False):
-        for name, dist in trial.distributions.items():
-            seen.setdefault(name, dist)
-    return all(seen.get(name, dist) == dist for name, dist in distributions.items())
 
 
 # --- artifacts --------------------------------------------------------------------------
-def sqlite_path(storage: str) -> Path | None:
-    """The file of a ``sqlite:///`` storage URL (None for other URLs and in-memory SQLite)."""
-    if not storage.startswith("sqlite:///"):
-        return None
-    path = storage[len("sqlite:///"):].split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
-
-
 def artifact_dir(storage: str, runs_root: str | Path) -> Path:
     """Where the runs' plots are kept for the dashboard: ``artifacts/`` beside a SQLite study file, else
     ``<runs_root>/artifacts``."""
@@ -115,9 +55,11 @@ def artifact_dir(storage: str, runs_root: str | Path) -> Path:
     return (path.parent if path is not None else Path(runs_root)) / ARTIFACTS
 
 
-def attach(study: optuna.Study, store_dir: Path, path: Path, trial: optuna.trial.FrozenTrial | None = None) -> bool:
+def attach(study: optuna.Study, store_dir: Path, path: Path, trial: optuna.trial.FrozenTrial | None = None,
+           storage: optuna.storages.BaseStorage | None = None) -> bool:
     """Upload file ``path`` as an artifact of ``trial`` (or of the study) once: a file of the same name
-    already attached is kept. Returns whether it uploaded."""
+    already attached is kept. ``storage``: the study's (``open_storage``), needed for a ``trial``. Returns
+    whether it uploaded."""
     from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 
     if not path.is_file():
@@ -125,11 +67,11 @@ def attach(study: optuna.Study, store_dir: Path, path: Path, trial: optuna.trial
     target = trial if trial is not None else study
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if any(m.filename == path.name for m in get_all_artifact_meta(target, storage=study._storage)):
+        if any(m.filename == path.name for m in get_all_artifact_meta(target, storage=storage)):
             return False
         store_dir.mkdir(parents=True, exist_ok=True)
         upload_artifact(artifact_store=FileSystemArtifactStore(store_dir), file_path=str(path),
-                        study_or_trial=target, storage=study._storage)
+                        study_or_trial=target, storage=storage)
     return True
 
 
@@ -249,47 +191,45 @@ def publish_run(recorder: Any, cfg: dict[str, Any], result: Any, metric: str, da
     save_note(study, note)
 
 
-def _add_with_artifacts(study: optuna.Study, arch: dict[str, str], distributions: dict[str, Any],
-                        values: list[float], attrs: dict[str, Any], files: list[Path], store: Path) -> None:
-    """Add a finished trial with ``files`` as its artifacts, once per ``attrs["record_id"]``.
+def _add_with_artifacts(study: optuna.Study, storage: optuna.storages.BaseStorage, arch: dict[str, str],
+                        params: dict[str, Any], values: list[float], attrs: dict[str, Any], files: list[Path],
+                        store: Path) -> None:
+    """Add a finished trial with ``files`` as its artifacts, once per ``attrs["record_id"]`` (``params``: its
+    distributions; ``storage``: the study's).
 
     Optuna attaches artifacts only to a running trial: the trial is added running, gets its files, then
     its values (``study.tell``). A trial left running by a killed run is finished by the resumed one.
     """
-    def find() -> optuna.trial.FrozenTrial | None:
-        return next((t for t in reversed(study.get_trials(deepcopy=False))
-                     if t.user_attrs.get("record_id") == attrs["record_id"]), None)
-
-    trial = find()
+    trial = find_trial(study, attrs["record_id"])
     if trial is not None and trial.state.is_finished():
         return
     if trial is None:
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, params=dict(arch),
-                                                  distributions=distributions, user_attrs=attrs))
-        trial = find()
+                                                  distributions=params, user_attrs=attrs))
+        trial = find_trial(study, attrs["record_id"])
     for path in files:
-        attach(study, store, path, trial)
+        attach(study, store, path, trial, storage)
     study.tell(trial.number, values)
 
 
-def final_study(recorder: Any, cfg: dict[str, Any], evaluator: Any, data: str | None, kind: str) -> optuna.Study:
+def final_study(recorder: Any, cfg: dict[str, Any], evaluator: Any, data: str | None,
+                kind: str) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
     """The study of every run's final networks on this space, data and evaluator (``final_study_name``; a
-    space with other choices under the same name gets ``~<hash of its settings>``), created or loaded."""
+    space with other choices under the same name gets ``~<hash of its settings>``), created or loaded, and
+    its storage."""
     import hashlib
     import json
-
-    from .records import open_study
 
     space = recorder.space
     metric = final_metric(evaluator)
     name = final_study_name(kind, space.name, data, evaluator)
-    study = open_study(cfg["storage"], name, [metric, FLOPS])
-    distributions = {c.label: optuna.distributions.CategoricalDistribution(c.options) for c in space.choices}
-    if not compatible_space(study, distributions):  # the same space name, other choices (space.* settings)
+    storage = open_storage(cfg["storage"])
+    study = open_study(storage, name, [metric, FLOPS])
+    if not compatible_space(study, distributions(space)):  # the same space name, other choices (space.* settings)
         kwargs = json.dumps(getattr(space, "space_kwargs", {}), sort_keys=True, default=str)
         name = f"{name}~{hashlib.sha1(kwargs.encode()).hexdigest()[:8]}"
-        study = open_study(cfg["storage"], name, [metric, FLOPS])
-    return study
+        study = open_study(storage, name, [metric, FLOPS])
+    return study, storage
 
 
 def record_final(recorder: Any, cfg: dict[str, Any], evaluator: Any, data: str | None, result: Any,
@@ -298,14 +238,12 @@ def record_final(recorder: Any, cfg: dict[str, Any], evaluator: Any, data: str |
     evaluator, with the run's plots as the trial's artifacts; returns what the run's note says of it."""
     import json
 
-
     if recorder.study is None:
         return None
     space = recorder.space
     metric = final_metric(evaluator)
-    study = final_study(recorder, cfg, evaluator, data, kind)
+    study, storage = final_study(recorder, cfg, evaluator, data, kind)
     name = study.study_name
-    distributions = {c.label: optuna.distributions.CategoricalDistribution(c.options) for c in space.choices}
     kwargs = json.dumps(getattr(space, "space_kwargs", {}), sort_keys=True, default=str)
     run_dir = recorder.run_dir.resolve()
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
@@ -313,8 +251,8 @@ def record_final(recorder: Any, cfg: dict[str, Any], evaluator: Any, data: str |
              "run_study": recorder.study.study_name, "strategy": cfg["strategy"]["name"],
              "search_seconds": result.search_seconds, "flops": space.flops(result.arch),
              "params": space.params(result.arch), "space_kwargs": kwargs}
-    _add_with_artifacts(study, result.arch, distributions, [value, float(space.flops(result.arch))], attrs,
-                        [recorder.path(f) for f in ("search.png", "predictions.png")],
+    _add_with_artifacts(study, storage, result.arch, distributions(space), [value, float(space.flops(result.arch))],
+                        attrs, [recorder.path(f) for f in ("search.png", "predictions.png")],
                         artifact_dir(cfg["storage"], cfg["runs_root"]))
     how = "retrained from scratch" if kind == "retrained" else f"scored by evaluator {evaluator.name}"
     save_note(study, FINAL_NOTE.format(name=name, how=how, metric=metric, flops=FLOPS))
@@ -357,7 +295,7 @@ def _hide_password(url: str) -> str:
     return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
 
 
-def open_storage(storage: str) -> tuple[optuna.storages.BaseStorage, list[str]]:
+def served_storage(storage: str) -> tuple[optuna.storages.BaseStorage, list[str]]:
     """The dashboard's storage and its study names; a UserError when it is missing, unreadable or empty."""
     shown = _hide_password(storage)
     path = sqlite_path(storage)

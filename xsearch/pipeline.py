@@ -4,27 +4,35 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from xsearch.strategies import Constraints
+from xsearch.strategies import STRATEGIES, Constraints, StageRecord
 
-from .config import build_data, build_evaluator, build_launcher, build_space, build_strategy, needs_data
+from .config import (
+    DEFAULT_CHOICES,
+    build_data,
+    build_evaluator,
+    build_launcher,
+    build_space,
+    build_strategy,
+    needs_data,
+)
 from .core import distributed
 from .core.errors import UserError
+from .core.study import FLOPS, check_storage, open_study, search_metric
 from .core.training import release_memory
-from .dashboard import FLOPS, publish_run, record_final, search_metric
+from .dashboard import publish_run, record_final
 from .records import (
     ReadOnlyRecorder,
     RunRecorder,
     check_run_location,
-    check_storage,
     check_writable,
     default_storage,
     new_run_dir,
-    open_study,
 )
 from .top_k import retrain_top
 
@@ -32,17 +40,20 @@ from .top_k import retrain_top
 _NAMED_SECTIONS = ("space", "strategy", "data", "evaluator")
 _SECTIONS = ("search", "train", "constraints")
 _VALUES = ("seed", "device", "storage", "progress")
-# what runs under torchrun: supernet strategies whose training is one data-parallel loop
-DISTRIBUTED_STRATEGIES = ("danas", "dnas", "spos")
+# the files of a run folder a user opens, in the order the summary lists them
+_SHOWN_FILES = ("arch.json", "search.png", "stages.csv", "trials.csv", "predictions.png", "retrain/model.pt")
 
 
 def check_distributed(cfg: dict[str, Any], evaluator: Any) -> None:
-    """Refuse, under torchrun with several processes, what does not split one global batch across them."""
-    from xsearch.evaluators import task_of
+    """Refuse, under torchrun with several processes, what does not split one global batch across them.
 
+    The strategy must be ``data_parallel`` (its supernet training is one loop), and the evaluator must
+    train data-parallel too, or train nothing.
+    """
     strategy_name = cfg["strategy"]["name"]
-    if strategy_name not in DISTRIBUTED_STRATEGIES or task_of(evaluator).name != "classification":
-        raise UserError(f"torchrun with {distributed.world()} processes runs strategy={'|'.join(DISTRIBUTED_STRATEGIES)} "
+    if not STRATEGIES.get(strategy_name).data_parallel or (evaluator.trains and not evaluator.data_parallel):
+        parallel = [name for name in STRATEGIES.names() if STRATEGIES.get(name).data_parallel]
+        raise UserError(f"torchrun with {distributed.world()} processes runs strategy={'|'.join(parallel)} "
                         f"on classification; got strategy={strategy_name} with evaluator={evaluator.name}. Run this "
                         "one as a single process (plain 'xsearch run'), or pick one of those strategies")
     others = {"launcher": (cfg.get("launcher") or "local") != "local", "retrain_top": bool(cfg.get("retrain_top")),
@@ -52,11 +63,98 @@ def check_distributed(cfg: dict[str, Any], evaluator: Any) -> None:
                         f"{', '.join(k for k, v in others.items() if v)} set: drop it, or run without torchrun")
 
 
+def open_recorder(cfg: dict[str, Any], space: Any, label: str,
+                  metric: str | None = None) -> tuple[RunRecorder, dict[str, Any]]:
+    """The run folder's recorder, and ``cfg`` with the folder (``_run_dir``) and the default storage filled in.
+
+    A new run gets ``run_dir=`` or ``<runs_root>/<time>-<space>-<label>``, created by rank 0 under
+    torchrun (the other ranks learn its name and only read it); a resumed one (``_run_dir``) reopens
+    its folder. With ``metric`` (the name of the study trials' value) rank 0 opens the run's study:
+    ``study=NAME`` when workers share one, else the folder's name, on ``storage=`` or
+    ``<runs_root>/xsearch.db``. ``xsearch run`` and ``xsearch train`` (no study) both start here.
+    """
+    if cfg.get("_run_dir"):
+        run_dir = Path(cfg["_run_dir"])
+    else:
+        # rank 0 creates the (time-stamped) folder; under torchrun the others learn its name from it
+        made = new_run_dir(cfg["runs_root"], space.name, label, cfg.get("run_dir")) if distributed.is_main() else None
+        run_dir = Path(distributed.broadcast_object(str(made) if made else None))
+        cfg = {**cfg, "_run_dir": str(run_dir)}
+        if metric is not None and not cfg.get("storage") and distributed.is_main():
+            cfg["storage"] = default_storage(cfg["runs_root"])  # the default study file lives in runs_root
+    if not distributed.is_main():
+        return ReadOnlyRecorder(run_dir, space), cfg
+    if metric is None:
+        return RunRecorder(run_dir, space), cfg
+    # study=NAME: every worker started with that name and storage joins one search (core.study.SharedClaims)
+    heartbeat = int(cfg.get("heartbeat") or 30) if cfg.get("study") else None  # frees a killed worker's claim
+    study = open_study(cfg["storage"], cfg.get("study") or run_dir.name, [metric, FLOPS], heartbeat)
+    return RunRecorder(run_dir, space, study, shared=bool(cfg.get("study"))), cfg
+
+
+@dataclass
+class RunSummary:
+    """What a finished run produced, as ``xsearch run`` reports it (the CLI only formats these facts).
+
+    ``result``: the final evaluation's metrics (``test_accuracy``, ``score``, COCOeval's ``*_ap``, the
+    retraining's images and steps...); ``stages``: per search stage, its classes and mean alive candidates
+    per layer; ``search``: the search's own metrics (queries, derivation, phases...); ``commands``:
+    (what, command line) follow-ups such as retraining or exporting the network.
+    """
+
+    run_dir: Path
+    arch: list[str]
+    flops: int
+    params: int
+    flops_budget: int | None
+    strategy: str
+    evaluator: str
+    result: dict[str, Any]
+    search_seconds: float
+    search: dict[str, Any]
+    stages: list[tuple[int, float]]
+    files: list[str]
+    commands: list[tuple[str, str]]
+    warning: str | None = None
+
+
+def summarize(cfg: dict[str, Any], space: Any, evaluator: Any, record: dict[str, Any], result: Any,
+              metrics: dict[str, Any]) -> RunSummary:
+    """The summary of a finished run in ``cfg["_run_dir"]``: its record (``arch.json``), search result and metrics.
+
+    The follow-up commands come from the components' capabilities: a trained classifier can be
+    exported and, when its space builds classifiers, retrained downstream; ``evaluator=`` is repeated
+    unless it is the default one.
+    """
+    from xsearch.evaluators import CLASSIFICATION, task_of
+
+    run_dir = Path(cfg["_run_dir"])
+    stages = [(h.num_classes, sum(h.alive_per_layer.values()) / len(h.alive_per_layer))
+              for h in result.history if isinstance(h, StageRecord)]
+    classifier = evaluator.trains and task_of(evaluator).name == CLASSIFICATION.name  # trained an image classifier
+    arch_json = f"{run_dir}/arch.json"
+    same = "" if cfg["evaluator"]["name"] == DEFAULT_CHOICES["evaluator"] else f" evaluator={cfg['evaluator']['name']}"
+    commands = [("dashboard", f"xsearch dashboard {cfg['storage']}"),
+                ("retrain again", f"xsearch train {arch_json}{same} train.epochs=20")]
+    if classifier and space.task == CLASSIFICATION.name:  # a backbone for the dense tasks
+        commands.append(("downstream", f"xsearch train {arch_json} evaluator=detection data=coco data.root=DIR"))
+    if classifier and (run_dir / "retrain" / "model.pt").exists():
+        commands.append(("export", f"xsearch export {arch_json} --format onnx"))
+    return RunSummary(run_dir=run_dir, arch=list(record["arch"].values()), flops=record["flops"],
+                      params=record["params"], flops_budget=cfg["constraints"]["flops"],
+                      strategy=cfg["strategy"]["name"], evaluator=cfg["evaluator"]["name"], result=metrics,
+                      search_seconds=result.search_seconds, search=result.metrics, stages=stages,
+                      files=[f for f in _SHOWN_FILES if (run_dir / f).exists()], commands=commands,
+                      warning=result.metrics.get("warning"))
+
+
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Search, retrain the found network from scratch, and record everything. Resumable.
 
-    Under ``torchrun`` every process runs this (``core.distributed``): rank 0 chooses and writes the
-    run folder and the study, the others train their slices of each batch and write nothing.
+    Returns the run folder, its ``arch.json`` record, the search result, the final metrics, the
+    configuration and the ``RunSummary``. Under ``torchrun`` every process runs this
+    (``core.distributed``): rank 0 chooses and writes the run folder and the study, the others train
+    their slices of each batch and write nothing.
     """
     distributed.init(str(cfg.get("device", "auto")))
     launcher = build_launcher(cfg)  # launcher=ray: Ray starts below, once the cheap checks have passed
@@ -79,24 +177,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     evaluator.check_data(data)
     max_flops = cfg["constraints"]["flops"]
     space.check_budget(max_flops)
-    if resuming:
-        run_dir = Path(cfg["_run_dir"])
-    else:
-        # rank 0 creates the (time-stamped) folder; under torchrun the others learn its name from it
-        made = new_run_dir(cfg["runs_root"], space.name, cfg["strategy"]["name"], cfg.get("run_dir")) \
-            if distributed.is_main() else None
-        run_dir = Path(distributed.broadcast_object(str(made) if made else None))
-        cfg = {**cfg, "_run_dir": str(run_dir)}
-        if not cfg.get("storage") and distributed.is_main():
-            cfg["storage"] = default_storage(cfg["runs_root"])
-    # study=NAME: every worker started with that name and storage joins one search (strategies/_multi_trial.py)
     metric = search_metric(strategy, evaluator)  # what the run study's trials are valued by (the dashboard's axis)
-    if distributed.is_main():
-        heartbeat = int(cfg.get("heartbeat") or 30) if cfg.get("study") else None  # frees a killed worker's claim
-        study = open_study(cfg["storage"], cfg.get("study") or run_dir.name, [metric, FLOPS], heartbeat)
-        recorder = RunRecorder(run_dir, space, study, shared=bool(cfg.get("study")))
-    else:
-        recorder = ReadOnlyRecorder(run_dir, space)
+    recorder, cfg = open_recorder(cfg, space, cfg["strategy"]["name"], metric)
+    run_dir = recorder.run_dir
     if not resuming:
         recorder.write_config(cfg)
     launcher.storage_path = run_dir / "ray"  # launcher=ray: Ray Tune's trial folders
@@ -125,7 +208,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     if distributed.is_main() and (run_dir / "retrain" / "predictions.png").exists():  # a downstream task's picture
         shutil.copyfile(run_dir / "retrain" / "predictions.png", run_dir / "predictions.png")
     value = metrics["test_accuracy"] if evaluator.reports_accuracy else metrics["score"]
-    kind = "retrained" if hasattr(evaluator, "epochs") else "evaluated"
+    kind = "retrained" if evaluator.trains else "evaluated"
     # the final network goes to the study of every run's final networks on this space, data and evaluator
     if distributed.is_main():  # under torchrun only rank 0 writes the studies
         final = record_final(recorder, cfg, evaluator, data_name, result, metrics, value, kind)
@@ -142,7 +225,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
                             "search_seconds": result.search_seconds, "retrain": metrics,
                             "retrain_wall_seconds": time.time() - t0})
     recorder.finish()
-    return {"run_dir": run_dir, "record": record, "result": result, "metrics": metrics, "cfg": cfg}
+    summary = summarize(cfg, space, evaluator, record, result, metrics)
+    return {"run_dir": run_dir, "record": record, "result": result, "metrics": metrics, "cfg": cfg,
+            "summary": summary}
 
 
 def load_run_config(run_dir: str | Path) -> dict[str, Any]:

@@ -1,9 +1,9 @@
-"""The run recorder: the one place that writes a run folder and its Optuna study.
+"""The run recorder: the one place that writes a run folder and the trials of its Optuna study.
 
 Strategies report stages and queries (``SearchEvents``); the pipeline and ``xsearch train`` hand
-over the rest. Every file is written atomically (``xsearch.core.io``), so a kill or a full disk
-leaves the previous version intact, and every study trial is added once per record id, so a
-resumed run never duplicates one.
+over the rest; ``xsearch.core.study`` opens, names and shares the study. Every file is written
+atomically (``xsearch.core.io``), so a kill or a full disk leaves the previous version intact, and
+every study trial is added once per record id, so a resumed run never duplicates one.
 
 A run folder holds ``config.yaml``, ``search.json`` (the ``SearchResult``), ``search_trials.json``
 (the queries a resumed multi-trial search replays), ``stages.csv`` or ``trials.csv``,
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from xsearch.strategies import QueryRecord, SearchResult, SharedStudy, StageReco
 
 from .core.errors import UserError
 from .core.io import atomic_write, check_writable, write_json, write_text
+from .core.study import distributions, find_trial, query_attrs, trial_attrs
 
 SEARCH_FILE, REPLAY_FILE, ARCH_FILE = "search.json", "search_trials.json", "arch.json"
 
@@ -81,66 +81,6 @@ def new_run_dir(runs_root: str | Path, space: str, strategy: str, run_dir: str |
             raise UserError(f"runs_root={str(runs_root)!r}: {str(path)!r} cannot be created: "
                             f"{exc.strerror or exc}; choose a writable runs_root") from None
     raise UserError(f"runs_root={str(runs_root)!r} already holds 10000 runs named {stamp}-{space}-{strategy}-*")
-
-
-def open_study(storage: str, name: str, metric_names: list[str] | None = None,
-               heartbeat: int | None = None) -> optuna.Study:
-    """A study with two objectives (accuracy up, FLOPs down), created or loaded; ``metric_names`` names
-    them for the dashboard (e.g. ``["inherited accuracy", "FLOPs"]``, see ``xsearch.dashboard``).
-
-    ``heartbeat`` (seconds; for a study several workers share): the storage keeps Optuna's heartbeats,
-    so a claim whose worker has been silent for ``4 * heartbeat`` seconds can be failed and freed.
-    """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        url: str | optuna.storages.BaseStorage = storage
-        if heartbeat:
-            with warnings.catch_warnings():  # heartbeat_interval is marked experimental
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                url = optuna.storages.RDBStorage(storage, heartbeat_interval=heartbeat, grace_period=4 * heartbeat)
-        study = optuna.create_study(storage=url, study_name=name, directions=["maximize", "minimize"],
-                                    load_if_exists=True)
-        if metric_names:
-            from .dashboard import set_metric_names
-
-            set_metric_names(study, metric_names)
-        return study
-    except (ValueError, ImportError, ModuleNotFoundError) as exc:
-        raise UserError(f"cannot open Optuna storage {storage!r}: {exc}. Use an Optuna storage URL such as "
-                        "sqlite:///runs/xsearch.db or postgresql://user:pass@host/db") from None
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy errors: bad URL, unreachable server
-        raise UserError(f"cannot open Optuna storage {storage!r}: {type(exc).__name__}: {exc}") from None
-
-
-def check_storage(storage: str, attempts: int = 8) -> None:
-    """Refuse (UserError) a storage URL Optuna cannot open (bad URL, no driver, no server), before any work.
-
-    Workers started at once on a new database race to create Optuna's tables: the losers' integrity
-    or duplicate-table errors are retried after a random back-off (the winner has made the tables).
-    """
-    import random
-
-    import sqlalchemy.exc
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    fix = "use an Optuna storage URL such as sqlite:///runs/xsearch.db or postgresql://USER@HOST:PORT/DATABASE"
-    try:
-        for attempt in range(attempts):
-            try:
-                optuna.storages.RDBStorage(storage)
-                break
-            except sqlalchemy.exc.DBAPIError as exc:
-                racing = isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) or any(
-                    words in str(exc) for words in ("already exists", "database is locked"))
-                if not racing or attempt == attempts - 1:
-                    raise
-                time.sleep(random.uniform(0.2, 1.0))
-    except (ValueError, ImportError, ModuleNotFoundError) as exc:
-        raise UserError(f"cannot open Optuna storage {storage!r}: {exc}; {fix}") from None
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy errors: bad URL, unreachable server, bad password
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"cannot open Optuna storage {storage!r}: {type(exc).__name__}: {first}; is the server "
-                        f"running and the URL right? {fix}") from None
 
 
 # --- arch.json --------------------------------------------------------------------------
@@ -220,18 +160,15 @@ class RunRecorder:
         study = study if study is not None else self.study
         if study is None:
             return None
-        for t in study.get_trials(deepcopy=False):
-            if t.user_attrs.get("record_id") == record_id and t.user_attrs.get("worker") == self.worker:
-                return t
+        found = find_trial(study, record_id, self.worker)
+        if found is not None:
+            return found
         space = self.space
-        distributions = {c.label: optuna.distributions.CategoricalDistribution(c.options) for c in space.choices}
-        attrs = {"record_id": record_id, "flops": space.flops(arch), "params": space.params(arch),
-                 "recorded_at": time.time(), **({"worker": self.worker} if self.worker else {}), **attrs}
-        study.add_trial(optuna.trial.create_trial(params=dict(arch), distributions=distributions,
+        attrs = trial_attrs(record_id, space.flops(arch), space.params(arch), self.worker, attrs)
+        study.add_trial(optuna.trial.create_trial(params=dict(arch), distributions=distributions(space),
                                                   values=[float(value), float(space.flops(arch))],
                                                   user_attrs=attrs))
-        return next(t for t in reversed(study.get_trials(deepcopy=False))  # other workers may add trials too
-                    if t.user_attrs.get("record_id") == record_id and t.user_attrs.get("worker") == self.worker)
+        return find_trial(study, record_id, self.worker)  # the latest: other workers may add trials too
 
     # --- SearchEvents -------------------------------------------------------------------
     def stage(self, record: StageRecord) -> None:
@@ -249,9 +186,7 @@ class RunRecorder:
 
     def query(self, record: QueryRecord, seconds: float) -> None:
         """A finished query: a ``query`` trial, and (if new) a line in the replay file."""
-        scalars = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float, str)) and k != "score"}
-        self.trial(record.arch, record.score, record.record_id,
-                   {"kind": "query", "query": record.query, "score": record.score, **scalars})
+        self.trial(record.arch, record.score, record.record_id, query_attrs(record))
         replay = self._load_replay()
         key = self._key(record.arch)
         if key not in replay:

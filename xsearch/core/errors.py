@@ -1,7 +1,8 @@
-"""The one exception type for mistakes a user can fix (bad option, bad path, impossible budget).
+"""The exception types for mistakes a user can fix (bad option, bad path, impossible budget).
 
-The command line prints its message and exits with status 2, without a traceback. Every layer may
-raise it; it imports nothing of the project.
+The command line prints a ``UserError``'s message and exits with status 2, without a traceback.
+Every layer may raise one; a component's constructor refuses a bad setting with ``SettingError``.
+This module imports nothing of the project.
 """
 
 from __future__ import annotations
@@ -16,3 +17,12 @@ class UnknownNameError(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class SettingError(UserError, ValueError):
+    """A component's setting is out of range or clashes with another (raised by the component's constructor).
+
+    The configuration's builders turn it, and only it, into an exit-2 message naming the component;
+    any other exception from a constructor is a bug and keeps its traceback. A ``ValueError`` too, so
+    library code that catches ValueError from a constructor keeps working.
+    """

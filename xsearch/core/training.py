@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .data import ImageData, channels_last_tensor
-from .errors import UserError
+from .errors import SettingError, UserError
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -88,7 +88,7 @@ def passes_for(images: int, epoch_images: int | None) -> int:
 def check_epoch_images(key: str, value: int | None) -> int | None:
     """``value`` of setting ``key`` (``search.epoch_images``, ``train.epoch_images``): null or at least 1."""
     if value is not None and value < 1:
-        raise ValueError(f"{key} must be at least 1 (or null: one pass per epoch), got {value}")
+        raise SettingError(f"{key} must be at least 1 (or null: one pass per epoch), got {value}")
     return value
 
 
@@ -162,7 +162,7 @@ OPTIMIZERS = ("auto", "sgd", "adamw")
 
 def check_optimizer(optimizer: str) -> str:
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+        raise SettingError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
     return optimizer
 
 
