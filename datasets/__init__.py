@@ -8,7 +8,7 @@ this package registers every dataset, one module each.
 
 from __future__ import annotations
 
-from ._registry import DATASETS, load_dataset
+from ._registry import DATASETS, held_in_memory, in_memory_datasets, load_dataset
 from .cifar import load_cifar10, load_cifar100
 from .coco import (
     CocoSplit,
@@ -30,6 +30,8 @@ __all__ = [
     "FolderSplit",
     "coco_evaluate",
     "draw_predictions",
+    "held_in_memory",
+    "in_memory_datasets",
     "list_datasets",
     "load_cifar10",
     "load_cifar100",

@@ -11,7 +11,7 @@ import torch
 from xsearch.core.data import ImageData, TensorSplit
 from xsearch.core.errors import UserError
 
-from ._registry import DATASETS
+from ._registry import DATASETS, held_in_memory
 
 
 def _load_pickle(path: Path) -> dict:
@@ -44,6 +44,7 @@ def _cifar(name: str, root: str | None, folder: str, train_files: list[str], tes
 
 
 @DATASETS.register("cifar10")
+@held_in_memory
 def load_cifar10(root: str | None = None) -> ImageData:
     """CIFAR-10 from the python-pickle release (``cifar-10-batches-py/``)."""
     return _cifar("cifar10", root, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
@@ -51,6 +52,7 @@ def load_cifar10(root: str | None = None) -> ImageData:
 
 
 @DATASETS.register("cifar100")
+@held_in_memory
 def load_cifar100(root: str | None = None) -> ImageData:
     """CIFAR-100 from the python-pickle release (``cifar-100-python/``), fine labels."""
     return _cifar("cifar100", root, "cifar-100-python", ["train"], "test", "fine_labels", "meta", "fine_label_names")

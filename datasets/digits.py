@@ -7,10 +7,11 @@ import torch
 
 from xsearch.core.data import ImageData, TensorSplit, stratified_split
 
-from ._registry import DATASETS
+from ._registry import DATASETS, held_in_memory
 
 
 @DATASETS.register("digits")
+@held_in_memory
 def load_digits_data(root: str | None = None) -> ImageData:
     """scikit-learn's 8x8 digits (1,797 images, shipped with scikit-learn); a fixed stratified 80/20 split."""
     from sklearn.datasets import load_digits

@@ -11,7 +11,7 @@ import torch
 from xsearch.core.data import ImageData, TensorSplit
 from xsearch.core.errors import UserError
 
-from ._registry import DATASETS
+from ._registry import DATASETS, held_in_memory
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -36,6 +36,7 @@ def _find(root: Path, stem: str) -> Path | None:
 
 
 @DATASETS.register("fashion_mnist")
+@held_in_memory
 def load_fashion_mnist(root: str | None = None) -> ImageData:
     """Fashion-MNIST from its IDX files (Debian package ``dataset-fashion-mnist`` or torchvision's raw/ folder)."""
     base = Path(root or "/usr/share/datasets/fashion-mnist")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._sizes import conv_out_size, make_divisible
 from .dyhead import DyHeadBlock
 from .dynamic import DynamicConv2d, DyReLU, set_temperature, temperature_at
 from .focal import DropPath, FocalModulation, FocalNetBlock, LayerNorm2d
@@ -11,8 +12,6 @@ from .mbv3 import (
     DepthwiseSeparable,
     InvertedResidual,
     SqueezeExcite,
-    conv_out_size,
-    make_divisible,
 )
 from .micronet import (
     DynamicShiftMax,
