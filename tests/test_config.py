@@ -90,6 +90,8 @@ BAD_VALUES = [
     ("space.dropout=1.5", "below 1"),
     ("space.num_layers=2", "at least 4"),
     ("space.act=gelu", "hswish"),
+    ("space.num_classes=-1", "space.num_classes=-1 must be at least 1"),
+    ("space.in_chans=0", "space.in_chans=0 must be at least 1"),
     ("constraints.flops=abc", "write e.g. 5M"),
     ("constraints.flops=-5M", "positive"),
     ("constraints.flops=1K", "smallest network of space 'mbv3'"),

@@ -396,7 +396,7 @@ AT_LEAST = {"parallel_queries": 1, "epochs": 1, "batch_size": 1, "train_samples"
             "population_size": 1, "sample_size": 1, "prescreen_factor": 1, "num_layers": 1, "num_blocks": 1, "derive_trials": 1,
             "warmup_epochs": 0, "n_startup_trials": 0, "recalibration_batches": 0, "temperature_epochs": 0,
             "weight_decay": 0, "arch_weight_decay": 0, "adamw_weight_decay": 0, "flops_weight": 0, "dropout": 0,
-            "label_smoothing": 0, "image_size": 1, "channels": 1}
+            "label_smoothing": 0, "image_size": 1, "channels": 1, "num_classes": 1, "in_chans": 1}
 ABOVE = {"lr": 0, "arch_lr": 0, "adamw_lr": 0, "width_mult": 0, "backbone_width": 0, "keep_fraction": 0}
 BELOW = {"dropout": 1, "label_smoothing": 1}
 SETTING_SECTIONS = ("space", "search", "data", "train", "evaluator")
