@@ -108,6 +108,22 @@ def test_danas_searches_the_dyhead_for_detection(coco_root, tmp_path):
     assert (run_dir / "predictions.png").exists()
 
 
+@pytest.mark.slow
+def test_the_dyhead_detection_search_finishes_at_budget_smoke(coco_root, tmp_path):
+    """``budget=smoke`` as a user runs it, no other setting: the DyHead search and the retraining finish."""
+    args = ["run", "space=dyhead", "strategy=danas", "evaluator=detection", "data=coco", f"data.root={coco_root}",
+            "budget=smoke", f"runs_root={tmp_path}", "progress=false"]
+    assert main(args) == 0
+    (run_dir,) = tmp_path.glob("*-dyhead-danas")  # tmp_path also holds the study's artifacts/ folder
+    assert (run_dir / "DONE").is_file()
+    record = json.loads((run_dir / "arch.json").read_text())
+    assert record["space"] == "dyhead" and "box_ap" in record["metrics"]
+    # the smoke preset's downstream sizes (conf/budget/smoke.yaml) reached the space
+    assert {k: record["space_kwargs"][k] for k in ("image_size", "channels", "num_blocks")} == \
+        {"image_size": 64, "channels": 32, "num_blocks": 2}
+    assert sorted(record["arch"]) == ["block1", "block2"]
+
+
 def test_a_classification_arch_retrains_downstream(coco_root, tmp_path):
     space = get_space("mbv3", num_classes=10, in_chans=1, image_size=28, width_mult=0.5)
     arch = space.sample(seed=0)
