@@ -26,6 +26,7 @@ from xsearch.cli import main
 from xsearch.records import RunRecorder
 from xsearch.search_spaces import get_space
 from xsearch.strategies import STRATEGIES, Constraints, NoEvents, SharedStudy
+from xsearch.strategies._multi_trial import worker_seed
 
 BUDGET = 30_000_000  # MACs; NAS-Bench-Macro: a few hundred of its 6,561 networks fit
 
@@ -210,8 +211,14 @@ def test_claims_in_one_process_keep_the_budget_and_reuse_other_workers_scores(po
     # and cost no query, the next 5 are new
     third = STRATEGIES.get("random")(max_trials=25, seed=0, show_progress=False)
     c = third.search(space, tabular, None, Constraints(BUDGET), Worker("a"))
-    assert [h.arch for h in c.history] == [h.arch for h in first.search(space, tabular, None, Constraints(BUDGET),
-                                                                        None).history[:0]] + [h.arch for h in c.history]
+    # worker "a"'s proposals are the stream of seed worker_seed(0, "a"), which an unshared search replays:
+    # its first run queried the stream's first 12, and its resumed run the first 5 after them that no
+    # worker had queried yet (those of "b" cost it no query either)
+    stream = [h.arch for h in STRATEGIES.get("random")(max_trials=40, seed=worker_seed(0, "a"), show_progress=False)
+              .search(space, tabular, None, Constraints(BUDGET), None).history]
+    assert [h.arch for h in a.history] == stream[:12]
+    before = {space.benchmark_key(h.arch) for h in a.history + b.history}
+    assert [h.arch for h in c.history] == [arch for arch in stream if space.benchmark_key(arch) not in before][:5]
     assert len(c.history) == 5 and c.metrics["queries"] == 25
     assert not {space.benchmark_key(h.arch) for h in c.history} & {space.benchmark_key(h.arch) for h in a.history}
 
