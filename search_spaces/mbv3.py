@@ -223,12 +223,14 @@ class MobileNetV3Space(SearchSpace):
         the paper's ReLU/hard-swish split is not mapped (one ``act`` for all blocks here). The
         default space (8 layers): k3_e3 k3_e3 | k5_e3_se k5_e3_se | k3_e6 k3_e3 | k3_e6_se k3_e6_se.
 
-        With ``max_flops`` and the pattern over it: repeatedly the single change that saves the most
-        MACs among e6 -> e3, kernel -> 3, SE off, and ``skip`` (where the layer may skip), ties going
-        in that order, then to the earlier layer. Since a skip saves a layer's whole cost it wins over
-        the other changes of that layer, so a tight budget drops the costliest skippable layers
-        first. A pattern under the budget is left as it is (never grown). UserError when the budget
-        is below the space's smallest network.
+        With ``max_flops`` and the pattern over it, one layer changes at a time until the network fits,
+        the kinds of change in a fixed order (``shrink_to_budget``): first e6 -> e3, then kernel -> 3,
+        then SE off, and ``skip`` (where the layer may skip) only when no other change is left. A kind
+        is used up before the next starts; within a kind the change saving the most MACs goes first
+        (ties: the earlier layer). So a budget just under the pattern only narrows the costliest e6
+        layers, and layers are dropped only once every layer is k3, e3 and without SE. A pattern
+        under the budget is left as it is (never grown). UserError when the budget is below the
+        space's smallest network.
         """
         stages = mbv3_large_stages()
         arch: Arch = {}
