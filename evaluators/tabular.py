@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from xsearch.core.errors import SettingError, UserError
+from xsearch.core.nasbench import GET_TABLE
 
 from ._base import EVALUATORS, Evaluator
 
@@ -24,7 +25,7 @@ def load_table(path: str) -> dict[str, dict[str, Any]]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"benchmark table {path!r} does not exist; pass evaluator.table=PATH to a JSON table "
-                        "such as nas-bench-macro_cifar10.json")
+                        f"such as NAS-Bench-Macro's: {GET_TABLE}")
     try:
         table = json.loads(file.read_text())
     except json.JSONDecodeError as exc:
@@ -48,7 +49,8 @@ class TabularEvaluator(Evaluator):
 
     def __init__(self, table: str | None = None) -> None:
         if not table:
-            raise SettingError("needs evaluator.table=PATH (a benchmark table, e.g. nas-bench-macro_cifar10.json)")
+            raise SettingError("needs evaluator.table=PATH, a benchmark table such as NAS-Bench-Macro's "
+                               f"nas-bench-macro_cifar10.json: {GET_TABLE}")
         self.table_path = str(table)
         self.table = load_table(self.table_path)
 

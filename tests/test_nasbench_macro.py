@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 
@@ -114,3 +115,49 @@ def test_flops_range_matches_the_readme(space, table):
     assert space.max_flops() == max(r["flops"] for r in table.values()) == 105_660_928
     assert space.flops(space.arch_from_key("00000000")) == space.min_flops()
     assert space.flops(space.arch_from_key("22222222")) == space.max_flops()
+
+
+# --- xsearch data nas-bench-macro: the table fetched on request, checksum-checked --------------------
+def test_data_command_copies_the_table_with_its_checksum_and_licence_note(macro_table, tmp_path, capsys):
+    from xsearch.cli import main
+    from xsearch.core.nasbench import FILE_NAME, NOTICE_NAME, SHA256
+    from xsearch.evaluators import TabularEvaluator
+
+    assert main(["data", "nas-bench-macro", str(tmp_path / "nbm"), f"source={macro_table}"]) == 0
+    table = tmp_path / "nbm" / FILE_NAME
+    assert table.read_bytes() == macro_table.read_bytes()
+    assert hashlib.sha256(table.read_bytes()).hexdigest() == SHA256
+    notice = (tmp_path / "nbm" / NOTICE_NAME).read_text()
+    paper = "Prioritized Architecture Sampling with Monte-Carlo Tree Search"
+    for words in ("Apache License, Version 2.0", "Copyright 2021 Xiu Su", paper, "CVPR 2021", "xiusu/NAS-Bench-Macro",
+                  SHA256, str(macro_table)):
+        assert words in notice
+    assert f"evaluator.table={table}" in capsys.readouterr().out
+    assert len(TabularEvaluator(str(table)).table) == 3 ** 8
+    # a folder holding the table and a file:// URL are sources too
+    assert main(["data", "nas-bench-macro", str(tmp_path / "url"), f"source={macro_table.parent.as_uri()}"]) == 0
+    assert (tmp_path / "url" / FILE_NAME).read_bytes() == table.read_bytes()
+
+
+def test_data_command_refuses_a_table_with_another_checksum(synthetic_macro_table, macro_table, tmp_path, capsys):
+    from xsearch.cli import main
+
+    tampered = tmp_path / "tampered.json"
+    tampered.write_bytes(macro_table.read_bytes() + b"\n")  # still the same JSON, but not the same bytes
+    for source in (synthetic_macro_table, tampered):
+        assert main(["data", "nas-bench-macro", str(tmp_path / "out"), f"source={source}"]) == 2
+        err = capsys.readouterr().err
+        assert "SHA-256" in err and "Nothing was written" in err and "Traceback" not in err
+        assert not (tmp_path / "out").exists()
+
+
+def test_no_table_points_to_the_data_command(tmp_path, capsys):
+    from xsearch.cli import main
+
+    run = ["run", "space=nasbench_macro", "strategy=random", "evaluator=tabular", f"runs_root={tmp_path}",
+           "progress=false"]
+    for args in (run, [*run, f"evaluator.table={tmp_path / 'missing.json'}"], ["bench", "strategies"],
+                 ["bench", "strategies", f"evaluator.table={tmp_path / 'missing.json'}"]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert "xsearch data nas-bench-macro DIR" in err and "Traceback" not in err, err

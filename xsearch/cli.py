@@ -20,6 +20,7 @@ COMMAND_LINES = (
     ("bench NAME [options] [out=FILE.json]", "a benchmark (below); its rows go to out="),
     ("data fashion-coco DIR [options]", "write the built-in COCO detection data for data=coco data.root=DIR"),
     ("data folder DIR dataset=NAME [train=N]", "write a dataset (digits, fashion_mnist) as an ImageFolder for data=imagefolder"),
+    ("data nas-bench-macro DIR [source=...]", "fetch NAS-Bench-Macro's table (SHA-256 checked) for evaluator=tabular"),
     ("export ARCH_JSON --format F [out=FILE]", "the retrained network as a file, F = onnx|torchscript (weights=none)"),
     ("nni-import EXPORTED.json space=NAME", "an architecture NNI exported as arch.json (out=FILE; README: NNI interop)"),
 )
@@ -333,7 +334,8 @@ def cmd_bench(args: list[str]) -> int:
 
 DATA_OPTIONS = {"train": int, "val": int, "seed": int, "size": int, "fashion_root": str, "progress": bool}
 DATA_USAGE = ("usage: xsearch data fashion-coco DIR [train=4000] [val=500] [seed=0] [size=128] [fashion_root=DIR] "
-              "[progress=true], or xsearch data folder DIR [dataset=NAME] [train=N] [val=N] [seed=0]")
+              "[progress=true], or xsearch data folder DIR [dataset=NAME] [train=N] [val=N] [seed=0], or xsearch data "
+              "nas-bench-macro DIR [source=URL_OR_PATH]")
 
 
 def cmd_data(args: list[str]) -> int:
@@ -341,6 +343,8 @@ def cmd_data(args: list[str]) -> int:
 
     if len(args) >= 2 and args[0] == "folder" and "=" not in args[1]:
         return _data_folder(args[1], args[2:])
+    if len(args) >= 2 and args[0] == "nas-bench-macro" and "=" not in args[1]:
+        return _data_nas_bench_macro(args[1], args[2:])
     if len(args) < 2 or args[0] != "fashion-coco" or "=" in args[1]:
         raise UserError(f"{DATA_USAGE}; got {' '.join(args)!r}" if args else DATA_USAGE)
     out_dir, options = args[1], {}
@@ -405,6 +409,22 @@ def _data_folder(out_dir: str, args: list[str]) -> int:
     print(f"wrote {options['dataset']} to {out_dir}: {counts['train']} training images in {out_dir}/train/<class>/, "
           f"{counts['val']} test images in {out_dir}/val/<class>/")
     print(f"use it with: xsearch run data=imagefolder data.root={out_dir} data.image_size=28")
+    return 0
+
+
+def _data_nas_bench_macro(out_dir: str, args: list[str]) -> int:
+    """``xsearch data nas-bench-macro DIR [source=URL_OR_PATH]``: the table, checksum-checked (``core.nasbench``)."""
+    from .core.nasbench import fetch_nas_bench_macro
+
+    options = dict(arg.partition("=")[::2] for arg in args)
+    if any("=" not in arg for arg in args) or set(options) - {"source"}:
+        raise UserError(f"usage: xsearch data nas-bench-macro DIR [source=URL_OR_PATH]; got {' '.join(args)!r}")
+    got = fetch_nas_bench_macro(out_dir, options.get("source"))
+    print(f"wrote {got['table']} ({got['bytes']:,} bytes, SHA-256 {got['sha256']} as expected) from {got['source']}, "
+          f"and its licence note {got['notice']}")
+    print(f"use it with: xsearch run space=nasbench_macro strategy=evolution evaluator=tabular "
+          f"evaluator.table={got['table']} constraints.flops=30M, or xsearch bench strategies "
+          f"evaluator.table={got['table']}")
     return 0
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from xsearch.config import build_space, build_strategy, parse_count
 from xsearch.core.errors import UserError
+from xsearch.core.nasbench import GET_TABLE
 
 from ._harness import configure, format_flops_m, machine, markdown_table, output_path, refuse, write_rows
 
@@ -30,8 +31,7 @@ def bench_strategies(overrides: list[str]) -> list[dict[str, Any]]:
     cfg = configure(table_settings + overrides)
     table_path = cfg["evaluator"].get("table")
     if not table_path:
-        raise UserError("bench strategies needs the table: evaluator.table=PATH "
-                        "(e.g. ../shared/benchmarks/nas-bench-macro/nas-bench-macro_cifar10.json)")
+        raise UserError(f"bench strategies needs the NAS-Bench-Macro table: evaluator.table=PATH; {GET_TABLE}")
     evaluator = TabularEvaluator(table_path)
     space = build_space(cfg, None)
     evaluator.check(space)
