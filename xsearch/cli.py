@@ -381,7 +381,7 @@ def cmd_data(args: list[str]) -> int:
 
 def _data_folder(out_dir: str, args: list[str]) -> int:
     """``xsearch data folder DIR dataset=NAME [train=N] [val=N] [seed=0] [root=DIR]``: a dataset as an ImageFolder."""
-    from .datasets import DATASETS, load_dataset, write_image_folder
+    from .datasets import in_memory_datasets, load_dataset, write_image_folder
     from .records import check_writable
 
     options: dict[str, Any] = {"dataset": "fashion_mnist", "train": None, "val": None, "seed": 0, "root": None}
@@ -398,12 +398,12 @@ def _data_folder(out_dir: str, args: list[str]) -> int:
                 raise UserError(f"{key} must be at least {0 if key == 'seed' else 1}; got {value}")
         else:
             options[key] = value
-    names = [n for n in DATASETS.names() if n not in ("imagefolder", "coco")]
+    names = in_memory_datasets()
     if options["dataset"] not in names:
         raise UserError(f"dataset={options['dataset']!r} cannot be written as a folder; valid: {', '.join(names)}")
     if Path(out_dir).exists() and (not Path(out_dir).is_dir() or any(Path(out_dir).iterdir())):
         raise UserError(f"{out_dir} exists and is not an empty folder; name a new one")
-    check_writable(out_dir, "the output folder")
+    check_writable(out_dir, "DIR")
     data = load_dataset(options["dataset"], root=options["root"])
     counts = write_image_folder(data, out_dir, options["train"], options["val"], options["seed"])
     print(f"wrote {options['dataset']} to {out_dir}: {counts['train']} training images in {out_dir}/train/<class>/, "

@@ -52,7 +52,7 @@ def retrain_top(cfg: dict[str, Any], space: Any, evaluator: Any, data: Any, resu
     values: list[float | None] = [None] * len(archs)
     kind = "retrained" if hasattr(evaluator, "epochs") else "evaluated"
     # retrained networks are compared with retrained networks: the final study, not the run's search study
-    final = final_study(recorder, cfg, evaluator, cfg["data"]["name"] if data is not None else None, kind) \
+    final = final_study(recorder, cfg, evaluator, cfg["data"]["name"] if data is not None else None, kind)[0] \
         if recorder.study is not None else None
     run_dir = recorder.run_dir.resolve()
 
