@@ -4,7 +4,9 @@ Recipe (documented in the README): SGD with Nesterov momentum 0.9, learning rate
 batch_size/256 (AdamW with ``adamw_lr`` and ``adamw_weight_decay`` for spaces that ask for it, such
 as ``focalnet``, or with ``optimizer="adamw"``), one warm-up epoch (or 10% of training if shorter) then cosine decay to zero,
 weight decay ``weight_decay``, label smoothing 0.1, random-crop (zero padding) and, where the data
-allows, horizontal-flip augmentation. Budgets count images, not passes: an epoch is at least
+allows, horizontal-flip augmentation at strength ``augment`` (1: the data's own padding and flip, 0:
+none, in between and above: the padding scaled, ``core.data.augment_strength``; ``xsearch tune`` tunes
+it with the rest of the recipe). Budgets count images, not passes: an epoch is at least
 ``epoch_images`` images (a small training set is passed over several times per epoch), and a
 training too short for ``min_steps`` optimizer steps runs at a smaller batch (halved, at the learning
 rate per step of ``batch_size``). After the last epoch the batch norms' running statistics are
@@ -52,6 +54,8 @@ from xsearch.core.training import (
 from ._base import EVALUATORS, Evaluator
 from .tasks import CLASSIFICATION
 
+MAX_AUGMENT = 4.0  # train.augment's ceiling: 4x the data's crop padding (8 of 28 pixels on Fashion-MNIST)
+
 
 @EVALUATORS.register("classification")
 class ClassificationEvaluator(Evaluator):
@@ -66,9 +70,13 @@ class ClassificationEvaluator(Evaluator):
                  label_smoothing: float = 0.1, train_samples: int | None = None, test_samples: int | None = None,
                  val_samples: int = 5000, temperature_epochs: float = 1.0, optimizer: str = "auto",
                  adamw_lr: float = 2e-3, adamw_weight_decay: float = 0.05, epoch_images: int | None = None,
-                 min_steps: int = 125, recalibration_batches: int = 20, device: str = "auto",
+                 min_steps: int = 125, recalibration_batches: int = 20, augment: float = 1.0, device: str = "auto",
                  show_progress: bool = True) -> None:
         check_epoch_images("train.epoch_images", epoch_images)
+        if not 0 <= augment <= MAX_AUGMENT:
+            raise SettingError(f"train.augment must be between 0 (no augmentation) and {MAX_AUGMENT:g}, got {augment}; "
+                               "1 is the data's own crop padding and flip")
+        self.augment = augment
         for key, value in (("min_steps", min_steps), ("recalibration_batches", recalibration_batches)):
             if value < 0:
                 raise SettingError(f"train.{key} must be at least 0, got {value}")
@@ -148,7 +156,7 @@ class ClassificationEvaluator(Evaluator):
         hint = self._diverge_hint(optimizer)
 
         def run_epoch(epoch: int) -> tuple[str, dict[str, float]]:
-            batches = data.batches("train", repeat_indices(train_idx, passes), batch, shuffle=True, augment=True,
+            batches = data.batches("train", repeat_indices(train_idx, passes), batch, shuffle=True, augment=self.augment,
                                    generator=generator, device=self.device)
             desc = f"train epoch {epoch + 1}/{self.epochs}"
             metrics = train_epoch(batches, step, steps, desc, self.show_progress,

@@ -44,6 +44,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .bench.settings import BenchConfig, check_bench
 from .core.errors import SettingError, UserError
+from .core.recipe import RecipeRanges
 from .core.registry import unused_settings
 
 if typing.TYPE_CHECKING:
@@ -85,7 +86,7 @@ SIZED_BY_DATA = ("num_classes", "in_chans", "image_size")
 KINDS = {
     "space": Kind("space", "xsearch.search_spaces:SPACES", frozenset()),
     "strategy": Kind("strategy", "xsearch.strategies:STRATEGIES",
-                     frozenset({"seed", "device", "show_progress", "launcher"})),
+                     frozenset({"seed", "device", "show_progress", "launcher", "recipe_ranges"})),
     "data": Kind("data", "xsearch.datasets:DATASETS", frozenset()),
     "evaluator": Kind("evaluator", "xsearch.evaluators:EVALUATORS", frozenset({"device", "show_progress"})),
 }
@@ -198,6 +199,8 @@ class RunConfig:
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     out: str | None = None  # xsearch bench: where to write (or, for throughput, read) the JSON rows
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
+    recipe: str | None = None  # a recipe.yaml (xsearch tune): its train.* values, below your own train.*=, above budget=
+    tune: RecipeRanges = dataclasses.field(default_factory=RecipeRanges)  # xsearch tune, search.tune_recipe: ranges
 
 
 @dataclasses.dataclass
@@ -280,10 +283,111 @@ def compose(overrides: list[str], config: str = "run") -> DictConfig:
     for key, _ in keys:
         if key not in choices or config != "run":
             _check_key(base, key, choices)
-    cfg = _hydra(config, overrides, base)
+    explicit = {key for key, _ in keys}
+    recipe = dict(keys).get("recipe") if config == "run" else None
+    from_recipe = recipe_overrides(recipe, base, choices, explicit) if recipe not in (None, "", "null") else []
+    try:
+        cfg = _hydra(config, from_recipe + overrides, base)
+    except UserError as exc:  # a recipe value of the wrong type: say where it came from
+        if any(str(exc).startswith(item + " ") for item in from_recipe):
+            raise UserError(f"recipe={recipe}: {exc}") from None
+        raise
     if config == "run":
-        _apply_budget(cfg, {key for key, _ in keys})
+        _apply_budget(cfg, explicit | {item.split("=", 1)[0] for item in from_recipe})
     return cfg
+
+
+# --- recipe files ---------------------------------------------------------------------------
+RECIPE_HEADER = """\
+# xsearch training recipe: train.* settings, written by `xsearch tune` (or a run with search.tune_recipe=true).
+# Use it with `xsearch train ARCH_JSON recipe=THIS_FILE` or `xsearch run ... recipe=THIS_FILE`; your own
+# train.KEY=VALUE on the command line wins over it, and it wins over budget= presets. `about` is not read.
+"""
+
+
+def load_recipe(path: str) -> dict[str, Any]:
+    """The ``train.*`` settings of recipe file ``path`` as ``{key: value}``, or a UserError saying what is wrong.
+
+    A recipe is YAML: a ``train:`` mapping of settings (``lr: 0.1``), or top-level ``train.KEY: value``
+    keys, and optionally ``about:`` (what made it; not read). ``recipe=FILE`` checks the keys and
+    types exactly as ``train.KEY=VALUE`` on the command line (``compose``).
+    """
+    fix = "pass a recipe.yaml written by 'xsearch tune' (a mapping with train: {lr: 0.1, ...})"
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"recipe={path}: no such file; {fix}")
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"recipe={path} is not readable YAML ({first}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"recipe={path} holds {'nothing' if doc is None else 'a ' + type(doc).__name__}, not a "
+                        f"mapping of train.* settings; {fix}")
+    settings = {}
+    for key, value in doc.items():
+        if key == "about":
+            continue
+        if key == "train" and isinstance(value, dict):
+            settings.update({str(k): v for k, v in value.items()})
+        elif isinstance(key, str) and key.startswith("train.") and key.count(".") == 1:
+            settings[key[len("train."):]] = value
+        else:
+            raise UserError(f"recipe={path}: {key!r} is not part of a recipe, which holds train.* settings only "
+                            f"(and about:); {fix}")
+    if not settings:
+        raise UserError(f"recipe={path} holds no train.* settings; {fix}")
+    return settings
+
+
+def _override_value(value: Any) -> str:
+    """``value`` (from YAML) as Hydra override text, so it is typed exactly as the same text on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    raise TypeError(type(value).__name__)
+
+
+def recipe_overrides(path: str, base: DictConfig, choices: dict[str, str], explicit: set[str]) -> list[str]:
+    """``train.KEY=VALUE`` overrides of recipe file ``path`` that the command line does not set itself."""
+    items = []
+    for key, value in load_recipe(path).items():
+        name = f"train.{key}"
+        try:
+            _check_key(base, name, choices)
+            text = _override_value(value)
+        except UserError as exc:
+            raise UserError(f"recipe={path}: {exc}") from None
+        except TypeError:
+            raise UserError(f"recipe={path}: {name} is {value!r}, not one value; write it as on the command "
+                            "line (a number, a word, true/false or null)") from None
+        if name not in explicit:
+            items.append(f"{name}={text}")
+    return items
+
+
+def _blame_recipe(cfg: dict[str, Any], exc: UserError) -> UserError:
+    """``exc``, naming the recipe file when the ``train.*`` value it refuses came from ``recipe=FILE``."""
+    path = cfg.get("recipe")
+    if path in (None, "", "null"):
+        return exc
+    train = cfg.get("train") or {}
+    from_file = [k for k, v in load_recipe(path).items() if f"train.{k}" in str(exc) and train.get(k) == v]
+    return UserError(f"recipe={path}: {exc}") if from_file else exc
+
+
+def write_recipe(path: str | Path, recipe: dict[str, Any], **about: Any) -> Path:
+    """Write ``recipe`` (``{train key: value}``) as a recipe file that ``recipe=FILE`` reads; ``about``: what made it."""
+    from .core.io import write_text
+
+    doc = {"about": about, "train": dict(recipe)} if about else {"train": dict(recipe)}
+    write_text(path, RECIPE_HEADER + yaml.safe_dump(doc, sort_keys=False))
+    return Path(path)
 
 
 def compose_defaults(choices: dict[str, str] | None = None) -> DictConfig:
@@ -426,7 +530,11 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     except OmegaConfBaseException as exc:  # a bad ${...} interpolation or a required value left unset
         raise UserError(_explain(exc, [])) from None
     plain.pop("defaults", None)
-    check_ranges(plain)
+    try:
+        check_ranges(plain)
+    except UserError as exc:
+        raise _blame_recipe(plain, exc) from None
+    RecipeRanges(**(plain.get("tune") or {}))  # refuses ranges it cannot draw from (tune.*)
     plain["constraints"]["flops"] = parse_count(plain["constraints"].get("flops"))
     check_bench(plain.get("bench") or {})
     if int(plain.get("heartbeat") or 0) < 1:
@@ -514,6 +622,8 @@ def build_strategy(cfg: dict[str, Any], launcher: Any = None):
     name, knobs = _settings_of(cfg, "strategy")
     if launcher is not None and "launcher" in parameters(KINDS["strategy"].registry.get(name)):
         knobs = {**knobs, "launcher": launcher}
+    if "recipe_ranges" in parameters(KINDS["strategy"].registry.get(name)):  # search.tune_recipe draws from tune.*
+        knobs = {**knobs, "recipe_ranges": RecipeRanges(**(cfg.get("tune") or {}))}
     return _construct("strategy", name, {**knobs, **_run_wide("strategy", name, cfg)})
 
 
@@ -532,7 +642,10 @@ def build_launcher(cfg: dict[str, Any], storage_path: str | Path | None = None):
 def build_evaluator(cfg: dict[str, Any]):
     """The configured evaluator (``train.*`` or ``evaluator.*`` settings; device and progress from the top level)."""
     name, knobs = _settings_of(cfg, "evaluator")
-    return _construct("evaluator", name, {**knobs, **_run_wide("evaluator", name, cfg)})
+    try:
+        return _construct("evaluator", name, {**knobs, **_run_wide("evaluator", name, cfg)})
+    except UserError as exc:
+        raise _blame_recipe(cfg, exc) from None
 
 
 def needs_data(strategy: Any, evaluator: Any) -> bool:

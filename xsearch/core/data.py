@@ -53,9 +53,12 @@ class ImageData:
         return tuple(x.shape[1:])  # type: ignore[return-value]
 
     def batches(self, split: str, indices: torch.Tensor | None = None, batch_size: int = 128,
-                shuffle: bool = False, augment: bool = False, generator: torch.Generator | None = None,
+                shuffle: bool = False, augment: bool | float = False, generator: torch.Generator | None = None,
                 device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Normalised (images, targets) batches of ``split`` ('train' or 'test'), optionally a subset."""
+        """Normalised (images, targets) batches of ``split`` ('train' or 'test'), optionally a subset.
+
+        ``augment`` is the augmentation's strength (``True`` is 1, ``augment_strength`` says what a strength does).
+        """
         data = self.train if split == "train" else self.test
         if indices is None:
             indices = torch.arange(len(data))
@@ -67,7 +70,7 @@ class ImageData:
         chunks = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
         for x, y in split_batches(data, chunks):
             if augment:
-                x = augment_batch(x, self.crop_padding, self.flip, generator)
+                x = augment_batch(x, *augment_strength(self.crop_padding, self.flip, augment), generator)
             x = (x - mean) / std
             x = channels_last_tensor((x.pin_memory() if pin else x).to(device, non_blocking=True))
             yield x, y.to(device, non_blocking=True)
@@ -106,8 +109,18 @@ def channels_last_tensor(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device).copy_(t)
 
 
-def augment_batch(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None) -> torch.Tensor:
-    """Random crop after zero padding, and random horizontal flip, per sample."""
+def augment_strength(crop_padding: int, flip: bool, strength: float) -> tuple[int, float]:
+    """(crop padding, flip probability) of augmentation ``strength`` for data with ``crop_padding`` and ``flip``.
+
+    Strength 1 is the data's own augmentation (padding ``crop_padding``, flip with probability 1/2 where
+    the data allows it); 0 is none; in between and above, the padding scales (rounded) and the flip
+    probability scales up to 1/2. The training recipe's ``train.augment``.
+    """
+    return round(crop_padding * strength), (0.5 * min(1.0, strength) if flip else 0.0)
+
+
+def augment_batch(x: torch.Tensor, padding: int, flip: bool | float, generator: torch.Generator | None) -> torch.Tensor:
+    """Random crop after zero padding, and random horizontal flip (``flip``: its probability, True = 1/2), per sample."""
     b, _, h, w = x.shape
     if padding > 0:
         padded = torch.nn.functional.pad(x, (padding,) * 4)
@@ -117,7 +130,7 @@ def augment_batch(x: torch.Tensor, padding: int, flip: bool, generator: torch.Ge
         cols = (dx[:, None] + torch.arange(w))[:, None, :]
         x = padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
     if flip:
-        mask = torch.rand(b, generator=generator) < 0.5
+        mask = torch.rand(b, generator=generator) < (0.5 if flip is True else flip)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x.contiguous()
 
