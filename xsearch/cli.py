@@ -11,7 +11,9 @@ from .core.errors import UserError
 COMMAND_LINES = (
     ("run [options]", "search, retrain the found network, report (e.g. space=mbv3 strategy=danas)"),
     ("run resume=RUN_DIR", "resume an interrupted run from its last checkpoint"),
-    ("train ARCH_JSON [options]", "retrain a found network from scratch (train.epochs=..., data=...)"),
+    ("train ARCH_JSON [options]", "retrain a found network from scratch (train.epochs=..., data=..., recipe=FILE)"),
+    ("tune ARCH_JSON [options]", "tune its training recipe (TPE, search.max_trials=20, search.pruner=...): recipe.yaml"),
+    ("tune resume=RUN_DIR", "continue an interrupted tune's study"),
     ("flops ARCH_JSON", "FLOPs (MACs) and parameters of a found network, checked with fvcore"),
     ("flops space=NAME [seed=N]", "a space's FLOPs range and a sampled network's FLOPs, checked with fvcore"),
     ("list [WHAT]", "what there is, with one line each: spaces|strategies|datasets|evaluators|budgets"),
@@ -147,7 +149,7 @@ def cmd_train(args: list[str]) -> int:
 
     from .config import build_data, build_evaluator, compose, validate
     from .core import distributed
-    from .pipeline import open_recorder
+    from .pipeline import check_arch_data, open_recorder
     from .records import check_run_location, load_arch, read_arch_record
 
     if not args or "=" in args[0]:
@@ -172,11 +174,8 @@ def cmd_train(args: list[str]) -> int:
         space = get_space(space.name, **{**space.space_kwargs, "num_classes": data.num_classes, "in_chans": c,
                                          "image_size": h})
         arch = space.validate(arch)
-    elif (data.num_classes, *data.input_shape) != (space.num_classes, space.in_chans, space.image_size,
-                                                   space.image_size):
-        raise UserError(f"the architecture was built for {space.num_classes} classes of {space.input_shape} images, "
-                        f"but data={cfg['data']['name']} has {data.num_classes} classes of {data.input_shape}; "
-                        "pass the data it was searched on")
+    else:
+        check_arch_data(space, data, cfg["data"]["name"])
     evaluator.check(space)
     recorder, _ = open_recorder(cfg, space, "train")  # under torchrun rank 0 writes the folder, the others read
     if not distributed.is_main():
@@ -195,6 +194,22 @@ def cmd_train(args: list[str]) -> int:
         return 0
     print(f"test accuracy {100 * metrics['test_accuracy']:.2f}% after {metrics['train_epochs']} epochs; "
           f"weights in {recorder.path('model.pt')}")
+    return 0
+
+
+def cmd_tune(args: list[str]) -> int:
+    from .tune import run_tune, summary_lines, tune_config
+
+    cfg, arch_path = tune_config(args)
+    try:
+        result = run_tune(cfg, arch_path)
+    except KeyboardInterrupt:
+        where = cfg.get("_run_dir") or "the run folder printed above"
+        print(f"\ninterrupted; finished trials are in the study. Resume with: xsearch tune resume={where}",
+              file=sys.stderr)
+        return 130
+    print("\n" + "=" * 72)
+    print("\n".join(summary_lines(result, cfg)))
     return 0
 
 
@@ -450,7 +465,7 @@ def cmd_nni_import(args: list[str]) -> int:
     return nni_import(args)
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "flops": cmd_flops, "list": cmd_list,
+COMMANDS = {"run": cmd_run, "train": cmd_train, "tune": cmd_tune, "flops": cmd_flops, "list": cmd_list,
             "dashboard": cmd_dashboard, "bench": cmd_bench, "data": cmd_data, "export": cmd_export,
             "nni-import": cmd_nni_import}
 

@@ -63,6 +63,14 @@ def check_distributed(cfg: dict[str, Any], evaluator: Any) -> None:
                         f"{', '.join(k for k, v in others.items() if v)} set: drop it, or run without torchrun")
 
 
+def check_arch_data(space: Any, data: Any, data_name: str) -> None:
+    """Refuse ``data`` whose classes or image size differ from those the classifier ``space`` was built for."""
+    if (data.num_classes, *data.input_shape) != (space.num_classes, space.in_chans, space.image_size, space.image_size):
+        raise UserError(f"the architecture was built for {space.num_classes} classes of {space.input_shape} images, "
+                        f"but data={data_name} has {data.num_classes} classes of {data.input_shape}; "
+                        "pass the data it was searched on")
+
+
 def open_recorder(cfg: dict[str, Any], space: Any, label: str,
                   metric: str | None = None) -> tuple[RunRecorder, dict[str, Any]]:
     """The run folder's recorder, and ``cfg`` with the folder (``_run_dir``) and the default storage filled in.
