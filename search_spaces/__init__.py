@@ -8,18 +8,32 @@ from typing import Any
 from xsearch.core.errors import SettingError, UserError
 
 from . import dyhead, focalnet, mbv3, micronet, nasbench_macro  # noqa: F401  (registers the spaces)
-from ._base import SKIP, Arch, ChainNetwork, Choice, FeatureNetwork, SearchSpace, format_flops
+from ._base import (
+    COSTS,
+    SKIP,
+    Arch,
+    ChainNetwork,
+    Choice,
+    Constraints,
+    FeatureNetwork,
+    SearchSpace,
+    as_constraints,
+    format_flops,
+)
 from ._registry import SPACES
 
 __all__ = [
+    "COSTS",
     "SKIP",
     "Arch",
     "ChainNetwork",
     "Choice",
+    "Constraints",
     "FeatureNetwork",
     "SearchSpace",
     "arch_from_record",
     "arch_record",
+    "as_constraints",
     "format_flops",
     "get_space",
     "list_spaces",

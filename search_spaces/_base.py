@@ -19,6 +19,37 @@ from .blocks.mbv3 import conv_out_size
 
 Arch = dict[str, str]
 SKIP = "skip"
+COSTS = ("flops", "latency")  # what a constraint can limit: MACs per image, predicted milliseconds per call
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Hard limits on a network: ``flops`` (MACs for one image) and ``latency`` (milliseconds, as the space's
+    latency table predicts for the runtime it was measured on); None means unconstrained.
+
+    Every space method that takes a budget takes either this or a plain integer, which means ``flops``.
+    """
+
+    flops: int | None = None
+    latency: float | None = None
+
+    def limits(self) -> dict[str, float]:
+        """``{cost: limit}`` of the limits that are set, in ``COSTS`` order."""
+        return {k: getattr(self, k) for k in COSTS if getattr(self, k) is not None}
+
+    def describe(self) -> str:
+        parts = [f"{format_flops(self.flops)} MACs" if self.flops is not None else "",
+                 f"{self.latency:g} ms" if self.latency is not None else ""]
+        return " and ".join(p for p in parts if p) or "none"
+
+
+def as_constraints(budget: int | Constraints | None) -> Constraints:
+    """``budget`` as ``Constraints``: an integer is a FLOPs budget, None no limit."""
+    if budget is None:
+        return Constraints()
+    if isinstance(budget, Constraints):
+        return budget
+    return Constraints(flops=int(budget))
 
 
 @dataclass(frozen=True)
@@ -118,6 +149,9 @@ class SearchSpace(ABC):
         self.params_table: dict[str, dict[str, int]] = {}
         self.fixed_flops = 0
         self.fixed_params = 0
+        self.latency_table: dict[str, dict[str, float]] | None = None  # ms per option; see ``use_latency``
+        self.fixed_latency = 0.0
+        self.latency_source: dict[str, Any] = {}
 
     # --- what a subclass provides -------------------------------------------------------
     @abstractmethod
@@ -212,21 +246,29 @@ class SearchSpace(ABC):
                 )
         return {c.label: arch[c.label] for c in self.choices}
 
-    def sample(self, seed: int | None = None, max_flops: int | None = None) -> Arch:
-        """A uniformly random architecture (a JSON-ready dict), optionally under ``max_flops``."""
+    def sample(self, seed: int | None = None, max_flops: int | Constraints | None = None) -> Arch:
+        """A uniformly random architecture (a JSON-ready dict), optionally within a budget (a FLOPs budget or
+        ``Constraints``): rejection sampling, then, when the budget is tight, a walk down to cheaper options."""
         rng = random.Random(seed)
-        if max_flops is not None:
-            self.check_budget(max_flops)
+        budget = as_constraints(max_flops)
+        self.check_budget(budget)
+        limits = budget.limits()
         for _ in range(10_000):
             arch = {c.label: rng.choice(c.options) for c in self.choices}
-            if max_flops is None or self.flops(arch) <= max_flops:
+            if not limits or self.fits(arch, budget):
                 return arch
-        # rejection failed: the budget is tight; walk down to the cheapest options instead
+        # rejection failed: the budget is tight; walk down to the cheapest options instead, the most
+        # over-budget cost first (with FLOPs alone, the layers in decreasing MACs)
         arch = {c.label: rng.choice(c.options) for c in self.choices}
-        for c in sorted(self.choices, key=lambda c: -self.flops_table[c.label][arch[c.label]]):
-            if self.flops(arch) <= max_flops:
-                break
-            arch[c.label] = min(c.options, key=lambda o: self.flops_table[c.label][o])
+        for kind in sorted(limits, key=lambda k: -self.cost(k, arch) / limits[k]):
+            _, table = self.cost_table(kind)
+            for c in sorted(self.choices, key=lambda c: -table[c.label][arch[c.label]]):
+                if self.cost(kind, arch) <= limits[kind]:
+                    break
+                arch[c.label] = min(c.options, key=lambda o: table[c.label][o])
+        if not self.fits(arch, budget):
+            raise UserError(f"no architecture of space {self.name!r} found within {budget.describe()} (each limit "
+                            f"alone can be met, both together were not); loosen one of the constraints")
         return arch
 
     def flops(self, arch: Arch) -> int:
@@ -245,6 +287,52 @@ class SearchSpace(ABC):
     def max_flops(self) -> int:
         return self.fixed_flops + sum(max(self.flops_table[c.label][o] for o in c.options) for c in self.choices)
 
+    # --- latency and budgets over several costs --------------------------------------------
+    def use_latency(self, fixed_ms: float, table: dict[str, dict[str, float]], source: dict[str, Any]) -> None:
+        """Predict latency with ``fixed_ms + sum(table[label][option])`` (milliseconds; the latency table's
+        calibrated per-layer terms, see ``xsearch.core.latency``). ``source`` says where it was measured."""
+        for c in self.choices:
+            missing = [o for o in c.options if o not in table.get(c.label, {})]
+            if missing:
+                raise UserError(f"the latency table has no time for {c.label!r} options {missing} of space "
+                                f"{self.name!r}; build one for this space with `xsearch latency table space={self.name}`")
+        self.fixed_latency = float(fixed_ms)
+        self.latency_table = {c.label: {o: float(table[c.label][o]) for o in c.options} for c in self.choices}
+        self.latency_source = dict(source)
+
+    def latency(self, arch: Arch) -> float:
+        """Predicted milliseconds of ``build(arch)`` per call on the latency table's runtime and machine."""
+        arch = self.validate(arch)
+        if self.latency_table is None:
+            raise UserError(f"space {self.name!r} has no latency table: a latency constraint needs one "
+                            "(latency.table=FILE, made by `xsearch latency table space=NAME`)")
+        return self.fixed_latency + sum(self.latency_table[k][v] for k, v in arch.items())
+
+    def cost_table(self, kind: str) -> tuple[float, dict[str, dict[str, float]]]:
+        """``(fixed, {label: {option: cost}})`` of ``kind`` in ``COSTS``: a network costs fixed + its options' sum."""
+        if kind == "flops":
+            return self.fixed_flops, self.flops_table
+        if kind == "latency":
+            self.latency({c.label: c.options[0] for c in self.choices})  # the error when there is no table
+            return self.fixed_latency, self.latency_table
+        raise ValueError(f"unknown cost {kind!r}; valid: {COSTS}")
+
+    def cost(self, kind: str, arch: Arch) -> float:
+        return self.flops(arch) if kind == "flops" else self.latency(arch)
+
+    def min_cost(self, kind: str) -> float:
+        fixed, table = self.cost_table(kind)
+        return fixed + sum(min(table[c.label][o] for o in c.options) for c in self.choices)
+
+    def fits(self, arch: Arch, budget: int | Constraints | None) -> bool:
+        """Whether ``arch`` is within every limit of ``budget`` (a FLOPs budget or ``Constraints``)."""
+        return all(self.cost(k, arch) <= limit for k, limit in as_constraints(budget).limits().items())
+
+    def violation(self, arch: Arch, budget: int | Constraints | None) -> float:
+        """``max(cost / limit - 1)`` over the limits of ``budget``: positive over it, -1 without limits."""
+        limits = as_constraints(budget).limits()
+        return max((self.cost(k, arch) / limit - 1.0 for k, limit in limits.items()), default=-1.0)
+
     def restrict(self, options: dict[str, list[str]]) -> SearchSpace:
         """This space with each choice narrowed to ``options[label]`` (same layers, tables and builders).
 
@@ -261,13 +349,20 @@ class SearchSpace(ABC):
         view.choices = narrowed
         return view
 
-    def check_budget(self, max_flops: int | None) -> None:
-        """Raise UserError when no architecture of the space fits under ``max_flops``."""
-        if max_flops is not None and max_flops < self.min_flops():
+    def check_budget(self, max_flops: int | Constraints | None) -> None:
+        """Raise UserError when no architecture of the space fits a limit of the budget (FLOPs or ``Constraints``)."""
+        budget = as_constraints(max_flops)
+        if budget.flops is not None and budget.flops < self.min_flops():
             raise UserError(
-                f"FLOPs budget {format_flops(max_flops)} is below the smallest network of space "
+                f"FLOPs budget {format_flops(budget.flops)} is below the smallest network of space "
                 f"{self.name!r} ({format_flops(self.min_flops())} = {self.min_flops()} MACs); "
                 f"raise constraints.flops to at least that, or shrink the space (e.g. space.width_mult)."
+            )
+        if budget.latency is not None and budget.latency < self.min_cost("latency"):
+            raise UserError(
+                f"latency budget {budget.latency:g} ms is below the fastest network of space {self.name!r} "
+                f"({self.min_cost('latency'):.3g} ms predicted on {self.latency_source.get('runtime', '?')}); raise "
+                f"constraints.latency to at least that, or shrink the space (e.g. space.width_mult)."
             )
 
     def build(self, arch: Arch) -> ChainNetwork:

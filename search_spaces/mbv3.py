@@ -23,7 +23,7 @@ from torch import nn
 
 from xsearch.core.errors import SettingError, UserError
 
-from ._base import SKIP, Arch, Choice, SearchSpace, format_flops
+from ._base import SKIP, Arch, Choice, Constraints, SearchSpace, as_constraints, format_flops
 from ._registry import SPACES
 from .blocks import ClassifierHead, ConvBNAct, DepthwiseSeparable, InvertedResidual, conv_out_size, make_divisible
 
@@ -90,25 +90,30 @@ def nearest(value: float, allowed: Sequence[int]) -> int:
     return min(allowed, key=lambda a: abs(a - value))
 
 
-def shrink_to_budget(space: SearchSpace, arch: Arch, max_flops: int | None,
+def shrink_to_budget(space: SearchSpace, arch: Arch, max_flops: int | Constraints | None,
                      changes: Callable[[int, str], Sequence[str | None]]) -> Arch:
-    """``arch`` made to fit ``max_flops`` by single-layer changes, as a designer would thin a network.
+    """``arch`` made to fit ``max_flops`` (a FLOPs budget or ``Constraints``) by single-layer changes, as a designer
+    would thin a network.
 
     ``changes(index, option)`` lists the options layer ``index`` may change to from ``option``, one
     slot per kind of change (None where that change does not apply), in the order a designer
     reaches for them (for ``mbv3``: narrower expansion, smaller kernel, SE off, and dropping the
     layer only as the last resort). Each step applies a change of the earliest kind still
-    available, among those the one saving the most MACs (ties: the earlier layer). Untouched when it already fits; UserError (the space's
-    ``check_budget``) when the budget is below the space's smallest network.
+    available, among those the one saving the most MACs (ties: the earlier layer); under a latency budget the
+    one saving the most predicted milliseconds (with both budgets, of the cost most over its limit). Untouched
+    when it already fits; UserError (the space's ``check_budget``) when the budget is below the space's smallest
+    network.
     """
-    space.check_budget(max_flops)
+    budget = as_constraints(max_flops)
+    space.check_budget(budget)
     arch = space.validate(dict(arch))
-    if max_flops is None:
-        return arch
-    while space.flops(arch) > max_flops:
-        best: tuple[tuple[int, int, int], str, str] | None = None
+    while not space.fits(arch, budget):
+        limits = budget.limits()
+        kind = max((k for k in limits if space.cost(k, arch) > limits[k]), key=lambda k: space.cost(k, arch) / limits[k])
+        _, tables = space.cost_table(kind)
+        best: tuple[tuple[int, float, int], str, str] | None = None
         for i, choice in enumerate(space.choices):
-            table, old = space.flops_table[choice.label], arch[choice.label]
+            table, old = tables[choice.label], arch[choice.label]
             for slot, new in enumerate(changes(i, old)):
                 if new is None or new == old or new not in choice.options or table[old] - table[new] <= 0:
                     continue
@@ -116,9 +121,10 @@ def shrink_to_budget(space: SearchSpace, arch: Arch, max_flops: int | None,
                 if best is None or key > best[0]:
                     best = (key, choice.label, new)
         if best is None:  # only when ``changes`` cannot reach the space's smallest network
-            raise UserError(f"the hand-designed network of space {space.name!r} cannot shrink under "
-                            f"{format_flops(max_flops)} MACs (it stops at {format_flops(space.flops(arch))}); "
-                            f"raise constraints.flops")
+            raise UserError(f"the hand-designed network of space {space.name!r} cannot shrink within "
+                            f"{budget.describe()} (it stops at {format_flops(space.flops(arch))} MACs"
+                            + (f", {space.latency(arch):.3g} ms" if budget.latency is not None else "")
+                            + f"); raise constraints.{kind}")
         arch[best[1]] = best[2]
     return arch
 

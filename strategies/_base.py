@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from xsearch.core.registry import Registry
+from xsearch.search_spaces import Constraints, as_constraints  # noqa: F401  (re-exported)
 
 STRATEGIES: Registry = Registry("strategy")
 
@@ -120,13 +121,6 @@ class SearchResult:
         payload = dict(payload)
         payload["history"] = [row_from_dict(row) for row in payload.get("history", [])]
         return cls(**payload)
-
-
-@dataclass
-class Constraints:
-    """Hard limits on the found network (MACs for one image); None means unconstrained."""
-
-    flops: int | None = None
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,16 @@ from xsearch.core.training import (
 from xsearch.evaluators import task_of
 from xsearch.supernets import SHARING, Supernet
 
-from ._base import Constraints, NoEvents, SearchEvents, SearchResult, StageRecord, Strategy, row_from_dict
+from ._base import (
+    Constraints,
+    NoEvents,
+    SearchEvents,
+    SearchResult,
+    StageRecord,
+    Strategy,
+    as_constraints,
+    row_from_dict,
+)
 from ._derive import best_under_budget
 
 SKIP_POLICIES = ("derive", "mixed")
@@ -69,7 +78,8 @@ class DifferentiableSearch(Strategy):
 
     def __init__(self, epochs: int = 3, warmup_epochs: int = 3, train_samples: int | None = 20000,
                  batch_size: int = 128, lr: float = 0.1, weight_decay: float = 4e-5, arch_lr: float = 0.01,
-                 arch_weight_decay: float = 1e-3, flops_weight: float = 0.2, path_mode: str = "weighted",
+                 arch_weight_decay: float = 1e-3, flops_weight: float = 0.2, latency_weight: float = 0.2,
+                 path_mode: str = "weighted",
                  temperature_epochs: float = 1.0, optimizer: str = "auto", adamw_lr: float = 2e-3,
                  adamw_weight_decay: float = 0.05, sharing: str = "shared", skip: str = "derive",
                  derive: str = "accuracy", derive_trials: int = 20, prune_score: str = "probability",
@@ -87,6 +97,7 @@ class DifferentiableSearch(Strategy):
         self.epochs, self.warmup_epochs, self.train_samples = epochs, warmup_epochs, train_samples
         self.batch_size, self.lr, self.weight_decay = batch_size, lr, weight_decay
         self.arch_lr, self.arch_weight_decay, self.flops_weight = arch_lr, arch_weight_decay, flops_weight
+        self.latency_weight = latency_weight
         self.path_mode, self.seed, self.show_progress = path_mode, seed, show_progress
         self.temperature_epochs = temperature_epochs
         self.optimizer = check_optimizer(optimizer)
@@ -104,7 +115,7 @@ class DifferentiableSearch(Strategy):
     # --- the search ---------------------------------------------------------------------
     def search(self, space: Any, evaluator: Any, data: ImageData, constraints: Constraints,
                events: SearchEvents | None = None, checkpoint: Path | None = None) -> SearchResult:
-        space.check_budget(constraints.flops)
+        space.check_budget(constraints)
         task = task_of(evaluator)
         if task.name != "classification" and self.prune_score == "blend":
             raise UserError(f"search.prune_score=blend scores candidates by cross-entropy, which task {task.name!r} "
@@ -148,7 +159,7 @@ class DifferentiableSearch(Strategy):
             steps.append(("end_stage", s))
 
         ctx = _Context(self, space, supernet, data, w_idx, a_idx, w_opt, a_opt, scheduler, generator,
-                       constraints.flops, events if events is not None else NoEvents(), task, model, passes)
+                       constraints, events if events is not None else NoEvents(), task, model, passes)
         while state["step"] < len(steps):
             step = steps[state["step"]]
             t0 = time.time()
@@ -241,7 +252,7 @@ class DifferentiableSearch(Strategy):
 
         space = ctx.space.restrict(ctx.net.alive_options())
         fullest = best_under_budget(space, {c.label: {o: float(space.flops_table[c.label][o]) for o in c.options}
-                                            for c in space.choices}, ctx.max_flops)
+                                            for c in space.choices}, ctx.budget)
         population = max(2, min(10, self.derive_trials // 3))
         searcher = RegularizedEvolution(max_trials=self.derive_trials, population_size=population,
                                         sample_size=max(1, population // 3), seed=self.seed,
@@ -255,7 +266,7 @@ class DifferentiableSearch(Strategy):
 
         scorer = InheritedWeightsEvaluator(ctx.net, ctx.w_idx, ctx.val_idx, self.batch_size, self.recalibration_batches,
                                            self.device, task=ctx.task, model=ctx.model)
-        return searcher.query(space, scorer, ctx.data, ctx.max_flops, ctx.events, prefix=prefix)
+        return searcher.query(space, scorer, ctx.data, ctx.budget, ctx.events, prefix=prefix)
 
 
 class _Context:
@@ -263,7 +274,7 @@ class _Context:
 
     def __init__(self, strategy: DifferentiableSearch, space: Any, supernet: Any, data: ImageData,
                  w_idx: torch.Tensor, a_idx: torch.Tensor, w_opt: Any, a_opt: Any, scheduler: Any,
-                 generator: torch.Generator, max_flops: int | None, events: SearchEvents, task: Any,
+                 generator: torch.Generator, budget: Constraints, events: SearchEvents, task: Any,
                  model: nn.Module, passes: int = 1) -> None:
         self.s, self.space, self.net, self.data = strategy, space, supernet, data
         self.task, self.model = task, model  # what the supernet is trained as (a classifier, a detector)
@@ -273,7 +284,7 @@ class _Context:
         # a class-stratified ``val_samples`` of the logit half
         self.val_idx = stratified_subset(data.train.targets, strategy.val_samples, strategy.seed, indices=a_idx)
         self.w_opt, self.a_opt, self.scheduler, self.generator = w_opt, a_opt, scheduler, generator
-        self.max_flops, self.events = max_flops, events
+        self.budget, self.events = budget, events
         self.weights = task.weight_parameters(model, supernet)
         self.epochs_done = 0  # training epochs finished so far (drives dynamic convolutions' temperature)
         self.alphas = supernet.arch_parameters()
@@ -314,7 +325,7 @@ class _Context:
         """Easy-first class order: per-class accuracy on held-out data, averaged over sampled paths."""
         acc = torch.zeros(self.data.num_classes)
         for i in range(num_paths):
-            arch = self.space.sample(seed=self.s.seed * 1000 + i, max_flops=self.max_flops)
+            arch = self.space.sample(seed=self.s.seed * 1000 + i, max_flops=self.budget)
             self.net.set_arch(arch)
             self.task.recalibrate(self.model, self._batches(self.w_idx, augment=False))
             result = self.task.evaluate(self.model, self.data, "train", self.val_idx, device=self.s.device)
@@ -347,7 +358,7 @@ class _Context:
             # logit step: held-out half, weights frozen
             self._requires_grad(self.weights, False)
             arch_loss, extra = self.task.loss(self.model, batch_a, classes)
-            arch_loss = arch_loss + self.flops_penalty()
+            arch_loss = arch_loss + self.budget_penalty()
             optimizer_step(arch_loss, self.a_opt, samples=len(batch_a[1]))
             self._requires_grad(self.weights, True)
             # the global batch's means under torchrun (each half its own size); unchanged for one process
@@ -366,18 +377,25 @@ class _Context:
         record.update(phase="search", stage=stage_index + 1, epoch=epoch + 1, classes=len(classes),
                       images=min(len(w_idx), len(a_idx)), steps=total,
                       expected_flops=float(self.net.expected_flops().detach()), seconds=time.time() - t0)
+        if self.budget.latency is not None:
+            record["expected_latency_ms"] = float(self.net.expected_cost("latency").detach())
         return record
 
-    def flops_penalty(self) -> torch.Tensor:
-        """``flops_weight * |E[FLOPs] / budget - 1|``: pulls the distribution toward the budget (zero without one).
+    def budget_penalty(self) -> torch.Tensor:
+        """``flops_weight * |E[FLOPs] / budget - 1|`` plus ``latency_weight * |E[latency] / budget - 1|`` for the
+        limits that are set: pulls the distribution toward the budget (zero without one). E[latency] is the
+        latency table's per-layer times weighted by the candidates' probabilities, as FBNet's expected latency.
 
         Two-sided on purpose: above the budget it pushes toward cheaper candidates; below it, it
         counters the drift of weighted supernets toward parameter-free skips, so the derived network
         uses the FLOPs it is allowed.
         """
-        if self.max_flops is None or self.s.flops_weight == 0:
-            return torch.zeros((), device=self.s.device)
-        return self.s.flops_weight * (self.net.expected_flops() / self.max_flops - 1.0).abs()
+        penalty = torch.zeros((), device=self.s.device)
+        weights = {"flops": self.s.flops_weight, "latency": self.s.latency_weight}
+        for kind, limit in self.budget.limits().items():
+            if weights[kind]:
+                penalty = penalty + weights[kind] * (self.net.expected_cost(kind) / limit - 1.0).abs()
+        return penalty
 
     @torch.no_grad()
     def blend_scores(self, subset: ClassSubset, samples: int = 512) -> dict[str, dict[str, float]]:
@@ -426,7 +444,7 @@ class _Context:
     def derive(self) -> dict[str, str]:
         scores = {label: {o: math.log(max(p, 1e-12)) for o, p in probs.items()}
                   for label, probs in self.net.probabilities().items()}
-        return best_under_budget(self.space, scores, self.max_flops)
+        return best_under_budget(self.space, scores, self.budget)
 
     def end_stage(self, stage_index: int, stage: Stage, classes: list[int], train_seconds: float) -> StageRecord:
         """Derive and report the stage's architecture, then prune the weakest candidates."""
@@ -444,7 +462,7 @@ class _Context:
         if stage.keep_fraction is not None:
             subset = ClassSubset(classes, self.data.num_classes)
             scores = self.blend_scores(subset) if self.s.prune_score == "blend" else None
-            pruned = prune(self.net, self.space, stage.keep_fraction, self.max_flops, scores)
+            pruned = prune(self.net, self.space, stage.keep_fraction, self.budget, scores)
         seconds = train_seconds + time.time() - t0
         record = StageRecord(
             stage=stage_index + 1,
@@ -506,14 +524,15 @@ def hold_out_parameter_free(supernet: Any) -> None:
         layer.held_out = frozenset(i for i, c in enumerate(layer.candidates) if isinstance(c, nn.Identity))
 
 
-def prune(supernet: Any, space: Any, keep_fraction: float, max_flops: int | None,
+def prune(supernet: Any, space: Any, keep_fraction: float, max_flops: int | Constraints | None,
           scores: dict[str, dict[str, float]] | None = None) -> dict[str, list[str]]:
     """Keep the ``ceil(keep_fraction * n)`` best of the ``n`` mixed candidates of every layer.
 
     Best by ``scores`` (per layer and option, higher is better), the softmax probabilities by default.
     Held-out candidates (``MixedLayer.held_out``) are never pruned. Never leaves the budget
-    unreachable: if the cheapest surviving network would exceed ``max_flops``, the cheapest
-    previously alive candidate of a layer is restored (biggest saving first) until it fits.
+    unreachable: if the cheapest surviving network would exceed ``max_flops`` (a FLOPs budget, or
+    ``Constraints``: each limit in turn), the cheapest previously alive candidate of a layer is restored
+    (biggest saving first) until it fits.
     Returns the pruned options per layer.
     """
     probs = supernet.probabilities()
@@ -526,19 +545,16 @@ def prune(supernet: Any, space: Any, keep_fraction: float, max_flops: int | None
         score = scores[label] if scores is not None else probs[label]
         k = max(1, math.ceil(keep_fraction * len(ranked)))
         keep[label] = sorted(ranked, key=lambda o: -score[o])[:k] + held
-    if max_flops is not None:
-        table = space.flops_table
+    for kind, limit in as_constraints(max_flops).limits().items():
+        fixed, table = space.cost_table(kind)
 
-        def cheapest(label: str, options: list[str]) -> int:
+        def cheapest(label: str, options: list[str], table: dict = table) -> float:
             return min(table[label][o] for o in options)
 
-        def min_total() -> int:
-            return space.fixed_flops + sum(cheapest(label, opts) for label, opts in keep.items())
-
-        # restore the layers whose pruned cheapest candidate saves the most FLOPs first
+        # restore the layers whose pruned cheapest candidate saves the most first
         saving = {label: cheapest(label, keep[label]) - cheapest(label, alive[label]) for label in keep}
         for label in sorted(keep, key=lambda k: -saving[k]):
-            if min_total() <= max_flops:
+            if fixed + sum(cheapest(lb, opts) for lb, opts in keep.items()) <= limit:
                 break
             restore = min(alive[label], key=lambda o: table[label][o])
             if restore not in keep[label]:

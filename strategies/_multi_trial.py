@@ -1,7 +1,7 @@
 """Multi-trial search: propose architectures, query the evaluator, keep the best under the budget.
 
 Every strategy here talks to the evaluator through ``Queries``, which
-- never queries an architecture over the FLOPs budget (a strategy that tries is a bug);
+- never queries an architecture over the budget (FLOPs and/or predicted latency; a strategy that tries is a bug);
 - counts a query once per distinct architecture (a repeated proposal returns the cached score);
 - stops the strategy after ``max_trials`` queries (``StopSearch``), or after ``max_proposals``
   proposals when a strategy keeps proposing what it has already seen;
@@ -41,7 +41,19 @@ processes (on one machine or many) through that study alone; nothing else is sha
   RUNNING, and once its heartbeat is older than the storage's grace period the other workers fail
   it and go on. ``resume=`` of the killed worker's run folder fails its own stale claims at once.
 The study is the resume state of a worker: a resumed worker finds its own finished queries there
-(the replay file is not used). Staged and supernet strategies (danas, dnas, spos and their derive
+(the replay file is not used).
+
+Multi-fidelity (``pruner=median|successive_halving|hyperband``; ``none``, the default, trains every
+query to the end and evaluates nothing per epoch): an evaluator that ``reports_epochs`` scores each
+query epoch by epoch (``score(..., report=...)``), and a ``core.fidelity.EarlyStopping`` stops the
+queries that score badly: Optuna's pruner over an in-memory study whose trials are the queries
+(``launcher=local``), or Ray Tune's ASHA (``launcher=ray``; successive halving and Hyperband only).
+A pruned query keeps its last value as its score (the strategy compares it like any other; tpe
+tells its sampler the trial PRUNED with its per-epoch values), ``pruned``, ``pruned_epoch`` and
+``epoch_scores`` in its metrics; it is recorded as a PRUNED trial of the run's study, replayed on
+resume like the others (and fed to the pruner again, so its later decisions are the uninterrupted
+search's), and never the result: the answer is the best query that trained to the end. The last
+epoch is never pruned. Workers sharing a study (``study=NAME``) cannot prune (refused). Staged and supernet strategies (danas, dnas, spos and their derive
 queries) do not claim: workers sharing their study simply record their trials side by side.
 """
 
@@ -54,24 +66,45 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from xsearch.core.errors import SettingError
+from xsearch.core.errors import SettingError, UserError
+from xsearch.core.fidelity import EarlyStopping, Pruned, Report, pruned_metrics
 from xsearch.core.launch import Launcher, LocalLauncher
+from xsearch.core.pruning import PRUNERS, check_pruner
 from xsearch.core.study import SharedClaims
 from xsearch.core.training import TrainingDiverged, progress, resolve_device
 
-from ._base import Constraints, NoEvents, QueryRecord, SearchEvents, SearchResult, Strategy
+from ._base import Constraints, NoEvents, QueryRecord, SearchEvents, SearchResult, Strategy, as_constraints
 
 
-def score_one(evaluator: Any, space: Any, data: Any, seed: int, arch: dict[str, str]) -> dict[str, Any]:
+def score_one(evaluator: Any, space: Any, data: Any, seed: int, arch: dict[str, str],
+              report: Report | None = None) -> dict[str, Any]:
     """``evaluator.score`` without the training history: what a launcher runs for one query (in a Ray trial too).
 
     A candidate whose stand-alone training diverges (``TrainingDiverged``: NaN loss or weights at the
     search's learning rate) is a query like any other, scored 0 (the floor of every evaluator's
     score) with the message under ``diverged``: one unstable network must not end the search, and a
     resumed search replays the recorded 0 instead of diverging again.
+
+    With ``report`` (a pruned search, ``core.fidelity``) the evaluator reports per epoch; the values
+    go to ``epoch_scores`` (``[[epoch, value], ...]``), and a ``Pruned`` the evaluator lets through
+    becomes the metrics of a pruned query (its last value the score). Without it the call is the plain one.
     """
     try:
-        metrics = evaluator.score(space, arch, data, seed=seed)
+        if report is None:
+            metrics = evaluator.score(space, arch, data, seed=seed)
+        else:
+            curve: list[list[float]] = []
+
+            def recorded(epoch: int, value: float) -> None:
+                curve.append([int(epoch), float(value)])
+                report(epoch, value)
+
+            try:
+                metrics = evaluator.score(space, arch, data, seed=seed, report=recorded)
+            except Pruned:
+                metrics = pruned_metrics(curve)
+            if curve:
+                metrics = {**metrics, "epoch_scores": curve}
     except TrainingDiverged as exc:
         return {"score": 0.0, "diverged": str(exc)}
     return {k: v for k, v in metrics.items() if k != "history"}
@@ -94,21 +127,27 @@ class Queries:
     """The evaluator behind a query budget: budget check, cache, replay, events (see module doc)."""
 
     def __init__(self, prefix: str, space: Any, evaluator: Any, data: Any, seed: int, max_trials: int,
-                 max_flops: int | None, events: SearchEvents | None = None,
+                 max_flops: int | Constraints | None, events: SearchEvents | None = None,
                  max_proposals: int | None = None, prescreen: Any = None, show_progress: bool = True,
-                 launcher: Launcher | None = None) -> None:
+                 launcher: Launcher | None = None, pruning: EarlyStopping | None = None) -> None:
         self.prefix, self.space, self.evaluator, self.data, self.seed = prefix, space, evaluator, data, seed
+        self.pruning = pruning  # multi-fidelity: which evaluations stop early (None: every one trains to the end)
+        self.pruned: dict[str, list[list[float]]] = {}  # key -> per-epoch scores of the pruned queries
         self.launcher: Launcher = launcher if launcher is not None else LocalLauncher()
         self.fresh: dict[str, dict[str, Any]] = {}  # evaluated by ``batch``, not recorded yet
-        self.max_trials, self.max_flops = max_trials, max_flops
+        self.max_trials, self.budget = max_trials, as_constraints(max_flops)
+        self.max_flops = self.budget.flops
         self.events: SearchEvents = events if events is not None else NoEvents()
         self.max_proposals = max_proposals or 50 * max_trials
         self.prescreen = prescreen
         shared = getattr(self.events, "shared_study", lambda: None)()
-        self.claims = SharedClaims(shared, space, prefix, max_trials, max_flops) if shared is not None else None
+        self.claims = SharedClaims(shared, space, prefix, max_trials, self.budget) if shared is not None else None
         saved, self.saved_seconds = self.events.saved_queries()
         if self.claims is not None:  # the shared study is the resume state (see the module doc)
             saved = []
+            if pruning is not None:
+                raise UserError("search.pruner does not work with workers sharing a study (study=NAME): the pruner "
+                                "would see one worker's trainings only; use search.pruner=none, or one worker")
         self.saved: dict[str, dict[str, Any]] = {arch_key(space, q["arch"]): q["metrics"] for q in saved}
         self.seen: dict[str, float] = {}
         self.history: list[QueryRecord] = []
@@ -129,14 +168,14 @@ class Queries:
             raise StopSearch(f"{self.max_proposals} proposals without reaching {self.max_trials} distinct queries")
 
     def within_budget(self, arch: dict[str, str]) -> bool:
-        return self.max_flops is None or self.space.flops(arch) <= self.max_flops
+        return self.space.fits(arch, self.budget)
 
     def __call__(self, arch: dict[str, str]) -> float:
         """The score of ``arch``: cached, replayed from the saved queries, or queried from the evaluator."""
         arch = self.space.validate(arch)
         self.propose()
         if not self.within_budget(arch):
-            raise RuntimeError(f"strategy {self.prefix!r} queried {arch} over the FLOPs budget")
+            raise RuntimeError(f"strategy {self.prefix!r} queried {arch} over the budget ({self.budget.describe()})")
         key = arch_key(self.space, arch)
         if key in self.seen:
             return self.seen[key]
@@ -152,11 +191,13 @@ class Queries:
                 return self.seen[key]
         if key in self.saved:
             metrics = self.saved[key]
+            if self.pruning is not None:  # the pruner's history is the uninterrupted search's
+                self.pruning.replay(metrics)
         elif key in self.fresh:
             metrics = self.fresh.pop(key)
         else:
             try:
-                metrics = self.launcher.map(self.scorer(), [arch], label=self.prefix)[0]
+                metrics = self.launcher.map(self.scorer(), [arch], label=self.prefix, **self._early_stop())[0]
             except BaseException:
                 if claim is not None:  # free the claim for the other workers
                     self.claims.give_up(claim, "error")
@@ -164,7 +205,11 @@ class Queries:
         metrics = {k: v for k, v in metrics.items() if k != "history"}
         score = float(metrics["score"])
         self.seen[key] = score
-        best = max([score] + [q.best_score for q in self.history[-1:]])
+        if metrics.get("pruned"):  # its last value, never the best so far (0, the floor, before any finished one)
+            self.pruned[key] = metrics.get("epoch_scores") or []
+            best = self.history[-1].best_score if self.history else 0.0
+        else:
+            best = max([score] + [q.best_score for q in self.history[-1:]])
         record = QueryRecord(query=len(self.history) + 1, arch=arch, flops=self.space.flops(arch),
                              params=self.space.params(arch), score=score, best_score=best,
                              proposals=self.proposals, metrics=metrics, source=self.prefix)
@@ -203,7 +248,7 @@ class Queries:
             record_ready()
 
         record_ready()
-        self.launcher.map(self.scorer(), list(todo.values()), arrived, label=self.prefix)
+        self.launcher.map(self.scorer(), list(todo.values()), arrived, label=self.prefix, **self._early_stop())
         record_ready()
         while len(scores) < len(archs):  # past the plan: raises StopSearch (or the budget error) where one-by-one would
             scores.append(self(archs[len(scores)]))
@@ -212,6 +257,14 @@ class Queries:
     def scorer(self) -> Any:
         """``score_one`` bound to this search's evaluator, space, data and seed: the launcher's function."""
         return partial(score_one, self.evaluator, self.space, self.data, self.seed)
+
+    def _early_stop(self) -> dict[str, Any]:
+        """The launcher's ``early_stop`` keyword when this search prunes (none otherwise: the plain call)."""
+        return {"early_stop": self.pruning} if self.pruning is not None else {}
+
+    def pruned_curve(self, arch: dict[str, str]) -> list[list[float]] | None:
+        """The per-epoch scores of ``arch`` when its query was pruned, else None."""
+        return self.pruned.get(arch_key(self.space, arch))
 
     def _plan(self, archs: list[dict[str, str]]) -> tuple[dict[str, dict[str, str]], int]:
         """What ``[self(a) for a in archs]`` would do: ({key: arch} the evaluator must score, in order;
@@ -256,9 +309,20 @@ class MultiTrialStrategy(Strategy):
     supports_prescreen = True
 
     def __init__(self, max_trials: int = 20, seed: int = 0, prescreen: str | None = None, prescreen_factor: int = 4,
+                 pruner: str = "none", pruner_min_epochs: int = 1, pruner_reduction_factor: int = 4,
                  device: str = "auto", show_progress: bool = True, launcher: Launcher | None = None) -> None:
         if max_trials < 1:
             raise SettingError(f"search.max_trials must be at least 1, got {max_trials}")
+        self.pruner = check_pruner(pruner)
+        if pruner_min_epochs < 1 or pruner_reduction_factor < 2:
+            raise SettingError(f"search.pruner_min_epochs must be at least 1 and search.pruner_reduction_factor at "
+                               f"least 2, got {pruner_min_epochs} and {pruner_reduction_factor}")
+        where = launcher if launcher is not None else LocalLauncher()
+        if self.pruner != "none" and self.pruner not in where.pruners:
+            raise SettingError(f"search.pruner={self.pruner} does not run under launcher={where.name}; there: "
+                               f"{', '.join(where.pruners) or 'none'} (of {', '.join(PRUNERS)}); launcher=ray runs "
+                               "Ray Tune's ASHA, and the median pruner runs in this process (launcher=local)")
+        self.pruner_min_epochs, self.pruner_reduction_factor = pruner_min_epochs, pruner_reduction_factor
         if prescreen is not None and not self.supports_prescreen:
             raise SettingError(f"search.prescreen is not supported by strategy {self.name!r}; "
                              "use it with strategy=random or strategy=evolution")
@@ -288,12 +352,27 @@ class MultiTrialStrategy(Strategy):
 
     def search(self, space: Any, evaluator: Any, data: Any, constraints: Constraints,
                events: SearchEvents | None = None, checkpoint: Path | None = None) -> SearchResult:
-        space.check_budget(constraints.flops)
+        space.check_budget(constraints)
         if evaluator is None:
             raise ValueError(f"strategy {self.name!r} needs an evaluator to query")
-        return self.query(space, evaluator, data, constraints.flops, events)
+        return self.query(space, evaluator, data, constraints, events)
 
-    def query(self, space: Any, evaluator: Any, data: Any, max_flops: int | None,
+    def early_stopping(self, evaluator: Any) -> EarlyStopping | None:
+        """This search's pruning (``search.pruner``), for trainings of ``evaluator.epochs`` epochs; None without one.
+
+        The evaluator must report per epoch (``reports_epochs``, e.g. ``evaluator=classification``).
+        """
+        if self.pruner == "none":
+            return None
+        if not getattr(evaluator, "reports_epochs", False):
+            name = getattr(evaluator, "name", type(evaluator).__name__)
+            raise SettingError(f"search.pruner={self.pruner} stops trainings by their per-epoch scores, and "
+                               f"evaluator={name} reports none; use an evaluator that trains epoch by epoch "
+                               "(evaluator=classification), or search.pruner=none")
+        return EarlyStopping(self.pruner, getattr(evaluator, "epochs", None), self.pruner_min_epochs,
+                             self.pruner_reduction_factor)
+
+    def query(self, space: Any, evaluator: Any, data: Any, max_flops: int | Constraints | None,
               events: SearchEvents | None = None, prefix: str | None = None) -> SearchResult:
         """Explore through ``Queries`` until the budget is spent; the best queried architecture is the result.
 
@@ -301,7 +380,8 @@ class MultiTrialStrategy(Strategy):
         checkpoint: a resumed search replays ``events.saved_queries()``.
         """
         queries = Queries(prefix or self.name, space, evaluator, data, self.seed, self.max_trials, max_flops, events,
-                          prescreen=self._prescreener, show_progress=self.show_progress, launcher=self.launcher)
+                          prescreen=self._prescreener, show_progress=self.show_progress, launcher=self.launcher,
+                          pruning=self.early_stopping(evaluator))
         stopped = "max_trials"
         seed = self.seed
         if queries.claims is not None:  # this worker's own proposals (see the module doc)
@@ -318,13 +398,22 @@ class MultiTrialStrategy(Strategy):
             return self.shared_result(space, queries, stopped, scorer)
         if not queries.history:
             raise RuntimeError(f"strategy {self.name!r} made no query")
-        best = max(queries.history, key=lambda q: q.score)
+        finished = [q for q in queries.history if not q.metrics.get("pruned")]  # a pruned query is never the result
+        if not finished:
+            raise UserError(f"every one of the {len(queries.history)} queries was pruned (search.pruner="
+                            f"{self.pruner}), so no network trained to the end; raise search.pruner_min_epochs or "
+                            "search.max_trials, or use search.pruner=none")
+        best = max(finished, key=lambda q: q.score)
         if "diverged" in best.metrics:
             raise TrainingDiverged(f"every one of the {len(queries.history)} queries diverged, so there is no "
                                    f"network to choose; the first: {queries.history[0].metrics['diverged']}")
         metrics = {**best.metrics, "queries": len(queries.history), "proposals": queries.proposals,
                    "stopped": stopped, "best_query": best.query, "scorer": scorer,
                    "diverged_queries": sum("diverged" in q.metrics for q in queries.history)}
+        if any("train_epochs" in q.metrics for q in queries.history):  # the compute spent: epochs actually trained
+            metrics["epochs_trained"] = sum(int(q.metrics.get("train_epochs", 0)) for q in queries.history)
+        if queries.pruning is not None:
+            metrics.update(pruner=self.pruner, pruned_queries=len(queries.history) - len(finished))
         return SearchResult(arch=best.arch, flops=best.flops, params=best.params,
                             metrics=metrics, history=list(queries.history), search_seconds=queries.seconds)
 

@@ -18,13 +18,13 @@ from typing import Any
 
 from xsearch.core.errors import SettingError
 
-from ._base import STRATEGIES
+from ._base import STRATEGIES, Constraints
 from ._multi_trial import MultiTrialStrategy, Queries
 
 
-def mutate(space: Any, arch: dict[str, str], rng: random.Random, max_flops: int | None,
+def mutate(space: Any, arch: dict[str, str], rng: random.Random, max_flops: int | Constraints | None,
            attempts: int = 100) -> dict[str, str]:
-    """``arch`` with one layer switched to a different option, within ``max_flops``."""
+    """``arch`` with one layer switched to a different option, within ``max_flops`` (a FLOPs budget or ``Constraints``)."""
     mutable = [c for c in space.choices if len(c.options) > 1]
     if not mutable:
         return dict(arch)
@@ -32,7 +32,7 @@ def mutate(space: Any, arch: dict[str, str], rng: random.Random, max_flops: int 
         choice = rng.choice(mutable)
         child = dict(arch)
         child[choice.label] = rng.choice([o for o in choice.options if o != arch[choice.label]])
-        if max_flops is None or space.flops(child) <= max_flops:
+        if space.fits(child, max_flops):
             return child
     return space.sample(seed=rng.getrandbits(63), max_flops=max_flops)
 
@@ -58,7 +58,7 @@ class RegularizedEvolution(MultiTrialStrategy):
         rng = random.Random(self.seed)
         first = list(self.initial[: self.population_size])
         while len(first) < self.population_size:
-            candidates = [space.sample(seed=rng.getrandbits(63), max_flops=queries.max_flops)
+            candidates = [space.sample(seed=rng.getrandbits(63), max_flops=queries.budget)
                           for _ in range(self.candidates_per_proposal)]
             first.append(queries.pick(candidates))
         population: deque[tuple[dict[str, str], float]] = deque(zip(first, queries.batch(first)))
@@ -66,7 +66,7 @@ class RegularizedEvolution(MultiTrialStrategy):
             children = []
             for _ in range(self.parallel_queries):
                 parent = max(rng.sample(list(population), self.sample_size), key=lambda member: member[1])[0]
-                mutants = [mutate(space, parent, rng, queries.max_flops) for _ in range(self.candidates_per_proposal)]
+                mutants = [mutate(space, parent, rng, queries.budget) for _ in range(self.candidates_per_proposal)]
                 children.append(queries.pick(mutants))
             for child, score in zip(children, queries.batch(children)):
                 population.append((child, score))

@@ -25,7 +25,7 @@ def spaces_with_hand_design() -> list[str]:
 
 @STRATEGIES.register("hand")
 class HandDesigned(Strategy):
-    """No search: the space's hand-designed network (MobileNetV3-Large's blocks), shrunk to fit the FLOPs budget.
+    """No search: the space's hand-designed network (MobileNetV3-Large's blocks), thinned to fit the budget (FLOPs, latency).
 
     Deterministic: ``seed`` and ``show_progress`` are taken for the run's sake and change nothing.
     """
@@ -44,7 +44,7 @@ class HandDesigned(Strategy):
             raise UserError(f"strategy=hand needs a space with a hand-designed network; space {space.name!r} has "
                             f"none. Spaces that have one: {', '.join(spaces_with_hand_design())}")
         unconstrained = space.flops(design())
-        arch = design(constraints.flops)
+        arch = design(constraints)
         flops = space.flops(arch)
         return SearchResult(arch=arch, flops=flops, params=space.params(arch),
                             metrics={"design": "mobilenetv3-large", "queries": 0,

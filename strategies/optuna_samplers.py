@@ -1,7 +1,7 @@
-"""``tpe`` and ``nsga2``: Optuna's samplers over the space's choices, with the FLOPs budget as an Optuna constraint.
+"""``tpe`` and ``nsga2``: Optuna's samplers over the space's choices, with the budget (FLOPs, latency) as Optuna constraints.
 
 Each layer is a categorical parameter. An architecture over the budget is told to the sampler as
-infeasible (constraint value ``flops / budget - 1 > 0``) without a query, so the sampler learns
+infeasible (constraint value ``flops / budget - 1 > 0``, and likewise ``latency / budget - 1``) without a query, so the sampler learns
 where the budget lies and the evaluator is never asked about a network that could not be shipped.
 A repeated proposal is told its cached score without a query (TPE re-proposes its favourites once
 it converges; telling keeps its model honest, and only distinct architectures cost a query).
@@ -9,6 +9,8 @@ Infeasible and repeated proposals count toward ``50 x max_trials`` proposals, af
 search stops with what it has. With tight budgets (4 % of NAS-Bench-Macro fits 30M) TPE makes
 thousands of proposals for 100 queries; each costs milliseconds, not a training run.
 ``nsga2`` optimizes (score up, FLOPs down) jointly; its answer is the best score under the budget.
+With ``pruner=...`` a pruned query is told to TPE as a PRUNED trial with its per-epoch values, and to
+NSGA-II (which ignores pruned trials) as its last value (``OptunaSearch.tell``).
 With ``parallel_queries=k`` the sampler is asked for ``k`` feasible architectures before any of them
 is told (TPE then uses Optuna's constant liar for the pending ones); they are queried together
 (under ``launcher=ray``: trials at once) and told in order. k=1 is the one-at-a-time loop.
@@ -53,16 +55,30 @@ class OptunaSearch(MultiTrialStrategy):
                     trial = study.ask()
                     arch = {c.label: trial.suggest_categorical(c.label, list(c.options)) for c in space.choices}
                     flops = space.flops(arch)
-                    violation = flops / queries.max_flops - 1.0 if queries.max_flops else -1.0
-                    trial.set_constraint("flops", violation)
-                    if violation > 0:
+                    limits = queries.budget.limits() or {"flops": None}
+                    for kind, limit in limits.items():  # feasible when every value is at most 0
+                        trial.set_constraint(kind, space.cost(kind, arch) / limit - 1.0 if limit else -1.0)
+                    if not space.fits(arch, queries.budget):
                         queries.propose()
                         study.tell(trial, [0.0, float(flops)][: len(self.directions)])
                     else:
                         pending.append((trial, arch, flops))
                 scores = queries.batch([arch for _, arch, _ in pending])
-                for (trial, _, flops), score in zip(pending, scores):
-                    study.tell(trial, [score, float(flops)][: len(self.directions)])
+                for (trial, arch, flops), score in zip(pending, scores):
+                    self.tell(study, trial, score, flops, queries.pruned_curve(arch))
+
+    def tell(self, study: optuna.Study, trial: optuna.Trial, score: float, flops: int,
+             pruned: list[list[float]] | None) -> None:
+        """Tell the sampler a query's outcome. A pruned query (``search.pruner``; ``pruned``: its per-epoch scores)
+        is told PRUNED with those values when there is one objective (TPE then ranks it below every finished
+        query, deeper-trained first); NSGA-II ignores pruned trials, so it is told its last value, which ranks
+        it as the partly trained network it is."""
+        if pruned and len(self.directions) == 1:
+            for epoch, value in pruned:
+                trial.report(float(value), int(epoch))
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, [score, float(flops)][: len(self.directions)])
 
 
 @STRATEGIES.register("tpe")

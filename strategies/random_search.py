@@ -27,7 +27,7 @@ class RandomSearch(MultiTrialStrategy):
         while True:  # proposals never depend on scores: each batch covers the queries left (under launcher=ray at once)
             proposals = []
             for _ in range(max(1, queries.max_trials - len(queries.history))):
-                candidates = [space.sample(seed=rng.getrandbits(63), max_flops=queries.max_flops)
+                candidates = [space.sample(seed=rng.getrandbits(63), max_flops=queries.budget)
                               for _ in range(self.candidates_per_proposal)]
                 proposals.append(queries.pick(candidates))
             queries.batch(proposals)
@@ -36,7 +36,7 @@ class RandomSearch(MultiTrialStrategy):
                events: SearchEvents | None = None, checkpoint: Path | None = None) -> SearchResult:
         if self.max_trials > 1:
             return super().search(space, evaluator, data, constraints, events, checkpoint)
-        space.check_budget(constraints.flops)  # one random network: nothing to compare, so no query
-        arch = space.sample(seed=random.Random(self.seed).getrandbits(63), max_flops=constraints.flops)
+        space.check_budget(constraints)  # one random network: nothing to compare, so no query
+        arch = space.sample(seed=random.Random(self.seed).getrandbits(63), max_flops=constraints)
         return SearchResult(arch=arch, flops=space.flops(arch), params=space.params(arch),
                             metrics={"queries": 0}, history=[])

@@ -33,7 +33,7 @@ class SinglePathOneShot(DifferentiableSearch):
     name = "spos"
     # the base's settings of architecture weights, stages and derivation, which single-path training
     # and the searcher never read: not settings of spos (``search.derive_trials=...`` is refused)
-    unused_settings = frozenset({"arch_lr", "arch_weight_decay", "flops_weight", "path_mode", "derive",
+    unused_settings = frozenset({"arch_lr", "arch_weight_decay", "flops_weight", "latency_weight", "path_mode", "derive",
                                  "derive_trials", "prune_score"})
 
     def __init__(self, max_trials: int = 50, searcher: str = "evolution", population_size: int = 16,

@@ -148,6 +148,19 @@ class Supernet(nn.Module):
             total = total + (layer.probabilities() * layer.flops).sum()
         return total
 
+    def expected_cost(self, kind: str) -> torch.Tensor:
+        """Expected cost ``kind`` (``flops``, or ``latency`` in ms from the space's latency table, as FBNet's
+        expected latency) under the current distribution; differentiable in the logits."""
+        if kind == "flops":
+            return self.expected_flops()
+        fixed, table = self.space.cost_table(kind)
+        device = self.layers[0].alpha.device
+        total = torch.tensor(float(fixed), device=device)
+        for layer in self.layers:
+            costs = torch.tensor([float(table[layer.label][o]) for o in layer.options], device=device)
+            total = total + (layer.probabilities() * costs).sum()
+        return total
+
     def num_alive(self) -> int:
         return int(sum(int(layer.alive.sum()) for layer in self.layers))
 

@@ -16,6 +16,8 @@ COMMAND_LINES = (
     ("tune resume=RUN_DIR", "continue an interrupted tune's study"),
     ("flops ARCH_JSON", "FLOPs (MACs) and parameters of a found network, checked with fvcore"),
     ("flops space=NAME [seed=N]", "a space's FLOPs range and a sampled network's FLOPs, checked with fvcore"),
+    ("latency table space=NAME [options]", "time every candidate on the runtime (runtime=onnxruntime|torch, threads=1)"),
+    ("latency check space=NAME [options]", "time random networks whole against the table's prediction (networks=30)"),
     ("list [WHAT]", "what there is, with one line each: spaces|strategies|datasets|evaluators|budgets"),
     ("list settings [options]", "every setting and its value for the chosen components (space=, strategy=, ...)"),
     ("dashboard [STORAGE] [port=N] [host=H]", "Optuna dashboard: runs' studies, notes, plots (default runs/xsearch.db)"),
@@ -115,6 +117,9 @@ def summary_lines(summary: Any) -> list[str]:
         lines.append(f"  score          {met['score']:.4g}  ({summary.evaluator} {met.get('proxy', '')})")
     budget = f" (budget {format_flops(summary.flops_budget)})" if summary.flops_budget else ""
     lines.append(f"  FLOPs          {format_flops(summary.flops)} MACs{budget}, params {summary.params / 1e6:.3f}M")
+    if summary.latency_ms is not None:
+        lines.append(f"  latency        {summary.latency_ms:.3g} ms predicted on {summary.latency_runtime} (budget "
+                     f"{summary.latency_budget:g} ms; measure it: xsearch latency check)")
     took = f"  search         {_fmt_seconds(summary.search_seconds)} ({summary.strategy}"
     if summary.stages:
         classes = " -> ".join(str(n) for n, _ in summary.stages)
@@ -126,6 +131,9 @@ def summary_lines(summary: Any) -> list[str]:
         lines.append(f"{took}, classes {classes}, candidates/layer {alive}{derived})")
     elif search.get("queries"):
         diverged = (f"; {search['diverged_queries']} diverged, scored 0" if search.get("diverged_queries") else "")
+        if "pruned_queries" in search:  # search.pruner: the queries stopped early and the epochs trained in all
+            diverged += (f"; {search['pruned_queries']} pruned by {search['pruner']}, "
+                         f"{search.get('epochs_trained', '?')} epochs trained")
         lines.append(f"{took}, {search['queries']} queries to {search.get('scorer', summary.evaluator)}, best at "
                      f"query {search['best_query']}, score {search['score']:.4g}{diverged})")
     else:
@@ -465,7 +473,14 @@ def cmd_nni_import(args: list[str]) -> int:
     return nni_import(args)
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "tune": cmd_tune, "flops": cmd_flops, "list": cmd_list,
+def cmd_latency(args: list[str]) -> int:
+    from .latency import command
+
+    return command(args)
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "tune": cmd_tune, "flops": cmd_flops, "latency": cmd_latency,
+            "list": cmd_list,
             "dashboard": cmd_dashboard, "bench": cmd_bench, "data": cmd_data, "export": cmd_export,
             "nni-import": cmd_nni_import}
 

@@ -154,6 +154,21 @@ def settings(group: str, name: str) -> dict[str, Any]:
 @dataclasses.dataclass
 class ConstraintsConfig:
     flops: Any = None  # hard limit on the found network's MACs: 5M, 300K, 1.2G or an integer
+    latency: Any = None  # hard limit on its predicted latency: 3ms, 500us, 0.002s or a number of milliseconds
+
+
+@dataclasses.dataclass
+class LatencyConfig:
+    """Latency tables (``latency.*``; ``xsearch latency table`` takes them without the prefix too)."""
+
+    table: str | None = None  # a table made by `xsearch latency table`; null = <runs_root>/latency/, built if missing
+    runtime: str = "onnxruntime"  # onnxruntime | torch: what the network will run on
+    batch: int = 1  # images per call
+    threads: int = 1  # the runtime's intra-op threads
+    warmup: int = 10  # calls before timing
+    repeats: int = 25  # timed samples per module (the median is the time; each sample at least 2 ms of calls)
+    calibrate: int = 10  # random networks timed whole to fit the correction of the per-layer sum
+    networks: int = 30  # xsearch latency check: random networks (other seeds) timed whole against the prediction
 
 
 @dataclasses.dataclass
@@ -199,6 +214,7 @@ class RunConfig:
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     out: str | None = None  # xsearch bench: where to write (or, for throughput, read) the JSON rows
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
+    latency: LatencyConfig = dataclasses.field(default_factory=LatencyConfig)
     recipe: str | None = None  # a recipe.yaml (xsearch tune): its train.* values, below your own train.*=, above budget=
     tune: RecipeRanges = dataclasses.field(default_factory=RecipeRanges)  # xsearch tune, search.tune_recipe: ranges
 
@@ -377,7 +393,7 @@ def _blame_recipe(cfg: dict[str, Any], exc: UserError) -> UserError:
     if path in (None, "", "null"):
         return exc
     train = cfg.get("train") or {}
-    from_file = [k for k, v in load_recipe(path).items() if f"train.{k}" in str(exc) and train.get(k) == v]
+    from_file = [k for k, v in load_recipe(path).items() if re.search(rf"\b{k}\b", str(exc)) and train.get(k) == v]
     return UserError(f"recipe={path}: {exc}") if from_file else exc
 
 
@@ -493,13 +509,45 @@ def parse_count(value: Any, what: str = "constraints.flops") -> int | None:
     return round(number)
 
 
+_TIME_UNITS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3, "": 1.0}
+
+
+def parse_latency(value: Any, what: str = "constraints.latency") -> float | None:
+    """'3ms' -> 3.0, '500us' -> 0.5, '0.002s' -> 2.0, 3 -> 3.0 (milliseconds); None stays None."""
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
+        return None
+    hint = "write e.g. 3ms, 500us, 0.002s or 3 (milliseconds)"
+    if isinstance(value, bool):
+        raise UserError(f"{what}={value!r} is not a time; {hint}")
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(ms|us|µs|s|)\s*", str(value))
+    if not m:
+        raise UserError(f"{what}={value!r} is not a time; {hint}")
+    ms = float(m.group(1)) * _TIME_UNITS[m.group(2)]
+    if not math.isfinite(ms) or ms <= 0:
+        raise UserError(f"{what} must be a positive time, got {value!r}; {hint}")
+    return ms
+
+
+RUNTIMES = ("onnxruntime", "torch")
+
+
+def check_latency(settings: dict[str, Any]) -> None:
+    """Refuse ``latency.*`` values no table can be built with."""
+    if settings["runtime"] not in RUNTIMES:
+        raise UserError(f"latency.runtime={settings['runtime']!r} is not valid; use {' or '.join(RUNTIMES)} "
+                        "(onnxruntime runs the exported ONNX network, torch the PyTorch module)")
+    for key, low in (("batch", 1), ("threads", 1), ("warmup", 0), ("repeats", 3), ("calibrate", 2), ("networks", 1)):
+        if int(settings[key]) < low:
+            raise UserError(f"latency.{key}={settings[key]} must be at least {low}")
+
+
 # Ranges by setting name: a name means the same thing in every component that has it (``lr`` is a
 # learning rate wherever it appears), so one table serves them all. What only one component knows
 # (danas's class_fractions, evolution's sample_size <= population_size) its constructor checks.
 AT_LEAST = {"parallel_queries": 1, "epochs": 1, "batch_size": 1, "train_samples": 1, "test_samples": 1, "val_samples": 1, "max_trials": 1,
             "population_size": 1, "sample_size": 1, "prescreen_factor": 1, "num_layers": 1, "num_blocks": 1, "derive_trials": 1,
             "warmup_epochs": 0, "n_startup_trials": 0, "recalibration_batches": 0, "temperature_epochs": 0,
-            "weight_decay": 0, "arch_weight_decay": 0, "adamw_weight_decay": 0, "flops_weight": 0, "dropout": 0,
+            "weight_decay": 0, "arch_weight_decay": 0, "adamw_weight_decay": 0, "flops_weight": 0, "latency_weight": 0, "dropout": 0,
             "label_smoothing": 0, "image_size": 1, "channels": 1, "num_classes": 1, "in_chans": 1}
 ABOVE = {"lr": 0, "arch_lr": 0, "adamw_lr": 0, "width_mult": 0, "backbone_width": 0, "keep_fraction": 0}
 BELOW = {"dropout": 1, "label_smoothing": 1}
@@ -536,6 +584,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         raise _blame_recipe(plain, exc) from None
     RecipeRanges(**(plain.get("tune") or {}))  # refuses ranges it cannot draw from (tune.*)
     plain["constraints"]["flops"] = parse_count(plain["constraints"].get("flops"))
+    plain["constraints"]["latency"] = parse_latency(plain["constraints"].get("latency"))
+    check_latency(plain["latency"])
     check_bench(plain.get("bench") or {})
     if int(plain.get("heartbeat") or 0) < 1:
         raise UserError(f"heartbeat={plain.get('heartbeat')} must be at least 1 (seconds between a shared-study "

@@ -189,15 +189,22 @@ def _example(space: Any, batch: int, seed: int) -> torch.Tensor:
     return torch.randn(batch, *space.input_shape, generator=torch.Generator().manual_seed(seed))
 
 
+def to_onnx(model: nn.Module, example: torch.Tensor, out: Any, free_batch: bool = True) -> None:
+    """Write ``model`` (traced on ``example``) as ONNX to ``out`` (a path or a binary file object): opset ``OPSET``,
+    input 'images' (with a free batch axis when ``free_batch``), output 'logits'. ``xsearch export`` and the
+    latency tables (``xsearch.latency``) both export with it, so a table times what ``export`` ships."""
+    axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if free_batch else None
+    with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated, and says so on every call
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), out if not isinstance(out, Path) else str(out), dynamo=False,
+                          opset_version=OPSET, input_names=["images"], output_names=["logits"], dynamic_axes=axes)
+
+
 def export_onnx(model: nn.Module, space: Any, out: Path, metadata: dict[str, str]) -> None:
     """Write ``model`` as ONNX (opset ``OPSET``, input 'images' with a free batch axis, output 'logits')."""
     import onnx
 
-    with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated, and says so on every call
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (_example(space, 2, 0),), str(out), dynamo=False, opset_version=OPSET,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    to_onnx(model, _example(space, 2, 0), out)
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
     for key, value in metadata.items():

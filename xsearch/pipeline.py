@@ -124,6 +124,9 @@ class RunSummary:
     files: list[str]
     commands: list[tuple[str, str]]
     warning: str | None = None
+    latency_ms: float | None = None  # predicted by the latency table (a latency budget was set)
+    latency_budget: float | None = None
+    latency_runtime: str | None = None
 
 
 def summarize(cfg: dict[str, Any], space: Any, evaluator: Any, record: dict[str, Any], result: Any,
@@ -153,7 +156,27 @@ def summarize(cfg: dict[str, Any], space: Any, evaluator: Any, record: dict[str,
                       strategy=cfg["strategy"]["name"], evaluator=cfg["evaluator"]["name"], result=metrics,
                       search_seconds=result.search_seconds, search=result.metrics, stages=stages,
                       files=[f for f in _SHOWN_FILES if (run_dir / f).exists()], commands=commands,
-                      warning=result.metrics.get("warning"))
+                      warning=result.metrics.get("warning"), latency_ms=record.get("latency_ms"),
+                      latency_budget=record.get("latency_budget"), latency_runtime=record.get("latency_runtime"))
+
+
+def use_latency_table(cfg: dict[str, Any], space: Any) -> None:
+    """Give ``space`` the latency table of ``latency.*`` (built into ``<runs_root>/latency/`` when missing)."""
+    from .core.training import resolve_device
+    from .latency import attach, table_for
+
+    device = resolve_device(cfg["device"]) if cfg["latency"]["runtime"] == "torch" else resolve_device("cpu")
+    table, path = table_for(space, cfg["latency"], cfg["runs_root"], device, cfg["progress"])
+    attach(space, table, path)
+
+
+def latency_record(space: Any, arch: dict[str, str], constraints: Constraints) -> dict[str, Any]:
+    """What ``arch.json`` says of latency: the predicted time, the budget and where it was measured (a latency
+    budget only)."""
+    if constraints.latency is None:
+        return {}
+    return {"latency_ms": space.latency(arch), "latency_budget": constraints.latency,
+            "latency_runtime": space.latency_source.get("runtime"), "latency_table": space.latency_source.get("table")}
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +207,10 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     evaluator.check(space)
     evaluator.check_data(data)
     max_flops = cfg["constraints"]["flops"]
-    space.check_budget(max_flops)
+    constraints = Constraints(flops=max_flops, latency=cfg["constraints"].get("latency"))
+    if constraints.latency is not None:  # the space predicts latency from its table (built here when missing)
+        use_latency_table(cfg, space)
+    space.check_budget(constraints)
     metric = search_metric(strategy, evaluator)  # what the run study's trials are valued by (the dashboard's axis)
     recorder, cfg = open_recorder(cfg, space, cfg["strategy"]["name"], metric)
     run_dir = recorder.run_dir
@@ -197,13 +223,14 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
     result = recorder.saved_result()
     if result is None:
-        result = strategy.search(space, evaluator, data, Constraints(max_flops), recorder,
+        result = strategy.search(space, evaluator, data, constraints, recorder,
                                  checkpoint=recorder.path("search_checkpoint.pt"))
         recorder.save_result(result)
     release_memory()  # the search's supernet and batches are gone; give their memory back before retraining
     result.arch = distributed.broadcast_object(result.arch)  # every rank retrains the architecture rank 0 records
-    if max_flops is not None and result.flops > max_flops:  # the contract every strategy must keep
-        raise RuntimeError(f"strategy returned {result.flops} MACs over the budget {max_flops}")
+    if not space.fits(result.arch, constraints):  # the contract every strategy must keep
+        raise RuntimeError(f"strategy returned {result.arch} ({result.flops} MACs) over the budget "
+                           f"{constraints.describe()}")
     recorder.write_search(result, f"{cfg['strategy']['name']} on {cfg['data']['name']} ({space.name})")
     if distributed.is_main():  # under torchrun only rank 0 writes the study
         publish_run(recorder, cfg, result, metric, data_name)  # the dashboard's note and plots for the run study
@@ -228,7 +255,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
                                          "search_queries": result.metrics.get("queries"),
                                          "inherited_val_accuracy": result.metrics.get("inherited_val_accuracy")},
                                 strategy=cfg["strategy"]["name"], evaluator=cfg["evaluator"]["name"],
-                                data=data_name, flops_budget=max_flops)
+                                data=data_name, flops_budget=max_flops, **latency_record(space, result.arch, constraints))
     recorder.write_metrics({"search": {k: v for k, v in result.metrics.items() if k != "epochs"},
                             "search_seconds": result.search_seconds, "retrain": metrics,
                             "retrain_wall_seconds": time.time() - t0})

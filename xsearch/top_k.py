@@ -21,19 +21,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from xsearch.strategies import QueryRecord, SearchResult
+from xsearch.strategies import Constraints, QueryRecord, SearchResult
 
 from .dashboard import final_study
 
 
-def candidates(result: SearchResult, k: int, space: Any, max_flops: int | None) -> list[dict[str, str]]:
-    """The search's answer, then its history's distinct architectures by score (best first): at most ``k``."""
+def candidates(result: SearchResult, k: int, space: Any, max_flops: Any) -> list[dict[str, str]]:
+    """The search's answer, then its history's distinct architectures by score (best first): at most ``k``.
+
+    Queries a pruner stopped early (``search.pruner``) are not candidates: their score is a partial training's."""
     scored = [(row.score, row.arch) if isinstance(row, QueryRecord) else (row.val_accuracy, row.derived_arch)
-              for row in result.history]
+              for row in result.history if not (isinstance(row, QueryRecord) and row.metrics.get("pruned"))]
     ranked = [result.arch] + [arch for _, arch in sorted(scored, key=lambda pair: -pair[0])]
     chosen: list[dict[str, str]] = []
     for arch in ranked:
-        if arch not in chosen and (max_flops is None or space.flops(arch) <= max_flops):
+        if arch not in chosen and space.fits(arch, max_flops):  # max_flops: a FLOPs budget or Constraints
             chosen.append(arch)
     return chosen[:k]
 
@@ -47,7 +49,7 @@ def retrain_one(evaluator: Any, space: Any, data: Any, seed: int, item: tuple[di
 def retrain_top(cfg: dict[str, Any], space: Any, evaluator: Any, data: Any, result: SearchResult, launcher: Any,
                 recorder: Any) -> tuple[SearchResult, dict[str, Any]]:
     """Retrain the top ``cfg["retrain_top"]`` networks through ``launcher``: (the result with the best one, its metrics)."""
-    archs = candidates(result, int(cfg["retrain_top"]), space, cfg["constraints"]["flops"])
+    archs = candidates(result, int(cfg["retrain_top"]), space, Constraints(**cfg["constraints"]))
     workdirs = [recorder.path(f"retrain-top{i + 1}") for i in range(len(archs))]
     values: list[float | None] = [None] * len(archs)
     kind = "retrained" if hasattr(evaluator, "epochs") else "evaluated"

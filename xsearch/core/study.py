@@ -204,10 +204,11 @@ class SharedClaims:
     API: the storage that keeps the heartbeats is the one of the claim's live ``Trial``.
     """
 
-    def __init__(self, shared: Any, space: Any, prefix: str, max_trials: int, max_flops: int | None) -> None:
+    def __init__(self, shared: Any, space: Any, prefix: str, max_trials: int, budget: Any) -> None:
         self.study, self.worker = shared.study, shared.worker
         self.space, self.prefix, self.max_trials = space, prefix, max_trials
-        self.tag = {"space": space.name, "flops_budget": max_flops}
+        self.tag = {"space": space.name, "flops_budget": getattr(budget, "flops", budget),
+                     "latency_budget": getattr(budget, "latency", None)}
         self.distributions = distributions(space)
         self.fixed = optuna.samplers.PartialFixedSampler  # pins a claim's parameters to the proposal
         self.backoff = random.Random()  # back-off only: the strategy's proposals never see it
@@ -234,9 +235,11 @@ class SharedClaims:
             theirs = {k: t.user_attrs.get(k) for k in self.tag}
             if theirs != self.tag:
                 raise UserError(f"study {self.study.study_name!r} holds another search (trial {t.number}: "
-                                f"space {theirs['space']!r}, FLOPs budget {theirs['flops_budget']}), not this one "
-                                f"(space {self.tag['space']!r}, FLOPs budget {self.tag['flops_budget']}); give "
-                                "every worker the same space and constraints.flops, or choose another study=NAME")
+                                f"space {theirs['space']!r}, FLOPs budget {theirs['flops_budget']}, latency budget "
+                                f"{theirs['latency_budget']}), not this one (space {self.tag['space']!r}, FLOPs budget "
+                                f"{self.tag['flops_budget']}, latency budget {self.tag['latency_budget']}); give every "
+                                "worker the same space, constraints.flops and constraints.latency, or choose another "
+                                "study=NAME")
 
     def release_stale(self) -> None:
         """Fail this worker's RUNNING claims: left by an earlier process of the same run (killed, now resumed)."""
