@@ -100,7 +100,9 @@ def shrink_to_budget(space: SearchSpace, arch: Arch, max_flops: int | Constraint
     reaches for them (for ``mbv3``: narrower expansion, smaller kernel, SE off, and dropping the
     layer only as the last resort). Each step applies a change of the earliest kind still
     available, among those the one saving the most MACs (ties: the earlier layer); under a latency budget the
-    one saving the most predicted milliseconds (with both budgets, of the cost most over its limit). Untouched
+    one saving the most predicted milliseconds (with both budgets, of the cost most over its limit); when the
+    designer's changes save nothing more (a measured table need not follow FLOPs), any single-layer change to a
+    cheaper option, the one saving the most. Untouched
     when it already fits; UserError (the space's ``check_budget``) when the budget is below the space's smallest
     network.
     """
@@ -120,7 +122,15 @@ def shrink_to_budget(space: SearchSpace, arch: Arch, max_flops: int | Constraint
                 key = (-slot, table[old] - table[new], -i)
                 if best is None or key > best[0]:
                     best = (key, choice.label, new)
-        if best is None:  # only when ``changes`` cannot reach the space's smallest network
+        if best is None:  # the designer's changes save nothing more (a measured table need not follow FLOPs):
+            # the single-layer change to any cheaper option that saves the most
+            for i, choice in enumerate(space.choices):
+                table, old = tables[choice.label], arch[choice.label]
+                for new in choice.options:
+                    key = (0, table[old] - table[new], -i)
+                    if table[old] - table[new] > 0 and (best is None or key > best[0]):
+                        best = (key, choice.label, new)
+        if best is None:  # no layer has a cheaper option left: never after check_budget
             raise UserError(f"the hand-designed network of space {space.name!r} cannot shrink within "
                             f"{budget.describe()} (it stops at {format_flops(space.flops(arch))} MACs"
                             + (f", {space.latency(arch):.3g} ms" if budget.latency is not None else "")
