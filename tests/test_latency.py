@@ -268,3 +268,28 @@ def test_supernet_searches_derive_within_the_latency_budget(digits, name):
     if name == "danas":
         epochs = [e for e in result.metrics["epochs"] if e.get("phase") == "search"]
         assert epochs and all("expected_latency_ms" in e for e in epochs)
+
+
+def test_bench_latency_writes_both_parts_and_resumes(tmp_path, capsys):
+    from xsearch.bench import BENCHMARKS
+
+    out = tmp_path / "rows.json"
+    args = ["data=digits", "bench.latency_spaces=[mbv3]", "space.num_layers=4", "space.width_mult=0.5",
+            "latency.networks=3", "latency.repeats=3", "latency.calibrate=3", "latency.warmup=1", "bench.seeds=2",
+            "strategy=hand", "train.epochs=1", "train.train_samples=200", "train.test_samples=100",
+            f"runs_root={tmp_path}", f"out={out}"]
+    rows = BENCHMARKS["latency"](args)
+    assert [r["part"] for r in rows] == ["prediction"] + ["search"] * 4
+    pred = rows[0]
+    assert pred["networks"] == 3 and len(pred["networks_rows"]) == 3 and pred["mae"] >= 0
+    search = rows[1:]
+    assert {(r["arm"], r["seed"]) for r in search} == {(a, s) for a in ("latency", "flops") for s in (0, 1)}
+    for r in search:
+        if r["arm"] == "latency":
+            assert r["predicted_ms"] <= r["latency_budget_ms"]
+        else:
+            assert r["flops"] <= r["flops_budget"]
+        assert r["measured_ms"] > 0 and 0 <= r["test_accuracy"] <= 1
+    assert "paired difference" in capsys.readouterr().out
+    assert BENCHMARKS["latency"](args) == rows  # everything is in out=: nothing runs again
+    assert main(["bench", "latency", "constraints.flops=5M"]) == 2

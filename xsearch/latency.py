@@ -310,12 +310,9 @@ def measure_networks(space: Any, table: dict[str, Any], count: int, seed: int, d
                      show_progress: bool = True, what: str = "check") -> list[dict[str, Any]]:
     """``count`` random networks (seeds ``seed``, ``seed + 1``...) timed whole: arch, raw sum, measured time."""
     rows = []
-    stem_in, _, _ = layer_inputs(space)
-    example = torch.randn(table["batch"], *stem_in[1:], generator=torch.Generator().manual_seed(0))
     for k in progress(range(count), count, f"{what} networks ({table['runtime']})", show_progress):
         arch = space.sample(seed=seed + k)
-        call, sync = make_call(space.build(arch), example, table["runtime"], table["threads"], device)
-        measured = time_calls(call, table["warmup"], table["repeats"], sync, threads=table["threads"])
+        measured = measure_arch(space, table, arch, device)
         rows.append({"arch": arch, "flops": space.flops(arch), "raw_ms": raw_time(table, arch),
                      "layers_run": layers_run(table, arch),
                      "measured_ms": measured["median_ms"], "p25_ms": measured["p25_ms"], "p75_ms": measured["p75_ms"]})
@@ -345,6 +342,30 @@ def table_for(space: Any, settings: dict[str, Any], runs_root: str | Path, devic
               "(minutes; resumable)", flush=True)
     table = build_table(space, settings, path, device, show_progress) if not done else read_table(path)
     return table, path
+
+
+def table_device(cfg: dict[str, Any]) -> torch.device:
+    """Where ``latency.runtime`` runs: onnxruntime on the CPU, torch on the run's device."""
+    from .core.training import resolve_device
+
+    return resolve_device(cfg["device"]) if cfg["latency"]["runtime"] == "torch" else torch.device("cpu")
+
+
+def use_table(cfg: dict[str, Any], space: Any) -> tuple[dict[str, Any], Path]:
+    """Give ``space`` the latency table of ``cfg``'s ``latency.*`` (``latency.table``, or the default one under
+    ``<runs_root>/latency/``, built when missing): what ``xsearch run`` and the benchmarks do under
+    ``constraints.latency``."""
+    table, path = table_for(space, cfg["latency"], cfg["runs_root"], table_device(cfg), cfg["progress"])
+    attach(space, table, path)
+    return table, path
+
+
+def measure_arch(space: Any, table: dict[str, Any], arch: dict[str, str], device: torch.device) -> dict[str, float]:
+    """``arch`` built and timed whole on the table's runtime and settings (the median and quartiles, ms)."""
+    stem_in, _, _ = layer_inputs(space)
+    example = torch.randn(table["batch"], *stem_in[1:], generator=torch.Generator().manual_seed(0))
+    call, sync = make_call(space.build(arch), example, table["runtime"], table["threads"], device)
+    return time_calls(call, table["warmup"], table["repeats"], sync, threads=table["threads"])
 
 
 def error_rows(space: Any, table: dict[str, Any], networks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -377,7 +398,6 @@ def command(args: list[str]) -> int:
     """``xsearch latency table ...`` (build or finish a table) and ``xsearch latency check ...`` (time random
     networks whole against the table's prediction); see the module doc."""
     from .config import build_data, build_space, compose, validate
-    from .core.training import resolve_device
 
     if not args or args[0] not in ("table", "check"):
         raise UserError(f"say what to do: xsearch latency table ... or xsearch latency check ...; {USAGE}")
@@ -388,7 +408,7 @@ def command(args: list[str]) -> int:
     overrides = [f"latency.{a}" if a.split("=", 1)[0] in SHORT_KEYS else a for a in rest]
     cfg = validate(compose(overrides))
     settings = cfg["latency"]
-    device = resolve_device(cfg["device"]) if settings["runtime"] == "torch" else torch.device("cpu")
+    device = table_device(cfg)
     space = build_space(cfg, build_data(cfg))
     if what == "table":
         out = Path(cfg["out"]) if cfg.get("out") else (Path(settings["table"]) if settings.get("table")

@@ -20,12 +20,15 @@ from .config import (
     build_space,
     build_strategy,
     needs_data,
+    write_recipe,
 )
 from .core import distributed
 from .core.errors import UserError
+from .core.recipe import check_tunable, with_recipe
 from .core.study import FLOPS, check_storage, open_study, search_metric
 from .core.training import release_memory
 from .dashboard import publish_run, record_final
+from .latency import use_table
 from .records import (
     ReadOnlyRecorder,
     RunRecorder,
@@ -41,7 +44,8 @@ _NAMED_SECTIONS = ("space", "strategy", "data", "evaluator")
 _SECTIONS = ("search", "train", "constraints")
 _VALUES = ("seed", "device", "storage", "progress")
 # the files of a run folder a user opens, in the order the summary lists them
-_SHOWN_FILES = ("arch.json", "search.png", "stages.csv", "trials.csv", "predictions.png", "retrain/model.pt")
+_SHOWN_FILES = ("arch.json", "search.png", "stages.csv", "trials.csv", "predictions.png", "recipe.yaml",
+                "retrain/model.pt")
 
 
 def check_distributed(cfg: dict[str, Any], evaluator: Any) -> None:
@@ -146,7 +150,8 @@ def summarize(cfg: dict[str, Any], space: Any, evaluator: Any, record: dict[str,
     arch_json = f"{run_dir}/arch.json"
     same = "" if cfg["evaluator"]["name"] == DEFAULT_CHOICES["evaluator"] else f" evaluator={cfg['evaluator']['name']}"
     commands = [("dashboard", f"xsearch dashboard {cfg['storage']}"),
-                ("retrain again", f"xsearch train {arch_json}{same} train.epochs=20")]
+                ("retrain again", f"xsearch train {arch_json}{same} train.epochs=20"
+                                  + (f" recipe={run_dir}/recipe.yaml" if (run_dir / "recipe.yaml").exists() else ""))]
     if classifier and space.task == CLASSIFICATION.name:  # a backbone for the dense tasks
         commands.append(("downstream", f"xsearch train {arch_json} evaluator=detection data=coco data.root=DIR"))
     if classifier and (run_dir / "retrain" / "model.pt").exists():
@@ -158,16 +163,6 @@ def summarize(cfg: dict[str, Any], space: Any, evaluator: Any, record: dict[str,
                       files=[f for f in _SHOWN_FILES if (run_dir / f).exists()], commands=commands,
                       warning=result.metrics.get("warning"), latency_ms=record.get("latency_ms"),
                       latency_budget=record.get("latency_budget"), latency_runtime=record.get("latency_runtime"))
-
-
-def use_latency_table(cfg: dict[str, Any], space: Any) -> None:
-    """Give ``space`` the latency table of ``latency.*`` (built into ``<runs_root>/latency/`` when missing)."""
-    from .core.training import resolve_device
-    from .latency import attach, table_for
-
-    device = resolve_device(cfg["device"]) if cfg["latency"]["runtime"] == "torch" else resolve_device("cpu")
-    table, path = table_for(space, cfg["latency"], cfg["runs_root"], device, cfg["progress"])
-    attach(space, table, path)
 
 
 def latency_record(space: Any, arch: dict[str, str], constraints: Constraints) -> dict[str, Any]:
@@ -200,6 +195,11 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             check_writable(cfg["runs_root"], "runs_root")
         elif distributed.is_main():  # a bad URL or an unreachable server: refused before a run folder exists
             check_storage(cfg["storage"])  # (rank 0 only: the others never open the study)
+    if getattr(strategy, "tune_recipe", False):  # search.tune_recipe: queries train with their own recipes
+        check_tunable(evaluator)
+        if cfg.get("study"):
+            raise UserError("search.tune_recipe=true does not work with workers sharing a study (study=NAME) yet; "
+                            "drop study=, or tune the found network's recipe afterwards with 'xsearch tune'")
     launcher.check(evaluator, "the evaluator")  # launcher=ray: it must travel to Ray workers
     launcher.connect()  # launcher=ray: Ray started or the cluster joined; an unreachable one is a UserError here
     data = build_data(cfg) if needs_data(strategy, evaluator) else None
@@ -209,11 +209,12 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     max_flops = cfg["constraints"]["flops"]
     constraints = Constraints(flops=max_flops, latency=cfg["constraints"].get("latency"))
     if constraints.latency is not None:  # the space predicts latency from its table (built here when missing)
-        use_latency_table(cfg, space)
+        use_table(cfg, space)
     space.check_budget(constraints)
     metric = search_metric(strategy, evaluator)  # what the run study's trials are valued by (the dashboard's axis)
     recorder, cfg = open_recorder(cfg, space, cfg["strategy"]["name"], metric)
     run_dir = recorder.run_dir
+    recorder.recipe_ranges = getattr(strategy, "recipe_ranges", None)  # search.tune_recipe's trial parameters
     if not resuming:
         recorder.write_config(cfg)
     launcher.storage_path = run_dir / "ray"  # launcher=ray: Ray Tune's trial folders
@@ -235,6 +236,12 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     if distributed.is_main():  # under torchrun only rank 0 writes the study
         publish_run(recorder, cfg, result, metric, data_name)  # the dashboard's note and plots for the run study
 
+    recipe = result.metrics.get("recipe")  # search.tune_recipe: the answer retrains with the recipe it was found with
+    if recipe and distributed.is_main():
+        write_recipe(run_dir / "recipe.yaml", recipe, arch=str(run_dir / "arch.json"), study=cfg.get("study")
+                     or run_dir.name, storage=cfg["storage"], query=result.metrics.get("best_query"),
+                     held_out_score=result.metrics.get("score"), made=time.strftime("%Y-%m-%d %H:%M:%S"))
+    evaluator = with_recipe(evaluator, recipe)
     t0 = time.time()
     if cfg.get("retrain_top"):  # the k best distinct networks retrained as launcher trials; the best one is the answer
         result, metrics = retrain_top(cfg, space, evaluator, data, result, launcher, recorder)

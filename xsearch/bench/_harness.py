@@ -144,16 +144,20 @@ def search(cfg: dict[str, Any], data: Any, checkpoint: Path | None = None) -> Se
     from xsearch.strategies import Constraints
 
     space = build_space(cfg, data)
-    budget = cfg["constraints"]["flops"]
+    budget = Constraints(flops=cfg["constraints"]["flops"], latency=cfg["constraints"].get("latency"))
+    if budget.latency is not None:  # the space predicts latency from its table (built when missing)
+        from xsearch.latency import use_table
+
+        use_table(cfg, space)
     space.check_budget(budget)
     t0 = time.time()
     strategy = build_strategy(cfg, launcher(cfg))
     evaluator = build_evaluator(cfg)
     evaluator.check(space)
-    result = strategy.search(space, evaluator, data, Constraints(budget), None, checkpoint=checkpoint)
+    result = strategy.search(space, evaluator, data, budget, None, checkpoint=checkpoint)
     seconds = time.time() - t0
-    if budget is not None and result.flops > budget:  # the contract every strategy must keep
-        raise RuntimeError(f"strategy returned {result.flops} MACs over the budget {budget}")
+    if not space.fits(result.arch, budget):  # the contract every strategy must keep
+        raise RuntimeError(f"strategy returned {result.arch} ({result.flops} MACs) over the budget {budget.describe()}")
     return Search(cfg, space, strategy, result, seconds)
 
 

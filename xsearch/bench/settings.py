@@ -44,6 +44,9 @@ class BenchConfig:
     downstream_arch: str | None = None  # bench downstream: an arch.json danas found (null: search one)
     head_budget: str = "auto"  # bench downstream: the DyHead search's budget (auto: halfway none -> fixed)
     head_search: list[str] = dataclasses.field(default_factory=list)  # bench downstream: search.* for the DyHead
+    latency_spaces: list[str] = dataclasses.field(default_factory=lambda: ["mbv3", "mbv3-dynamic", "micronet"])
+    latency_budget: str = "auto"  # bench latency: the search part's budget (3ms, 500us; auto: from the table)
+    recipe_arch: str | None = None  # bench recipe: the arch.json to tune (null: the space's hand design)
 
 
 def check_bench(bench: dict[str, Any]) -> None:
