@@ -29,6 +29,7 @@ class Evaluator(ABC):
     trains = False           # evaluate() trains the network from scratch (its settings are train.*): "retrained"
     data_parallel = False    # its training runs data-parallel under torchrun (one global batch split across processes)
     data_task: str | None = None  # what a loader with a ``task`` setting (data=coco) loads for it; None: the default
+    reports_epochs = False   # score(report=...) calls report(epoch, value) after every training epoch (multi-fidelity)
 
     # --- how the dashboard and the run's summary name what it reports ----------------------
     @property
@@ -77,7 +78,13 @@ class Evaluator(ABC):
                             "judges image classifiers. Use evaluator=detection, segmentation or keypoints, or a "
                             "classification dataset (data=fashion_mnist, digits, cifar10, imagefolder)")
 
-    def score(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0) -> dict[str, Any]:
-        """Metrics of ``arch`` for search, with ``score`` (higher is better). Default: test accuracy."""
+    def score(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0, report: Any = None) -> dict[str, Any]:
+        """Metrics of ``arch`` for search, with ``score`` (higher is better). Default: test accuracy.
+
+        ``report``: None, or ``report(epoch, value)`` for an evaluator that ``reports_epochs``: called after every
+        training epoch with the score at that point, and may raise ``xsearch.core.fidelity.Pruned`` to stop the
+        training (``score`` then returns metrics with ``pruned``; see ``ClassificationEvaluator.score``). An
+        evaluator that does not report per epoch accepts it and calls nothing.
+        """
         metrics = self.evaluate(space, arch, data, seed=seed)
         return {**metrics, "score": metrics["test_accuracy"]}

@@ -16,11 +16,16 @@ chance (10 %) in eval mode while its recalibrated statistics gave 48 % (README, 
 Test accuracy is measured once, after the last epoch, on the
 dataset's test split. ``score`` (what multi-trial searches maximize) trains the same way on the
 training split minus ``val_samples`` held-out images and reports accuracy on those: a search never
-sees the test split.
+sees the test split. With ``report`` (multi-fidelity, ``xsearch.core.fidelity``) it also measures that
+held-out accuracy after every epoch, the same way (precise BN on a copy of the network), and stops
+when ``report`` raises ``Pruned``.
 """
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +36,13 @@ from xsearch.core import distributed
 from xsearch.core.checkpoint import Resumable
 from xsearch.core.data import ImageData, stratified_subset
 from xsearch.core.errors import SettingError
+from xsearch.core.fidelity import Pruned, Report, pruned_metrics
 from xsearch.core.io import atomic_write
 from xsearch.core.training import (
     anneal_temperature,
     channels_last,
     check_epoch_images,
+    check_finite_weights,
     check_optimizer,
     cosine_with_warmup,
     evaluate,
@@ -65,6 +72,7 @@ class ClassificationEvaluator(Evaluator):
     task = CLASSIFICATION
     trains = True
     data_parallel = True  # core.distributed: each process trains on its slice of every batch
+    reports_epochs = True  # score(report=...) reports the held-out accuracy after every epoch
 
     def __init__(self, epochs: int = 4, batch_size: int = 128, lr: float = 0.2, weight_decay: float = 5e-5,
                  label_smoothing: float = 0.1, train_samples: int | None = None, test_samples: int | None = None,
@@ -120,14 +128,57 @@ class ClassificationEvaluator(Evaluator):
         val, rest = perm[:n_val], perm[n_val:]
         return stratified_subset(targets, self.train_samples, seed, indices=rest), val
 
-    def score(self, space: Any, arch: dict[str, str], data: ImageData, seed: int = 0) -> dict[str, Any]:
-        """Train on the training split minus the held-out images; score = accuracy on the held-out images."""
+    def score(self, space: Any, arch: dict[str, str], data: ImageData, seed: int = 0,
+              report: Report | None = None) -> dict[str, Any]:
+        """Train on the training split minus the held-out images; score = accuracy on the held-out images.
+
+        ``report(epoch, value)``, when given, is called after every epoch (from 1) with the held-out
+        accuracy at that point, measured as the score is (batch norms re-estimated, the same images)
+        on a copy of the network: the training (weights, random draws) is the one without ``report``.
+        The last epoch's value is the score itself. When ``report`` raises ``Pruned`` the training
+        stops there and the metrics say so: the last value as ``score``, ``pruned: True``,
+        ``pruned_epoch`` and ``train_epochs`` (the epochs trained), ``epoch_scores``.
+        """
         train_idx, val_idx = self.holdout(data, seed)
-        model, _, elapsed, seen = self._fit(space, arch, data, train_idx, seed, None)
-        result = evaluate(model, data, "train", val_idx, device=self.device)
+        t0, curve = time.time(), []
+
+        def after_epoch(model: nn.Module, epoch: int) -> None:
+            curve.append([epoch, self._held_out_now(model, data, train_idx, val_idx, seed)])
+            report(epoch, curve[-1][1])
+
+        try:
+            model, _, elapsed, seen = self._fit(space, arch, data, train_idx, seed, None,
+                                                after_epoch if report is not None else None)
+            result = evaluate(model, data, "train", val_idx, device=self.device)
+            if report is not None:
+                curve.append([self.epochs, result["accuracy"]])
+                report(self.epochs, result["accuracy"])
+        except Pruned:
+            plan, epochs = self.plan(len(train_idx)), curve[-1][0]
+            done = {k: plan[k] * epochs // self.epochs for k in ("train_images_seen", "train_steps")}
+            return pruned_metrics(curve, val_accuracy=curve[-1][1], val_samples=len(val_idx),
+                                  train_seconds=time.time() - t0, **{**plan, **done}, seed=seed)
         return {"score": result["accuracy"], "val_accuracy": result["accuracy"], "val_loss": result["loss"],
                 "val_samples": result["samples"], "train_epochs": self.epochs, "train_seconds": elapsed,
                 **seen, "seed": seed}
+
+    def _held_out_now(self, model: nn.Module, data: ImageData, train_idx: torch.Tensor, val_idx: torch.Tensor,
+                      seed: int) -> float:
+        """Held-out accuracy of ``model`` mid-training, measured as the final score is, on a deep copy (precise
+        BN would overwrite the training's running statistics) and with the random state restored afterwards."""
+        probe = copy.deepcopy(model)
+        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            self._recalibrate(probe, data, train_idx, seed)
+            return evaluate(probe, data, "train", val_idx, device=self.device)["accuracy"]
+
+    def _recalibrate(self, model: nn.Module, data: ImageData, train_idx: torch.Tensor, seed: int) -> None:
+        """Precise BN: exact statistics of the trained weights (seeded, unaugmented batches); none with 0 batches."""
+        if self.recalibration_batches:
+            recalibrate_batchnorm(model, data.batches("train", train_idx, self.batch_size, shuffle=True,
+                                                      generator=torch.Generator().manual_seed(seed),
+                                                      device=self.device), self.recalibration_batches)
 
     def plan(self, images: int) -> dict[str, int]:
         """What a training on ``images`` distinct images does: passes per epoch, batch size, images and steps in all."""
@@ -139,7 +190,9 @@ class ClassificationEvaluator(Evaluator):
                 "train_images_seen": per_epoch * self.epochs, "train_steps": steps * self.epochs}
 
     def _fit(self, space: Any, arch: dict[str, str], data: ImageData, train_idx: torch.Tensor, seed: int,
-             workdir: Path | None) -> tuple[nn.Module, list[dict[str, float]], float, dict[str, int]]:
+             workdir: Path | None, after_epoch: Callable[[nn.Module, int], None] | None = None,
+             ) -> tuple[nn.Module, list[dict[str, float]], float, dict[str, int]]:
+        """Train ``arch`` on ``train_idx``; ``after_epoch(model, epoch)`` after every epoch but the last (from 1)."""
         seed_everything(seed)
         model = channels_last(space.build(arch).to(self.device))
         # the learning rate per step is the one of train.batch_size, also when a short training runs smaller batches
@@ -162,13 +215,13 @@ class ClassificationEvaluator(Evaluator):
             metrics = train_epoch(batches, step, steps, desc, self.show_progress,
                                   lambda t: anneal_temperature(model, epoch + t, self.temperature_epochs),
                                   diverge_hint=hint)
+            if after_epoch is not None and epoch + 1 < self.epochs:
+                check_finite_weights(model, desc, hint)  # a diverged network is never scored
+                after_epoch(model, epoch + 1)
             return desc, {"train_loss": metrics.get("train_loss", 0.0)}
 
         history, elapsed = retrain_epochs(model, resumable, workdir, self.epochs, run_epoch, hint)
-        if self.recalibration_batches:  # precise BN: exact statistics of the trained weights (seeded, unaugmented)
-            recalibrate_batchnorm(model, data.batches("train", train_idx, self.batch_size, shuffle=True,
-                                                      generator=torch.Generator().manual_seed(seed),
-                                                      device=self.device), self.recalibration_batches)
+        self._recalibrate(model, data, train_idx, seed)
         return model, history, elapsed, plan
 
     def _diverge_hint(self, optimizer: torch.optim.Optimizer) -> str:

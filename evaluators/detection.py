@@ -359,7 +359,8 @@ class DetectionEvaluator(Evaluator):
                 "train_epochs": self.epochs, "train_seconds": elapsed, "eval_seconds": time.time() - t0,
                 "history": history, "seed": seed}
 
-    def score(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0) -> dict[str, Any]:
+    def score(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0,
+              report: Any = None) -> dict[str, Any]:  # no per-epoch reports (reports_epochs)
         self.check_data(data)
         train_idx, val_idx = self.holdout(data, seed)
         model, _, elapsed = self._fit(space, arch, data, train_idx, seed, None)

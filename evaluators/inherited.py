@@ -50,5 +50,6 @@ class InheritedWeightsEvaluator(Evaluator):
             out["inherited_val_loss"] = result["loss"]
         return out
 
-    def score(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0) -> dict[str, Any]:
+    def score(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0,
+              report: Any = None) -> dict[str, Any]:  # no per-epoch reports (reports_epochs)
         return self.evaluate(space, arch, data, seed)

@@ -196,5 +196,6 @@ class ProxyEvaluator(Evaluator):
         return {"score": score, "proxy": self.proxy, "flops": flops, "params": params,
                 "seconds": time.time() - t0, "seed": seed}
 
-    def score(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0) -> dict[str, Any]:
+    def score(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0,
+              report: Any = None) -> dict[str, Any]:  # no per-epoch reports (reports_epochs)
         return self.evaluate(space, arch, data, seed)

@@ -59,6 +59,7 @@ queries) do not claim: workers sharing their study simply record their trials si
 
 from __future__ import annotations
 
+import random
 import time
 import zlib
 from abc import abstractmethod
@@ -70,6 +71,7 @@ from xsearch.core.errors import SettingError, UserError
 from xsearch.core.fidelity import EarlyStopping, Pruned, Report, pruned_metrics
 from xsearch.core.launch import Launcher, LocalLauncher
 from xsearch.core.pruning import PRUNERS, check_pruner
+from xsearch.core.recipe import RecipeRanges, check_tunable, recipe_key, with_recipe
 from xsearch.core.study import SharedClaims
 from xsearch.core.training import TrainingDiverged, progress, resolve_device
 
@@ -110,12 +112,20 @@ def score_one(evaluator: Any, space: Any, data: Any, seed: int, arch: dict[str, 
     return {k: v for k, v in metrics.items() if k != "history"}
 
 
+def score_with_recipe(evaluator: Any, space: Any, data: Any, seed: int, item: tuple[dict[str, str], dict[str, Any]],
+                      report: Report | None = None) -> dict[str, Any]:
+    """``score_one`` of ``item = (arch, recipe)``: the evaluator trains with the recipe (``search.tune_recipe``)."""
+    arch, recipe = item
+    return score_one(with_recipe(evaluator, recipe), space, data, seed, arch, report)
+
+
 class StopSearch(Exception):
     """Raised by ``Queries`` when the query or proposal budget is spent."""
 
 
-def arch_key(space: Any, arch: dict[str, str]) -> str:
-    return "|".join(arch[c.label] for c in space.choices)
+def arch_key(space: Any, arch: dict[str, str], recipe: dict[str, Any] | None = None) -> str:
+    """What tells queries apart: the architecture's options (and, with ``search.tune_recipe``, its recipe)."""
+    return "|".join(arch[c.label] for c in space.choices) + (f"|{recipe_key(recipe)}" if recipe else "")
 
 
 def worker_seed(seed: int, worker: str) -> int:
@@ -148,7 +158,8 @@ class Queries:
             if pruning is not None:
                 raise UserError("search.pruner does not work with workers sharing a study (study=NAME): the pruner "
                                 "would see one worker's trainings only; use search.pruner=none, or one worker")
-        self.saved: dict[str, dict[str, Any]] = {arch_key(space, q["arch"]): q["metrics"] for q in saved}
+        self.saved: dict[str, dict[str, Any]] = {arch_key(space, q["arch"], q.get("recipe")): q["metrics"]
+                                                 for q in saved}
         self.seen: dict[str, float] = {}
         self.history: list[QueryRecord] = []
         self.proposals = 0
@@ -170,13 +181,14 @@ class Queries:
     def within_budget(self, arch: dict[str, str]) -> bool:
         return self.space.fits(arch, self.budget)
 
-    def __call__(self, arch: dict[str, str]) -> float:
-        """The score of ``arch``: cached, replayed from the saved queries, or queried from the evaluator."""
+    def __call__(self, arch: dict[str, str], recipe: dict[str, Any] | None = None) -> float:
+        """The score of ``arch`` (trained with ``recipe``, if any): cached, replayed from the saved queries, or
+        queried from the evaluator."""
         arch = self.space.validate(arch)
         self.propose()
         if not self.within_budget(arch):
             raise RuntimeError(f"strategy {self.prefix!r} queried {arch} over the budget ({self.budget.describe()})")
-        key = arch_key(self.space, arch)
+        key = arch_key(self.space, arch, recipe)
         if key in self.seen:
             return self.seen[key]
         if len(self.history) >= self.max_trials:
@@ -197,7 +209,8 @@ class Queries:
             metrics = self.fresh.pop(key)
         else:
             try:
-                metrics = self.launcher.map(self.scorer(), [arch], label=self.prefix, **self._early_stop())[0]
+                metrics = self.launcher.map(self.scorer(recipe is not None), [arch if recipe is None else (arch, recipe)],
+                                            label=self.prefix, **self._early_stop())[0]
             except BaseException:
                 if claim is not None:  # free the claim for the other workers
                     self.claims.give_up(claim, "error")
@@ -212,7 +225,7 @@ class Queries:
             best = max([score] + [q.best_score for q in self.history[-1:]])
         record = QueryRecord(query=len(self.history) + 1, arch=arch, flops=self.space.flops(arch),
                              params=self.space.params(arch), score=score, best_score=best,
-                             proposals=self.proposals, metrics=metrics, source=self.prefix)
+                             proposals=self.proposals, metrics=metrics, source=self.prefix, recipe=recipe)
         self.history.append(record)
         if claim is not None:
             self.claims.finish(claim, record)
@@ -221,23 +234,25 @@ class Queries:
         self.bar.set_postfix(best=f"{best:.4g}", refresh=False)
         return score
 
-    def batch(self, archs: list[dict[str, str]]) -> list[float]:
+    def batch(self, archs: list[dict[str, str]], recipes: list[dict[str, Any]] | None = None) -> list[float]:
         """``[self(arch) for arch in archs]``, with every architecture the evaluator must score sent to the launcher at once.
 
         For proposals that do not depend on each other's scores. Order, budget, cache, replay,
         records and ``StopSearch`` are exactly those of the one-by-one calls; the launcher hands
         each score back as it finishes and the queries are recorded in proposal order as soon as
-        every earlier one is (so an interrupted batch loses no recorded query).
+        every earlier one is (so an interrupted batch loses no recorded query). ``recipes``: each
+        architecture's training recipe (``search.tune_recipe``).
         """
         archs = [self.space.validate(arch) for arch in archs]
+        recipes = list(recipes) if recipes is not None else [None] * len(archs)
         if self.claims is not None:  # shared-study claims go one by one
             return [self(arch) for arch in archs]
-        todo, planned = self._plan(archs)
+        todo, planned = self._plan(archs, recipes)
         scores: list[float] = []
 
         def record_ready() -> None:
-            while len(scores) < planned and arch_key(self.space, archs[len(scores)]) not in todo:
-                scores.append(self(archs[len(scores)]))
+            while len(scores) < planned and arch_key(self.space, archs[len(scores)], recipes[len(scores)]) not in todo:
+                scores.append(self(archs[len(scores)], recipes[len(scores)]))
 
         keys = list(todo)
 
@@ -248,32 +263,34 @@ class Queries:
             record_ready()
 
         record_ready()
-        self.launcher.map(self.scorer(), list(todo.values()), arrived, label=self.prefix, **self._early_stop())
+        self.launcher.map(self.scorer(any(r is not None for r in recipes)), list(todo.values()), arrived,
+                          label=self.prefix, **self._early_stop())
         record_ready()
         while len(scores) < len(archs):  # past the plan: raises StopSearch (or the budget error) where one-by-one would
-            scores.append(self(archs[len(scores)]))
+            scores.append(self(archs[len(scores)], recipes[len(scores)]))
         return scores
 
-    def scorer(self) -> Any:
-        """``score_one`` bound to this search's evaluator, space, data and seed: the launcher's function."""
-        return partial(score_one, self.evaluator, self.space, self.data, self.seed)
+    def scorer(self, recipes: bool = False) -> Any:
+        """``score_one`` bound to this search's evaluator, space, data and seed: the launcher's function (with
+        ``recipes``: ``score_with_recipe``, whose items are ``(arch, recipe)``)."""
+        return partial(score_with_recipe if recipes else score_one, self.evaluator, self.space, self.data, self.seed)
 
     def _early_stop(self) -> dict[str, Any]:
         """The launcher's ``early_stop`` keyword when this search prunes (none otherwise: the plain call)."""
         return {"early_stop": self.pruning} if self.pruning is not None else {}
 
-    def pruned_curve(self, arch: dict[str, str]) -> list[list[float]] | None:
-        """The per-epoch scores of ``arch`` when its query was pruned, else None."""
-        return self.pruned.get(arch_key(self.space, arch))
+    def pruned_curve(self, arch: dict[str, str], recipe: dict[str, Any] | None = None) -> list[list[float]] | None:
+        """The per-epoch scores of ``arch`` (with ``recipe``) when its query was pruned, else None."""
+        return self.pruned.get(arch_key(self.space, arch, recipe))
 
-    def _plan(self, archs: list[dict[str, str]]) -> tuple[dict[str, dict[str, str]], int]:
-        """What ``[self(a) for a in archs]`` would do: ({key: arch} the evaluator must score, in order;
-        how many of ``archs`` are answered before a call would stop or fail)."""
+    def _plan(self, archs: list[dict[str, str]], recipes: list[Any]) -> tuple[dict[str, Any], int]:
+        """What ``[self(a, r) for a, r in zip(archs, recipes)]`` would do: ({key: arch, or (arch, recipe)} the
+        evaluator must score, in order; how many of ``archs`` are answered before a call would stop or fail)."""
         proposals, seen, queried = self.proposals, set(self.seen), len(self.history)
-        todo: dict[str, dict[str, str]] = {}
-        for n, arch in enumerate(archs):
+        todo: dict[str, Any] = {}
+        for n, (arch, recipe) in enumerate(zip(archs, recipes)):
             proposals += 1
-            key = arch_key(self.space, arch)
+            key = arch_key(self.space, arch, recipe)
             if proposals > self.max_proposals or not self.within_budget(arch):
                 return todo, n
             if key in seen:
@@ -283,7 +300,7 @@ class Queries:
             queried += 1
             seen.add(key)
             if key not in self.saved:
-                todo[key] = arch
+                todo[key] = arch if recipe is None else (arch, recipe)
         return todo, len(archs)
 
     def pick(self, candidates: list[dict[str, str]]) -> dict[str, str]:
@@ -310,7 +327,8 @@ class MultiTrialStrategy(Strategy):
 
     def __init__(self, max_trials: int = 20, seed: int = 0, prescreen: str | None = None, prescreen_factor: int = 4,
                  pruner: str = "none", pruner_min_epochs: int = 1, pruner_reduction_factor: int = 4,
-                 device: str = "auto", show_progress: bool = True, launcher: Launcher | None = None) -> None:
+                 tune_recipe: bool = False, device: str = "auto", show_progress: bool = True,
+                 launcher: Launcher | None = None, recipe_ranges: RecipeRanges | None = None) -> None:
         if max_trials < 1:
             raise SettingError(f"search.max_trials must be at least 1, got {max_trials}")
         self.pruner = check_pruner(pruner)
@@ -331,6 +349,8 @@ class MultiTrialStrategy(Strategy):
         self.max_trials, self.seed, self.prescreen, self.prescreen_factor = max_trials, seed, prescreen, prescreen_factor
         self.device, self.show_progress = resolve_device(device), show_progress
         self.launcher = launcher  # where queries run (``launcher=``, supplied by the run); None: this process
+        # search.tune_recipe: each query also draws a training recipe from these ranges (tune.*, supplied by the run)
+        self.tune_recipe, self.recipe_ranges = tune_recipe, recipe_ranges or RecipeRanges()
         self._prescreener = None
         if prescreen is not None:
             from xsearch.evaluators import EVALUATORS
@@ -344,6 +364,11 @@ class MultiTrialStrategy(Strategy):
     @property
     def candidates_per_proposal(self) -> int:
         return self.prescreen_factor if self._prescreener is not None else 1
+
+    def recipe_rng(self) -> random.Random:
+        """The generator random and evolution draw recipes from: apart from the architectures' (which stay those
+        of the search without ``tune_recipe``)."""
+        return random.Random(f"{self.seed}-recipe")
 
     @abstractmethod
     def explore(self, space: Any, queries: Queries) -> None:
@@ -379,9 +404,14 @@ class MultiTrialStrategy(Strategy):
         ``prefix`` names the queries in the records (default: this strategy's name). There is no
         checkpoint: a resumed search replays ``events.saved_queries()``.
         """
+        if self.tune_recipe:
+            check_tunable(evaluator)
         queries = Queries(prefix or self.name, space, evaluator, data, self.seed, self.max_trials, max_flops, events,
                           prescreen=self._prescreener, show_progress=self.show_progress, launcher=self.launcher,
                           pruning=self.early_stopping(evaluator))
+        if self.tune_recipe and queries.claims is not None:
+            raise UserError("search.tune_recipe=true does not work with workers sharing a study (study=NAME) yet; "
+                            "run one worker, or tune the found network's recipe afterwards with 'xsearch tune'")
         stopped = "max_trials"
         seed = self.seed
         if queries.claims is not None:  # this worker's own proposals (see the module doc)
@@ -414,6 +444,8 @@ class MultiTrialStrategy(Strategy):
             metrics["epochs_trained"] = sum(int(q.metrics.get("train_epochs", 0)) for q in queries.history)
         if queries.pruning is not None:
             metrics.update(pruner=self.pruner, pruned_queries=len(queries.history) - len(finished))
+        if best.recipe is not None:  # search.tune_recipe: the recipe the answer was trained with
+            metrics["recipe"] = best.recipe
         return SearchResult(arch=best.arch, flops=best.flops, params=best.params,
                             metrics=metrics, history=list(queries.history), search_seconds=queries.seconds)
 

@@ -50,7 +50,7 @@ class OptunaSearch(MultiTrialStrategy):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study = optuna.create_study(directions=list(self.directions), sampler=self.make_sampler())
             while True:
-                pending: list[tuple[Any, dict[str, str], int]] = []
+                pending: list[tuple[Any, dict[str, str], int, dict[str, Any] | None]] = []
                 while len(pending) < self.parallel_queries:
                     trial = study.ask()
                     arch = {c.label: trial.suggest_categorical(c.label, list(c.options)) for c in space.choices}
@@ -61,11 +61,13 @@ class OptunaSearch(MultiTrialStrategy):
                     if not space.fits(arch, queries.budget):
                         queries.propose()
                         study.tell(trial, [0.0, float(flops)][: len(self.directions)])
-                    else:
-                        pending.append((trial, arch, flops))
-                scores = queries.batch([arch for _, arch, _ in pending])
-                for (trial, arch, flops), score in zip(pending, scores):
-                    self.tell(study, trial, score, flops, queries.pruned_curve(arch))
+                    else:  # search.tune_recipe: the recipe's settings are parameters of the same trial
+                        recipe = self.recipe_ranges.suggest(trial) if self.tune_recipe else None
+                        pending.append((trial, arch, flops, recipe))
+                scores = queries.batch([arch for _, arch, _, _ in pending],
+                                       [recipe for *_, recipe in pending] if self.tune_recipe else None)
+                for (trial, arch, flops, recipe), score in zip(pending, scores):
+                    self.tell(study, trial, score, flops, queries.pruned_curve(arch, recipe))
 
     def tell(self, study: optuna.Study, trial: optuna.Trial, score: float, flops: int,
              pruned: list[list[float]] | None) -> None:
@@ -92,8 +94,9 @@ class TPESearch(OptunaSearch):
         self.n_startup_trials = n_startup_trials
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
+        # group: the recipe's optimizer decides which rate parameters a trial has (search.tune_recipe)
         return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True,
-                                          constant_liar=self.parallel_queries > 1)
+                                          constant_liar=self.parallel_queries > 1, group=self.tune_recipe)
 
 
 @STRATEGIES.register("nsga2")

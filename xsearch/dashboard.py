@@ -108,9 +108,12 @@ def stage_table(stages: list[StageRecord]) -> str:
 
 
 def query_summary(queries: list[QueryRecord], metric: str, top: int = 5) -> str:
-    """The queries in a few lines: how many, the best, and a table of the ``top`` best."""
-    best = sorted(queries, key=lambda q: q.score, reverse=True)[:top]
-    lines = [(f"{len(queries)} queries ({queries[0].source or 'search'}); best: query {best[0].query}, "
+    """The queries in a few lines: how many, the best, and a table of the ``top`` best (pruned ones are not)."""
+    finished = [q for q in queries if not q.metrics.get("pruned")] or queries
+    best = sorted(finished, key=lambda q: q.score, reverse=True)[:top]
+    pruned = len(queries) - len(finished)
+    lines = [(f"{len(queries)} queries ({queries[0].source or 'search'}"
+             f"{f', {pruned} pruned early' if pruned else ''}); best: query {best[0].query}, "
              f"{metric} {_value(best[0].score, metric)} at {format_flops(best[0].flops)} FLOPs."), "",
              f"| query | {metric} | FLOPs | architecture |", "|---|---|---|---|"]
     lines += [f"| {q.query} | {_value(q.score, metric)} | {format_flops(q.flops)} | {' '.join(q.arch.values())} |"

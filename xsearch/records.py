@@ -27,6 +27,8 @@ from xsearch.strategies import QueryRecord, SearchResult, SharedStudy, StageReco
 
 from .core.errors import UserError
 from .core.io import atomic_write, check_writable, write_json, write_text
+from .core.recipe import RecipeRanges, recipe_key
+from .core.recipe import params as recipe_params
 from .core.study import distributions, find_trial, query_attrs, trial_attrs
 
 SEARCH_FILE, REPLAY_FILE, ARCH_FILE = "search.json", "search_trials.json", "arch.json"
@@ -130,6 +132,7 @@ class RunRecorder:
         self._replay: dict[tuple[str, ...], dict[str, Any]] | None = None
         self._replay_seconds = 0.0
         self.worker: str | None = self._worker_id() if shared and study is not None else None
+        self.recipe_ranges: RecipeRanges | None = None  # search.tune_recipe: the ranges queries' recipes come from
 
     def _worker_id(self) -> str:
         path = self.path("worker.txt")
@@ -153,10 +156,16 @@ class RunRecorder:
             for key, value in attrs.items():
                 self.study.set_user_attr(key, value)
 
-    def trial(self, arch: Arch, value: float, record_id: str, attrs: dict[str, Any],
-              study: optuna.Study | None = None) -> optuna.trial.FrozenTrial | None:
+    def trial(self, arch: Arch, value: float | None, record_id: str, attrs: dict[str, Any],
+              study: optuna.Study | None = None, intermediate: list[list[float]] | None = None,
+              recipe: dict[str, Any] | None = None) -> optuna.trial.FrozenTrial | None:
         """Add ``arch`` as a finished trial with values (``value``, FLOPs), once per ``record_id``, to the run's
-        study (or ``study``: the final networks' study); returns the trial (None without a study)."""
+        study (or ``study``: the final networks' study); returns the trial (None without a study).
+
+        ``intermediate``: ``[[epoch, value], ...]``, the trial's per-epoch values (a query of a pruned
+        search); ``value`` None: a query stopped early, added in state PRUNED (no values; its attrs
+        keep the last value as ``score`` and ``pruned_epoch``). ``recipe``: the training recipe the query
+        trained with (``search.tune_recipe``), its settings parameters ``train.<key>`` beside the choices."""
         study = study if study is not None else self.study
         if study is None:
             return None
@@ -165,9 +174,13 @@ class RunRecorder:
             return found
         space = self.space
         attrs = trial_attrs(record_id, space.flops(arch), space.params(arch), self.worker, attrs)
-        study.add_trial(optuna.trial.create_trial(params=dict(arch), distributions=distributions(space),
-                                                  values=[float(value), float(space.flops(arch))],
-                                                  user_attrs=attrs))
+        state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.PRUNED
+        ranges = self.recipe_ranges or RecipeRanges()
+        study.add_trial(optuna.trial.create_trial(
+            params={**arch, **recipe_params(recipe or {})},
+            distributions={**distributions(space), **ranges.distributions(recipe or {})}, state=state,
+            values=[float(value), float(space.flops(arch))] if value is not None else None,
+            intermediate_values={int(epoch): float(v) for epoch, v in intermediate or []}, user_attrs=attrs))
         return find_trial(study, record_id, self.worker)  # the latest: other workers may add trials too
 
     # --- SearchEvents -------------------------------------------------------------------
@@ -185,12 +198,16 @@ class RunRecorder:
                     "flops_readable": format_flops(record.derived_flops)})
 
     def query(self, record: QueryRecord, seconds: float) -> None:
-        """A finished query: a ``query`` trial, and (if new) a line in the replay file."""
-        self.trial(record.arch, record.score, record.record_id, query_attrs(record))
+        """A finished query: a ``query`` trial (PRUNED when the pruner stopped it), and (if new) a line in the replay
+        file (its metrics, ``pruned`` included, so a resumed search replays it as it was)."""
+        pruned = bool(record.metrics.get("pruned"))
+        self.trial(record.arch, None if pruned else record.score, record.record_id, query_attrs(record),
+                   intermediate=record.metrics.get("epoch_scores"), recipe=record.recipe)
         replay = self._load_replay()
-        key = self._key(record.arch)
+        key = self._key(record.arch, record.recipe)
         if key not in replay:
-            replay[key] = {"arch": record.arch, "metrics": record.metrics}
+            replay[key] = {"arch": record.arch, "metrics": record.metrics,
+                           **({"recipe": record.recipe} if record.recipe else {})}
             self._replay_seconds = seconds
             write_json(self.path(REPLAY_FILE), {"queries": list(replay.values()), "seconds": seconds})
 
@@ -198,8 +215,8 @@ class RunRecorder:
         """The queries of an interrupted multi-trial search and the time they took."""
         return list(self._load_replay().values()), self._replay_seconds
 
-    def _key(self, arch: Arch) -> tuple[str, ...]:
-        return tuple(arch[label] for label in self.space.labels)
+    def _key(self, arch: Arch, recipe: dict[str, Any] | None = None) -> tuple[str, ...]:
+        return tuple(arch[label] for label in self.space.labels) + ((recipe_key(recipe),) if recipe else ())
 
     def _load_replay(self) -> dict[tuple[str, ...], dict[str, Any]]:
         if self._replay is None:
@@ -208,8 +225,9 @@ class RunRecorder:
             if path.is_file():
                 payload = self._read_json(path, "queries")
                 try:
-                    self._replay = {self._key(q["arch"]): {"arch": q["arch"], "metrics": q["metrics"]}
-                                    for q in payload["queries"]}
+                    self._replay = {self._key(q["arch"], q.get("recipe")): {
+                        "arch": q["arch"], "metrics": q["metrics"], **({"recipe": q["recipe"]} if q.get("recipe") else {})}
+                        for q in payload["queries"]}
                     self._replay_seconds = float(payload.get("seconds", 0.0))
                 except (KeyError, TypeError, ValueError) as exc:
                     raise UserError(f"{str(path)!r} is not a replay file of this run ({type(exc).__name__}: {exc}); "
@@ -300,8 +318,11 @@ def write_tables(run_dir: Path, history: list[Any], epochs: list[dict[str, Any]]
     stages = [h for h in history if isinstance(h, StageRecord)]
     queries = [h for h in history if isinstance(h, QueryRecord)]
     if queries:
+        pruning = any(h.metrics.get("pruned") for h in queries)  # a pruned search: the epoch each query stopped at
         rows = [{"query": h.query, "score": h.score, "best_score": h.best_score, "flops": h.flops,
-                 "params": h.params, "proposals": h.proposals, **h.arch} for h in queries]
+                 "params": h.params, "proposals": h.proposals,
+                 **({"pruned_epoch": h.metrics.get("pruned_epoch")} if pruning else {}), **h.arch,
+                 **recipe_params(h.recipe or {})} for h in queries]
         _write_csv(run_dir / "trials.csv", pd.DataFrame(rows))
     if stages:
         rows = [{"stage": h.stage, "num_classes": h.num_classes, "classes": ";".join(h.classes),
@@ -347,7 +368,12 @@ def _plot_queries(plt: Any, history: list[QueryRecord]) -> Any:
     """Multi-trial searches: each query's score and the best so far; score against FLOPs."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     q = [h.query for h in history]
-    axes[0].plot(q, [h.score for h in history], ".", alpha=0.6, label="query")
+    pruned = [h for h in history if h.metrics.get("pruned")]
+    axes[0].plot([h.query for h in history if not h.metrics.get("pruned")],
+                 [h.score for h in history if not h.metrics.get("pruned")], ".", alpha=0.6, label="query")
+    if pruned:  # stopped early: their last value, not a result
+        axes[0].plot([h.query for h in pruned], [h.score for h in pruned], "x", color="grey", alpha=0.6,
+                     label="pruned (last value)")
     axes[0].step(q, [h.best_score for h in history], where="post", label="best so far")
     axes[0].set(xlabel="query", ylabel="score", title="search progress")
     axes[0].legend()

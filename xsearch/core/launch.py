@@ -14,6 +14,13 @@ the Optuna study and the run folder; nothing here writes either).
   ``fn`` and the items travel through Ray's object store (``tune.with_parameters``), so they must
   be picklable (cloudpickle); this is checked before a trial starts.
 
+Multi-fidelity (``search.pruner``): with ``early_stop`` (a ``core.fidelity.EarlyStopping``) ``map``
+calls ``fn(item, report)``, and ``report(epoch, value)`` after each training epoch may stop the
+evaluation. In this process the search's in-memory Optuna study with the pruner decides
+(``EarlyStopping.run``); under Ray, Ray Tune's ``ASHAScheduler`` (one per search, kept across its
+batches): each epoch's value is a Tune result (``xsearch_epoch``, ``xsearch_value``), and a trial the
+scheduler stops comes back as ``EarlyStopping.stopped(curve)``, the metrics of a pruned query.
+
 Ray is imported only inside this module's functions: ``launcher=local`` never loads it.
 """
 
@@ -26,9 +33,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .fidelity import EarlyStopping
 
 OnResult = Callable[[int, Any], None]
 CLUSTER_HINT = ("start one with 'ray start --head' and pass ray.address=auto on that machine, or "
@@ -41,6 +51,7 @@ class Launcher(ABC):
 
     name = ""
     storage_path: Path | None = None  # where trial folders go (Ray Tune's); the pipeline sets the run folder's ray/
+    pruners: tuple[str, ...] = ()  # the search.pruner values its map(early_stop=...) supports
 
     def connect(self) -> None:
         """Get ready to run trials (start or join Ray); a no-op in this process."""
@@ -49,12 +60,13 @@ class Launcher(ABC):
         """Raise UserError when ``obj`` cannot go where the trials run (a no-op in this process)."""
 
     @abstractmethod
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], on_result: OnResult | None = None,
-            label: str = "trials") -> list[Any]:
+    def map(self, fn: Callable[..., Any], items: Sequence[Any], on_result: OnResult | None = None,
+            label: str = "trials", early_stop: EarlyStopping | None = None) -> list[Any]:
         """``[fn(item) for item in items]``, calling ``on_result(i, result)`` on the driver as item ``i`` finishes.
 
         ``label`` names the batch (Ray Tune's experiment folder). An exception of ``fn`` (or of
-        ``on_result``) propagates; results already handed to ``on_result`` stay handed.
+        ``on_result``) propagates; results already handed to ``on_result`` stay handed. With
+        ``early_stop``: ``fn(item, report)``, each evaluation stopped early as the module doc says.
         """
 
     def describe(self) -> str:
@@ -65,12 +77,13 @@ class LocalLauncher(Launcher):
     """Every item in this process, one after the other (``launcher=local``)."""
 
     name = "local"
+    pruners = ("median", "successive_halving", "hyperband")  # Optuna's pruners, in this process
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], on_result: OnResult | None = None,
-            label: str = "trials") -> list[Any]:
+    def map(self, fn: Callable[..., Any], items: Sequence[Any], on_result: OnResult | None = None,
+            label: str = "trials", early_stop: EarlyStopping | None = None) -> list[Any]:
         results = []
         for i, item in enumerate(items):
-            results.append(fn(item))
+            results.append(fn(item) if early_stop is None else early_stop.run(fn, item))
             if on_result is not None:
                 on_result(i, results[-1])
         return results
@@ -80,6 +93,7 @@ class RayLauncher(Launcher):
     """Each item one Ray Tune trial, on local Ray or a cluster (``launcher=ray``; see the module doc)."""
 
     name = "ray"
+    pruners = ("successive_halving", "hyperband")  # Ray Tune's ASHA (asynchronous successive halving / Hyperband)
 
     def __init__(self, address: str | None = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
                  max_concurrent: int | None = None, storage_path: str | Path | None = None) -> None:
@@ -107,8 +121,8 @@ class RayLauncher(Launcher):
     def check(self, obj: Any, what: str) -> None:
         check_picklable(obj, what)
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], on_result: OnResult | None = None,
-            label: str = "trials") -> list[Any]:
+    def map(self, fn: Callable[..., Any], items: Sequence[Any], on_result: OnResult | None = None,
+            label: str = "trials", early_stop: EarlyStopping | None = None) -> list[Any]:
         items = list(items)
         if not items:
             return []
@@ -120,19 +134,26 @@ class RayLauncher(Launcher):
         client = bool(_CONNECTED.get("client"))
         # Tune's driver-side callbacks run where the Tuner runs: with Ray Client that is the cluster,
         # so results are handed over when the batch ends instead of as each trial ends
-        forward = _Forward(len(items), on_result)
+        forward = _Forward(len(items), on_result, early_stop.stopped if early_stop is not None else None)
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV per trial
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         from ray.tune.logger import JsonLoggerCallback
 
         resources = {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
-        trainable = tune.with_resources(tune.with_parameters(_trial, fn=fn, items=items), resources)
+        if early_stop is None:
+            trainable = tune.with_resources(tune.with_parameters(_trial, fn=fn, items=items), resources)
+            scheduler = None
+        else:  # per-epoch results; ASHA stops the trials that score badly (one scheduler for the whole search)
+            trainable = tune.with_resources(tune.with_parameters(_reporting_trial, fn=fn, items=items,
+                                                                 last_epoch=early_stop.max_epochs), resources)
+            scheduler = early_stop.ray_scheduler(metric="xsearch_value", time_attr="xsearch_epoch")
         storage = None if client or self.storage_path is None else str(Path(self.storage_path).resolve())
         name = f"{label}-{time.strftime('%Y%m%d-%H%M%S')}-{self.batches}"
         tuner = tune.Tuner(
             trainable,
             param_space={"index": tune.grid_search(list(range(len(items))))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent, reuse_actors=True),
+            tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent, reuse_actors=True,
+                                        scheduler=scheduler),
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, stop=forward.stopper(),
                                       callbacks=[] if client else [forward.callback, JsonLoggerCallback()],
                                       failure_config=tune.FailureConfig(max_failures=0, fail_fast=True)),
@@ -144,8 +165,10 @@ class RayLauncher(Launcher):
         for result in grid:
             if result.error is not None:
                 raise trial_error(result.error, label)
-            if result.metrics and "xsearch_index" in result.metrics:
+            if result.metrics and "xsearch_result" in result.metrics:
                 by_index[int(result.metrics["xsearch_index"])] = result.metrics["xsearch_result"]
+            elif result.metrics and forward.stopped_early(result.metrics):
+                by_index[int(result.metrics["xsearch_index"])] = forward.stopped(result.metrics["xsearch_curve"])
         missing = [i for i in range(len(items)) if i not in by_index]
         if missing:  # stopped before every trial finished (Ctrl-C stops Tune gracefully)
             raise KeyboardInterrupt(f"{len(missing)} of {len(items)} Ray Tune trials did not finish")
@@ -162,22 +185,51 @@ def _trial(config: dict[str, Any], fn: Callable[[Any], Any], items: Sequence[Any
     tune.report({"xsearch_index": index, "xsearch_result": fn(items[index])})
 
 
+def _reporting_trial(config: dict[str, Any], fn: Callable[..., Any], items: Sequence[Any],
+                     last_epoch: int | None) -> None:
+    """One Ray Tune trial that reports per epoch: ``fn(item, report)``; each epoch's value is a result ASHA judges.
+
+    The last epoch's value travels with the trial's result (one report: nothing is left to stop).
+    When ASHA stops the trial, Tune ends this thread inside ``tune.report`` (``SystemExit``).
+    """
+    from ray import tune
+
+    index = int(config["index"])
+    curve: list[list[float]] = []
+
+    def report(epoch: int, value: float) -> None:
+        curve.append([int(epoch), float(value)])
+        if last_epoch is None or epoch < last_epoch:
+            tune.report({"xsearch_index": index, "xsearch_epoch": int(epoch), "xsearch_value": float(value),
+                         "xsearch_curve": [list(c) for c in curve]})
+
+    result = fn(items[index], report)
+    last = {"xsearch_epoch": curve[-1][0], "xsearch_value": curve[-1][1]} if curve else {}
+    tune.report({"xsearch_index": index, **last, "xsearch_result": result})
+
+
 class _Forward:
     """Tune callback on the driver: hands each finished trial's result to ``on_result`` once, in any order."""
 
-    def __init__(self, n: int, on_result: OnResult | None) -> None:
+    def __init__(self, n: int, on_result: OnResult | None,
+                 stopped: Callable[[list[list[float]]], Any] | None = None) -> None:
         from ray.tune import Callback, Stopper
 
         self.on_result, self.delivered, self.error = on_result, [False] * n, None
+        self.stopped = stopped  # the result of a trial the scheduler stopped, from its per-epoch curve
         outer = self
 
         class _Callback(Callback):
             def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-                if "xsearch_index" in result and outer.error is None:
-                    try:
+                if outer.error is not None or "xsearch_index" not in result:
+                    return
+                try:
+                    if "xsearch_result" in result:
                         outer.deliver(int(result["xsearch_index"]), result["xsearch_result"])
-                    except BaseException as exc:  # noqa: BLE001 - re-raised by map once Tune has stopped
-                        outer.error = exc
+                    elif outer.stopped_early(result):
+                        outer.deliver(int(result["xsearch_index"]), outer.stopped(result["xsearch_curve"]))
+                except BaseException as exc:  # noqa: BLE001 - re-raised by map once Tune has stopped
+                    outer.error = exc
 
         class _Stop(Stopper):
             def __call__(self, trial_id: str, result: dict) -> bool:
@@ -190,6 +242,12 @@ class _Forward:
 
     def stopper(self) -> Any:
         return self._stopper
+
+    def stopped_early(self, result: dict) -> bool:
+        """Whether ``result`` is the last one of a trial the scheduler stopped (Tune marks it ``done`` before the
+        callbacks see it; a trial stopped for another error is not: ``error`` is set then)."""
+        return (self.stopped is not None and self.error is None and bool(result.get("done"))
+                and "xsearch_curve" in result and "xsearch_result" not in result)
 
     def deliver(self, index: int, result: Any) -> None:
         if not self.delivered[index]:
