@@ -82,10 +82,18 @@ class QueryRecord(_Row):
     proposals: int
     metrics: dict[str, Any]
     source: str = ""  # the strategy that queried (spos queries through its searcher)
+    recipe: dict[str, Any] | None = None  # search.tune_recipe: the training recipe it was trained with
 
     @property
     def record_id(self) -> str:
         return f"{self.source}-q{self.query}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row for ``search.json`` (``recipe`` only when the query had one)."""
+        row = super().to_dict()
+        if row["recipe"] is None:
+            del row["recipe"]
+        return row
 
 
 ROW_TYPES: dict[str, type[_Row]] = {"stage": StageRecord, "query": QueryRecord}

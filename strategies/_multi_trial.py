@@ -55,6 +55,14 @@ resume like the others (and fed to the pruner again, so its later decisions are 
 search's), and never the result: the answer is the best query that trained to the end. The last
 epoch is never pruned. Workers sharing a study (``study=NAME``) cannot prune (refused). Staged and supernet strategies (danas, dnas, spos and their derive
 queries) do not claim: workers sharing their study simply record their trials side by side.
+
+Joint search of the training recipe (``search.tune_recipe=true``): each query also carries a recipe
+drawn from the ``tune.*`` ranges (``xsearch.core.recipe``; tpe and nsga2 as parameters of the same
+Optuna trial, random and evolution from a generator of their own, so their architectures are those
+of the search without it). The evaluator trains with it (``score_with_recipe``); the query record,
+its study trial (parameters ``train.<key>``), the replay file and ``search.json`` keep it, and the
+result's ``metrics["recipe"]`` is the best query's, which the run retrains with and writes as
+``recipe.yaml``. An architecture queried with two recipes is two queries. Not with ``study=NAME``.
 """
 
 from __future__ import annotations
@@ -209,8 +217,9 @@ class Queries:
             metrics = self.fresh.pop(key)
         else:
             try:
-                metrics = self.launcher.map(self.scorer(recipe is not None), [arch if recipe is None else (arch, recipe)],
-                                            label=self.prefix, **self._early_stop())[0]
+                item = arch if recipe is None else (arch, recipe)
+                metrics = self.launcher.map(self.scorer(recipe is not None), [item], label=self.prefix,
+                                            **self._early_stop())[0]
             except BaseException:
                 if claim is not None:  # free the claim for the other workers
                     self.claims.give_up(claim, "error")

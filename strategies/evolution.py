@@ -61,13 +61,29 @@ class RegularizedEvolution(MultiTrialStrategy):
             candidates = [space.sample(seed=rng.getrandbits(63), max_flops=queries.budget)
                           for _ in range(self.candidates_per_proposal)]
             first.append(queries.pick(candidates))
-        population: deque[tuple[dict[str, str], float]] = deque(zip(first, queries.batch(first)))
+        # search.tune_recipe: each member has a recipe too, drawn and mutated with a generator of its own
+        recipe_rng = self.recipe_rng()
+        recipes = [self.recipe_ranges.sample(recipe_rng) if self.tune_recipe else None for _ in first]
+        population: deque[tuple[dict[str, str], float, dict[str, Any] | None]] = deque(
+            zip(first, queries.batch(first, recipes if self.tune_recipe else None), recipes))
         while True:
-            children = []
+            children, child_recipes = [], []
             for _ in range(self.parallel_queries):
-                parent = max(rng.sample(list(population), self.sample_size), key=lambda member: member[1])[0]
+                parent, _, recipe = max(rng.sample(list(population), self.sample_size), key=lambda member: member[1])
+                if recipe is not None and recipe_rng.random() < self.recipe_share(space, recipe):
+                    children.append(dict(parent))  # one recipe setting changes instead of one layer
+                    child_recipes.append(self.recipe_ranges.mutate(recipe, recipe_rng))
+                    continue
                 mutants = [mutate(space, parent, rng, queries.budget) for _ in range(self.candidates_per_proposal)]
                 children.append(queries.pick(mutants))
-            for child, score in zip(children, queries.batch(children)):
-                population.append((child, score))
+                child_recipes.append(recipe)
+            scores = queries.batch(children, child_recipes if self.tune_recipe else None)
+            for child, score, recipe in zip(children, scores, child_recipes):
+                population.append((child, score, recipe))
                 population.popleft()
+
+    @staticmethod
+    def recipe_share(space: Any, recipe: dict[str, Any]) -> float:
+        """The chance that a mutation changes the recipe rather than a layer: its share of all the genes."""
+        layers = sum(len(c.options) > 1 for c in space.choices)
+        return len(recipe) / (len(recipe) + layers)

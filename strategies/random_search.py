@@ -23,14 +23,16 @@ class RandomSearch(MultiTrialStrategy):
         super().__init__(max_trials=max_trials, **kwargs)
 
     def explore(self, space: Any, queries: Queries) -> None:
-        rng = random.Random(self.seed)
+        rng, recipes = random.Random(self.seed), self.recipe_rng()
         while True:  # proposals never depend on scores: each batch covers the queries left (under launcher=ray at once)
             proposals = []
             for _ in range(max(1, queries.max_trials - len(queries.history))):
                 candidates = [space.sample(seed=rng.getrandbits(63), max_flops=queries.budget)
                               for _ in range(self.candidates_per_proposal)]
                 proposals.append(queries.pick(candidates))
-            queries.batch(proposals)
+            # search.tune_recipe: a recipe drawn for each proposal, from a generator of its own
+            queries.batch(proposals, [self.recipe_ranges.sample(recipes) for _ in proposals] if self.tune_recipe
+                          else None)
 
     def search(self, space: Any, evaluator: Any, data: Any, constraints: Constraints,
                events: SearchEvents | None = None, checkpoint: Path | None = None) -> SearchResult:

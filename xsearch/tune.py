@@ -31,7 +31,7 @@ from typing import Any
 
 import optuna
 
-from .config import build_data, build_evaluator, compose, validate, write_recipe
+from .config import build_data, build_evaluator, build_strategy, compose, validate, write_recipe
 from .core.errors import UserError
 from .core.io import atomic_write, write_json, write_text
 from .core.pruning import check_pruner, make_pruner
@@ -42,7 +42,7 @@ from .pipeline import check_arch_data, load_run_config, open_recorder
 from .records import ARCH_FILE, check_run_location, check_writable, default_storage, load_arch, read_arch_record
 
 TUNE_METRIC = "held-out accuracy"
-SEARCH_KEYS = ("max_trials", "n_startup_trials", "pruner")  # the search.* settings tune reads
+SEARCH_KEYS = ("max_trials", "n_startup_trials", "pruner", "pruner_min_epochs", "pruner_reduction_factor")
 RECIPE_FILE = "recipe.yaml"
 
 
@@ -95,22 +95,9 @@ def tune_config(args: list[str]) -> tuple[dict[str, Any], str]:
     saved = read_arch_record(path)
     if not any(o.startswith("data=") for o in overrides) and saved.get("data"):
         overrides = [f"data={saved['data']}", *overrides]
-    own = _takes_pruner()  # else tune reads search.pruner itself (the strategies do not take it yet)
-    pruner = next((o.split("=", 1)[1] for o in overrides if o.startswith("search.pruner=")), None)
-    composed = overrides if own else [o for o in overrides if not o.startswith("search.pruner=")]
-    cfg = validate(compose(["strategy=tpe", *composed]))
-    if not own:
-        cfg["search"]["pruner"] = check_pruner(pruner)
-    check_pruner(cfg["search"].get("pruner"))
+    cfg = validate(compose(["strategy=tpe", *overrides]))
+    build_strategy(cfg)  # the search.* settings checked as the tpe strategy checks them
     return {**cfg, "command": "tune", "arch_json": path}, path
-
-
-def _takes_pruner() -> bool:
-    """Whether the tpe strategy has a ``pruner`` setting of its own (``search.pruner`` then composes as usual)."""
-    from .config import parameters
-    from .strategies import STRATEGIES
-
-    return "pruner" in parameters(STRATEGIES.get("tpe"))
 
 
 def check_recipe_ranges(ranges: RecipeRanges, default: dict[str, Any]) -> None:
@@ -153,22 +140,31 @@ def prepare(study: optuna.Study, default: dict[str, Any]) -> None:
         study.enqueue_trial(params(default), user_attrs={"default": True})
 
 
-def objective(evaluator: Any, space: Any, arch: dict[str, str], data: Any, seed: int, ranges: RecipeRanges) -> Any:
+def reports_epochs(evaluator: Any) -> bool:
+    """Whether ``evaluator.score`` reports per-epoch values to a ``report`` callable (what pruning needs)."""
+    takes = "report" in inspect.signature(evaluator.score).parameters
+    return bool(getattr(evaluator, "reports_epochs", False)) and takes
+
+
+def objective(evaluator: Any, space: Any, arch: dict[str, str], data: Any, seed: int, ranges: RecipeRanges,
+              prune: bool = False) -> Any:
     """The function of an Optuna trial: draw a recipe, train with it (reporting each epoch), the held-out score.
 
-    An evaluator whose ``score`` takes ``report`` gets one that reports ``(epoch, value)`` to the trial
-    and raises ``optuna.TrialPruned`` when the pruner says so; the evaluator then returns its metrics
+    With ``prune`` the evaluator's ``score`` gets a ``report`` that reports ``(epoch, value)`` to the trial
+    (measuring each epoch costs a held-out evaluation, so only a pruned study asks for it) and raises
+    ``optuna.TrialPruned`` when the pruner says so; the evaluator then returns its metrics
     with ``pruned`` (or lets the exception through), and the trial ends PRUNED. A training that
     diverges scores 0, as a search's query does.
     """
-    reports = "report" in inspect.signature(evaluator.score).parameters
+    reports = prune and reports_epochs(evaluator)
+    last = getattr(evaluator, "epochs", None)
 
     def run(trial: optuna.Trial) -> float:
         recipe = ranges.suggest(trial)
 
         def report(epoch: int, value: float) -> None:
             trial.report(float(value), int(epoch))
-            if trial.should_prune():
+            if (last is None or epoch < last) and trial.should_prune():  # a finished training is a result
                 raise optuna.TrialPruned(f"pruned after epoch {epoch} at {TUNE_METRIC} {value:.4f}")
 
         try:
@@ -241,7 +237,8 @@ def plot_tune(path: Path, study: optuna.Study, title: str) -> Path:
     axes[0].set(xlabel="trial", ylabel=f"{TUNE_METRIC} (%)", title="tuning history")
     axes[0].legend(fontsize=8)
     if not any(t.intermediate_values for t in trials):
-        axes[1].text(0.5, 0.5, "no per-epoch values reported", ha="center", va="center", transform=axes[1].transAxes)
+        axes[1].text(0.5, 0.5, "no per-epoch values (search.pruner=none)", ha="center", va="center",
+                     transform=axes[1].transAxes)
     for t in trials:
         curve = sorted(t.intermediate_values.items())
         if curve:
@@ -287,7 +284,7 @@ def run_tune(cfg: dict[str, Any], arch_path: str) -> TuneResult:
     evaluator = build_evaluator(cfg)
     check_tunable(evaluator)
     pruner_name = check_pruner(search.get("pruner"))
-    if pruner_name != "none" and "report" not in inspect.signature(evaluator.score).parameters:
+    if pruner_name != "none" and not reports_epochs(evaluator):
         raise UserError(f"search.pruner={pruner_name}: evaluator {evaluator.name!r} reports no per-epoch values to "
                         "prune on; use search.pruner=none")
     ranges = RecipeRanges(**cfg["tune"])
@@ -306,8 +303,9 @@ def run_tune(cfg: dict[str, Any], arch_path: str) -> TuneResult:
         recorder.write_config(cfg)
         shutil.copyfile(arch_path, run_dir / ARCH_FILE)
     name = f"tune/{space.name}/{cfg['data']['name']}/{run_dir.name}"
-    study = open_tune_study(cfg["storage"], name, int(cfg["seed"]), n_startup,
-                            make_pruner(pruner_name, int(getattr(evaluator, "epochs", 1))))
+    pruner = make_pruner(pruner_name, getattr(evaluator, "epochs", None), int(search.get("pruner_min_epochs", 1)),
+                         int(search.get("pruner_reduction_factor", 4)))
+    study = open_tune_study(cfg["storage"], name, int(cfg["seed"]), n_startup, pruner)
     for key, value in {"kind": "tune", "space": space.name, "data": cfg["data"]["name"], "run_dir":
                        str(run_dir.resolve()), "arch": " ".join(arch.values()), "flops": space.flops(arch),
                        "seed": cfg["seed"]}.items():
@@ -329,7 +327,8 @@ def run_tune(cfg: dict[str, Any], arch_path: str) -> TuneResult:
                 bar.set_postfix(best=f"{max(best):.4f}", refresh=False)
 
         try:
-            study.optimize(objective(evaluator, space, arch, data, int(cfg["seed"]), ranges), n_trials=left,
+            study.optimize(objective(evaluator, space, arch, data, int(cfg["seed"]), ranges, pruner_name != "none"),
+                           n_trials=left,
                            callbacks=[after], gc_after_trial=False)
         finally:
             bar.close()

@@ -24,19 +24,22 @@ def check_pruner(name: str | None) -> str:
     return name
 
 
-def make_pruner(name: str | None, max_epochs: int) -> optuna.pruners.BasePruner:
-    """The pruner ``search.pruner=name`` means, for trials of ``max_epochs`` epochs reported as steps 1..max_epochs.
+def make_pruner(name: str | None, max_epochs: int | None, min_epochs: int = 1,
+                reduction_factor: int = 4) -> optuna.pruners.BasePruner:
+    """The Optuna pruner ``search.pruner=name`` means, for trainings of ``max_epochs`` epochs reported as steps from 1.
 
-    ``median``: stop a trial whose value at an epoch is below the median of earlier trials' at that
-    epoch, once 5 trials have finished (Optuna's ``MedianPruner``). ``successive_halving`` and
-    ``hyperband``: asynchronous successive halving (one rung per factor 3 of epochs from epoch 1), and
-    Hyperband's brackets of it up to ``max_epochs``. ``none``: every trial trains to the end.
+    ``median``: stop a training whose value at an epoch is below the median of earlier trainings' at that
+    epoch, once 5 have finished (Optuna's ``MedianPruner``); ``successive_halving``: asynchronous successive
+    halving, keeping one in ``reduction_factor`` at each rung from ``min_epochs``; ``hyperband``: Hyperband's
+    brackets of it up to ``max_epochs`` (None: Optuna's "auto"); ``none``: every training runs to the end.
+    Whoever reports never prunes after the last epoch (its training is spent, and a finished one is a result).
     """
     name = check_pruner(name)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_warmup_steps=min_epochs - 1)
     if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=reduction_factor)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, max_epochs), reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=min_epochs, max_resource=max_epochs or "auto",
+                                              reduction_factor=reduction_factor)
     return optuna.pruners.NopPruner()

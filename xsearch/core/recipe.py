@@ -53,15 +53,17 @@ class RecipeRanges:
         for key in (*_RATES["sgd"], *_RATES["adamw"], *_LINEAR):
             low_high = getattr(self, key)
             if len(low_high) != 2 or not all(math.isfinite(v) for v in low_high) or low_high[0] > low_high[1]:
-                raise SettingError(f"tune.{key}={list(low_high)} must be [low, high] with low <= high, "
-                                   f"e.g. tune.{key}=[{low_high[0] if low_high else 0},{low_high[-1] if low_high else 1}]")
+                default = {f.name: f for f in dataclasses.fields(RecipeRanges)}[key].default_factory()
+                raise SettingError(f"tune.{key}={list(low_high)} must be [low, high] with low <= high, e.g. the "
+                                   f"default tune.{key}=[{default[0]:g},{default[1]:g}]")
             if key not in _LINEAR and low_high[0] <= 0:
                 raise SettingError(f"tune.{key}={list(low_high)} is searched on a log scale: both ends must be above 0")
             if key in _LINEAR and low_high[0] < 0:
                 raise SettingError(f"tune.{key}={list(low_high)} must not go below 0")
         if self.label_smoothing[1] >= 1:
             raise SettingError(f"tune.label_smoothing={list(self.label_smoothing)} must stay below 1")
-        if not self.batch_size or any(b < 1 for b in self.batch_size) or len(set(self.batch_size)) != len(self.batch_size):
+        sizes = list(self.batch_size)
+        if not sizes or any(b < 1 for b in sizes) or len(set(sizes)) != len(sizes):
             raise SettingError(f"tune.batch_size={list(self.batch_size)} must list distinct batch sizes of at least 1")
 
     @property
