@@ -129,6 +129,46 @@ def test_resumed_ray_search_repeats_nothing_and_loses_nothing(space, tabular, ra
     assert len(ids) == 8 == len(set(ids))
 
 
+class Curves:
+    """Scores from the table, reported per epoch as ``final * (0.5 + 0.5 e / 4)`` (epoch 4 is the score)."""
+
+    name, reports_accuracy, needs_data, reports_epochs, epochs = "curves", True, False, True, 4
+
+    def __init__(self, table):
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
+        self.table = table
+
+    def score(self, space, arch, data, seed=0, report=None):
+        final = self.table.score(space, arch, data, seed)["score"]
+        for epoch in range(1, self.epochs + 1):
+            if report is not None:
+                report(epoch, final * (0.5 + 0.5 * epoch / self.epochs))
+        return {"score": final, "train_epochs": self.epochs}
+
+
+def test_asha_stops_bad_trials_and_they_are_recorded_pruned(space, tabular, ray_local, tmp_path):
+    """search.pruner under launcher=ray: Ray Tune's ASHA stops trials; they become pruned queries and PRUNED trials."""
+    launcher = RayLauncher(cpus_per_trial=1, max_concurrent=1, storage_path=tmp_path / "ray")  # one at a time: seeded
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    result = search("random", launcher, Curves(tabular), space, recorder(tmp_path / "run", space, study), max_trials=8,
+                    pruner="successive_halving")
+    pruned = [h for h in result.history if h.metrics.get("pruned")]
+    assert pruned and result.metrics["pruned_queries"] == len(pruned) and not result.metrics.get("pruned")
+    for h in pruned:  # stopped at ASHA's first rung (epoch 1 of 4), its last report kept as its score
+        assert h.metrics["pruned_epoch"] == 1 and h.metrics["epoch_scores"] == [[1, h.score]]
+    assert result.metrics["epochs_trained"] == 8 * 4 - 3 * len(pruned)
+    states = [t.state.name for t in study.get_trials()]
+    assert states.count("PRUNED") == len(pruned) and states.count("COMPLETE") == 8 - len(pruned)
+    # evolution queries its children one per batch (one Tuner each): the one ASHA of the search still compares them
+    evolution = search("evolution", launcher, Curves(tabular), space, max_trials=6, population_size=3, sample_size=2,
+                       pruner="successive_halving")
+    assert any(h.metrics.get("pruned") for h in evolution.history[3:])
+    with pytest.raises(UserError, match="search.pruner=median does not run under launcher=ray"):
+        STRATEGIES.get("random")(max_trials=4, launcher=launcher, pruner="median")
+
+
 def test_retrain_top_records_each_and_keeps_the_best(tmp_path, synthetic_macro_table, capsys):
     table = TabularEvaluator(str(synthetic_macro_table)).table
     args = ["run", "space=nasbench_macro", "strategy=random", "evaluator=tabular",
