@@ -253,3 +253,41 @@ def test_cli_refuses_a_bad_pruner(tmp_path, capsys):
     assert "does not run under launcher=ray" in capsys.readouterr().err
     assert main([*TINY_RUN, "search.pruner_min_epochs=0", f"runs_root={tmp_path}"]) == 2
     assert not list(tmp_path.glob("*-mbv3-random"))  # refused before any run folder
+
+
+# --- xsearch bench fidelity ---------------------------------------------------------------
+BENCH = ["data=digits", "search.max_trials=6", "train.epochs=2", "train.train_samples=300", "train.val_samples=100",
+         "train.test_samples=200", "train.min_steps=0", "search.pruner_reduction_factor=2", "bench.seeds=1"]
+
+
+def test_bench_fidelity_rows_table_and_resume(tmp_path, capsys):
+    out = tmp_path / "fidelity.json"
+    assert main(["bench", "fidelity", *BENCH, f"runs_root={tmp_path}", f"out={out}"]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["arm"], r["seed"]) for r in rows] == [("none", 0), ("successive_halving", 0)]
+    none, pruned = rows
+    assert none["epochs_trained"] == none["full_epochs"] == 12 and none["pruned_queries"] == 0
+    assert pruned["epochs_trained"] == 12 - pruned["pruned_queries"] < 12  # each stopped after epoch 1 of 2
+    assert all(0.0 < r["test_accuracy"] <= 1.0 for r in rows)
+    assert "Paired by seed (1)" in capsys.readouterr().out
+    assert main(["bench", "fidelity", *BENCH, f"runs_root={tmp_path}", f"out={out}"]) == 0  # nothing left to run
+    assert "2 of 2 rows already in out=, 0 to run" in capsys.readouterr().out
+    assert json.loads(out.read_text()) == rows
+    assert main(["bench", "fidelity", *BENCH, "search.max_trials=5", f"out={out}"]) == 2  # other settings
+    assert main(["bench", "fidelity", "search.pruner=median", f"out={tmp_path / 'x.json'}"]) == 2
+
+
+def test_bench_fidelity_pairs_by_seed():
+    from xsearch.bench.fidelity import paired
+
+    def row(arm, seed, epochs, acc):
+        return {"arm": arm, "seed": seed, "epochs_trained": epochs, "test_accuracy": acc}
+
+    rows = [row("none", 0, 120, 0.80), row("none", 1, 120, 0.78), row("none", 2, 120, 0.82),
+            row("hyperband", 0, 48, 0.79), row("hyperband", 1, 36, 0.79), row("hyperband", 2, 42, 0.81)]
+    pair = paired(rows)
+    assert pair["epochs_ratio"] == pytest.approx(126 / 360) and pair["seeds"] == [0, 1, 2]
+    assert pair["accuracy_difference"] == pytest.approx(-0.01 / 3) and pair["seed_spread"] == pytest.approx(0.02)
+    assert pair["standard_error"] == pytest.approx(0.0115470 / 3 ** 0.5, rel=1e-4) and pair["target_met"]
+    rows[3] = row("hyperband", 0, 60, 0.70)  # more epochs and a worse network: both halves of the target missed
+    assert not paired(rows)["target_met"]

@@ -19,7 +19,8 @@ __all__ = ["BENCHMARKS", "BenchConfig"]
 # benchmark name -> the module of this package that defines bench_<name>
 _MODULES = {"search": "search", "strategies": "strategies", "ranking": "ranking", "blocks": "blocks",
             "throughput": "throughput", "supernet": "supernet", "downstream": "downstream", "ray": "ray_overhead",
-            "data": "data", "latency": "latency", "recipe": "recipe"}
+            "data": "data", "latency": "latency", "recipe": "recipe",
+            "fidelity": "fidelity"}
 
 
 class _Benchmarks(Mapping[str, Callable[[list[str]], Any]]):

@@ -16,7 +16,7 @@ from xsearch.core.errors import UserError
 class BenchConfig:
     """The ``xsearch bench`` settings (``bench.*``); ``xsearch run`` ignores them."""
 
-    seeds: int = 3  # bench search (and blocks): retraining seeds per found network
+    seeds: int = 3  # bench search (and blocks): retraining seeds per found network; bench fidelity: search seeds
     # bench search: strategies or named variants (bench.search.VARIANTS), each searched at every budget
     strategies: list[str] = dataclasses.field(default_factory=lambda: ["danas", "danas_legacy", "dnas", "spos",
                                                                        "hand"])
@@ -47,6 +47,7 @@ class BenchConfig:
     latency_spaces: list[str] = dataclasses.field(default_factory=lambda: ["mbv3", "mbv3-dynamic", "micronet"])
     latency_budget: str = "auto"  # bench latency: the search part's budget (3ms, 500us; auto: from the table)
     recipe_arch: str | None = None  # bench recipe: the arch.json to tune (null: the space's hand design)
+    fidelity_pruner: str = "successive_halving"  # bench fidelity: the pruned arm's search.pruner
 
 
 def check_bench(bench: dict[str, Any]) -> None:
