@@ -425,3 +425,30 @@ def test_tune_recipe_needs_a_training_evaluator(tmp_path, capsys):
                  "data=digits", f"runs_root={tmp_path}"]) == 2
     assert "no training recipe to tune" in capsys.readouterr().err
     assert not any(tmp_path.iterdir()) or not list(tmp_path.glob("*-random"))
+
+
+# --- xsearch bench recipe -------------------------------------------------------------------
+def test_bench_recipe_compares_the_tuned_and_default_recipes_and_resumes(tmp_path, capsys, monkeypatch):
+    from xsearch.bench import BENCHMARKS
+    from xsearch.evaluators import ClassificationEvaluator
+
+    out = tmp_path / "recipe.json"
+    args = ["data=digits", "budget=smoke", "progress=false", "search.max_trials=3", "search.n_startup_trials=1",
+            "train.epochs=1", "train.train_samples=300", "train.epoch_images=300", "train.val_samples=100",
+            "train.test_samples=200", "bench.seeds=2", f"runs_root={tmp_path / 'runs'}", f"out={out}"]
+    summary = BENCHMARKS["recipe"](args)
+    rows = json.loads(out.read_text())
+    tune = rows[0]
+    assert [r["kind"] for r in rows] == ["tune", "retrain", "retrain", "retrain", "retrain", "summary"]
+    assert tune["trials"] == 3 and tune["default_recipe"]["lr"] == 0.2 and not RecipeRanges().outside(tune["recipe"])
+    retrains = {(r["recipe_name"], r["seed"]): r for r in rows if r["kind"] == "retrain"}
+    assert retrains[("tuned", 0)]["recipe"] == tune["recipe"] and retrains[("default", 1)]["recipe"] == tune[
+        "default_recipe"]
+    diffs = [retrains[("tuned", s)]["test_accuracy"] - retrains[("default", s)]["test_accuracy"] for s in (0, 1)]
+    assert summary["paired_difference"] == pytest.approx(sum(diffs) / 2)
+    assert summary["paired_difference_se"] == pytest.approx(abs(diffs[0] - diffs[1]) / 2)
+    assert "paired difference (tuned - default)" in capsys.readouterr().out
+    trained = []
+    monkeypatch.setattr(ClassificationEvaluator, "evaluate", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr(ClassificationEvaluator, "score", lambda *a, **k: trained.append(1))
+    assert BENCHMARKS["recipe"](args) == summary and not trained  # everything from the rows: nothing trains
