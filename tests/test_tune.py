@@ -310,6 +310,8 @@ BAD_TUNES = [
     (["train.lr=5"], "lies outside tune.lr"),
     (["train.batch_size=100"], "is not among tune.batch_size"),
     (["evaluator=proxy"], "no training recipe to tune"),
+    (["train.augment=-1"], "train.augment must be between 0 (no augmentation) and 4"),
+    (["search.pruner_reduction_factor=1"], "search.pruner_reduction_factor"),
 ]
 
 
