@@ -50,8 +50,9 @@ ISSUE_FAILURES = [
      ["search.population_size=abc", "Integer", "defaults to 20"]),
     (["train.lr=-1"], ["train.lr=-1.0 must be greater than 0"]),
     (["strategy=evolution", "search.epochs=50"],
-     ["'search.epochs'", "strategy 'evolution'", "max_trials, parallel_queries, population_size, prescreen, prescreen_factor, pruner, pruner_min_epochs, "
-      "pruner_reduction_factor, sample_size"]),
+     ["'search.epochs'", "strategy 'evolution'", ("max_trials, parallel_queries, population_size, prescreen, "
+                                                  "prescreen_factor, pruner, pruner_min_epochs, pruner_reduction_factor, "
+                                                  "sample_size")]),
     (["data=digits", "search.train_samples=5"], ["search.train_samples=5 is too few", "use at least 16"]),
     (["data=digits", "train.train_samples=3"], ["train.train_samples=3 is too few", "use at least"]),
 ]
