@@ -128,7 +128,7 @@ def test_expected_latency_is_the_probability_weighted_table_and_has_a_gradient(s
     assert float(expected.detach()) == pytest.approx(manual, rel=1e-5)
     expected.backward()
     assert all(layer.alpha.grad is not None and layer.alpha.grad.abs().sum() > 0 for layer in net.layers)
-    assert float(net.expected_cost("flops")) == pytest.approx(float(net.expected_flops()))
+    assert float(net.expected_cost("flops").detach()) == pytest.approx(float(net.expected_flops().detach()))
 
 
 def test_pruning_keeps_the_latency_budget_reachable(space):
@@ -182,6 +182,9 @@ def test_a_table_times_every_candidate_and_predicts_a_sum(tmp_path, runtime):
             assert (t["median_ms"] == 0.0) == (option == "skip")
             assert option == "skip" or t["p25_ms"] <= t["median_ms"] <= t["p75_ms"]
     assert len(saved["calibration"]["networks"]) == 3 and saved["calibration"]["scale"] > 0
+    assert len(saved["check"]) == 2 and all(r["measured_ms"] > 0 and "error" in r for r in saved["check"])
+    assert all(len(v) == SETTINGS["repeats"] for v in saved["samples"].values())
+    assert len(saved["samples"]) == 3 + sum(o != "skip" for c in space.choices for o in c.options) + 3 + 2
     latency.attach(space, table, out)
     arch = space.sample(seed=4)
     fixed, layers = latency.predicted_parts(table)
@@ -194,18 +197,23 @@ def test_a_killed_table_build_resumes_without_timing_again(tmp_path, monkeypatch
 
     space = get_space("mbv3", num_layers=4, width_mult=0.5, **SIZE)
     out = tmp_path / "table.json"
-    latency.build_table(space, SETTINGS, out, torch.device("cpu"), show_progress=False)
+    full = latency.build_table(space, SETTINGS, out, torch.device("cpu"), show_progress=False)
     saved = json.loads(out.read_text())
-    label = space.choices[1].label
-    del saved["layers"][label]  # as if killed while timing the second layer
-    del saved["calibration"]
+    for key in ("layers", "calibration", "check", "call", "stem", "head"):
+        del saved[key]  # as if killed after the first round
+    saved["rounds_done"] = 1
+    saved["samples"] = {k: v[:1] for k, v in saved["samples"].items()}
     out.write_text(json.dumps(saved))
-    timed = []
-    real = latency.time_calls
-    monkeypatch.setattr(latency, "time_calls", lambda *a, **k: timed.append(1) or real(*a, **k))
+    rounds = []
+    real = latency.Pool.round
+    monkeypatch.setattr(latency.Pool, "round", lambda self, seed: rounds.append(seed) or real(self, seed))
+    again = latency.build_table(space, SETTINGS, out, torch.device("cpu"), show_progress=False)
+    assert rounds == list(range(1, SETTINGS["repeats"]))  # only the rounds the killed build had not timed
+    assert all(len(v) == SETTINGS["repeats"] for v in again["samples"].values())
+    assert {k: v[0] for k, v in again["samples"].items()} == {k: v[0] for k, v in full["samples"].items()}
+    rounds.clear()
     latency.build_table(space, SETTINGS, out, torch.device("cpu"), show_progress=False)
-    runs = sum(o != "skip" for o in space.choices[1].options)
-    assert len(timed) == runs + 3  # that layer's candidates and the 3 calibration networks, nothing else
+    assert rounds == []  # a finished table is not timed again
     with pytest.raises(UserError, match="other settings"):
         latency.build_table(space, {**SETTINGS, "threads": 2}, out, torch.device("cpu"), show_progress=False)
 
@@ -230,7 +238,8 @@ def test_run_under_a_latency_budget_end_to_end(tmp_path, capsys, synthetic_macro
              "stem": {"median_ms": 0.2}, "head": {"median_ms": 0.1},
              "layers": {label: {o: {"median_ms": t, "calls_per_sample": int(t > 0)} for o, t in row.items()}
                         for label, row in space.latency_table.items()},
-             "calibration": {"scale": 1.0, "per_layer": 0.0, "offset": 0.0, "networks": []}}
+             "calibration": {"scale": 1.0, "per_layer": 0.0, "offset": 0.0, "networks": []}, "samples": {},
+             "check": []}
     path = tmp_path / "latency.json"
     path.write_text(json.dumps(table))
     budget = space.min_cost("latency") + 1.0

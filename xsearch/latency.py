@@ -8,23 +8,30 @@ its real input shape (the space sized for ``data=``, as a run sizes it):
   by onnxruntime's CPU provider, or called as a PyTorch module under ``torch.inference_mode``;
 - one call of the cheapest real graph at the stem's input (a ReLU): the runtime's own cost per call,
   which every module timed alone pays once and a whole network pays once in all;
-- ``calibrate`` random networks whole, to fit the correction of the per-layer sum.
+- ``calibrate`` random networks whole, to fit the correction of the per-layer sum, and ``networks``
+  other random networks whole, to check the prediction.
 
-Each time is the median of ``repeats`` samples after ``warmup`` calls, a sample being as many calls as
-take at least 2 ms (its mean); the quartiles are kept as the spread. The file (JSON) holds the machine,
-the runtime and library versions, the settings, every time and the calibration; it is rewritten after
-each layer, so a killed build resumes where it stopped (same file, same settings).
+Every item is timed in the same rounds: a round times each item once (a sample: the mean over as
+many calls as take at least 2 ms), in a shuffled order, and the table keeps each item's median over
+``repeats`` rounds and its quartiles as the spread. On a shared or virtual machine the speed shifts by
+tens of percent for seconds at a time; items timed one after another would each see another state,
+and their sum would not add up to a whole network timed later (seen here: 10-23 % errors with items
+timed in turn, 2-4 % with rounds). The file (JSON) holds the machine, the runtime and library
+versions, the settings, every sample and the summaries; it is rewritten after each round, so a killed
+build resumes at the round where it stopped (same file, same settings).
 
 The prediction. A network's predicted time is ``scale * raw + per_layer * (layers run) + offset`` with
 ``raw = stem + head - call + sum over its layers of (candidate - call)`` (a skipped layer costs 0):
 each module timed alone paid the per-call cost once, the whole network pays it once. ``scale``,
 ``per_layer`` and ``offset`` are a least-squares fit (on relative error) of measured against predicted
-time over the calibration networks, which absorbs what a sum of separate calls misses (operator fusion
-across layers, each layer's output buffer and hand-over inside one graph, caches warm with the previous
-layer's output). The prediction stays a sum over layers, so it is a budget like FLOPs: the
-space takes it with ``SearchSpace.use_latency`` and every strategy, the knapsack derivation and
-the differentiable searches' expected latency use it as they use the FLOPs table.
-``xsearch latency check`` times ``networks`` other random networks whole and reports the error.
+time over the ``calibrate`` networks, which absorbs what a sum of separate calls misses (operator
+fusion across layers, each layer's output buffer and hand-over inside one graph). ``networks`` other
+random networks, timed in the same rounds and never used in the fit, are the table's own check
+(``check`` in the file, printed by ``xsearch latency table``). The prediction stays a sum over layers,
+so it is a budget like FLOPs: the space takes it with ``SearchSpace.use_latency`` and every strategy,
+the knapsack derivation and the differentiable searches' expected latency use it as they use the
+FLOPs table. ``xsearch latency check`` times random networks whole again, later: the error then also
+holds the machine's drift since the table was made.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -58,38 +66,75 @@ MIN_SAMPLE_S = 0.002
 
 
 # --- timing ------------------------------------------------------------------------------
+def stats(samples: list[float], inner: int) -> dict[str, float]:
+    """Median and quartiles (ms) of one item's samples; ``calls_per_sample`` how many calls each sample averaged."""
+    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+    return {"median_ms": statistics.median(samples), "p25_ms": q[0], "p75_ms": q[2], "calls_per_sample": inner}
+
+
+class Pool:
+    """Items timed together: every round times each item once, in a shuffled (seeded) order, so that every item
+    sees the same mix of the machine's states (on a shared or virtual machine the speed shifts by tens of
+    percent for seconds at a time; items timed one after the other would each see a different state).
+
+    A sample is the mean over as many calls as take at least 2 ms (``inner``, fixed per item after
+    ``warmup`` calls). ``samples`` may start with earlier rounds' samples (a resumed build).
+    """
+
+    def __init__(self, calls: dict[str, tuple[Callable[[], Any], Callable[[], None]]], warmup: int,
+                 threads: int | None = None, samples: dict[str, list[float]] | None = None) -> None:
+        self.calls, self.threads = calls, threads
+        self.samples = {k: list((samples or {}).get(k, [])) for k in calls}
+        self.inner: dict[str, int] = {}
+        with self._threads():
+            for key, (call, sync) in calls.items():
+                for _ in range(max(warmup, 1)):
+                    call()
+                sync()
+                t0 = time.perf_counter()
+                call()
+                sync()
+                self.inner[key] = max(1, math.ceil(MIN_SAMPLE_S / max(time.perf_counter() - t0, 1e-6)))
+
+    def _threads(self) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def scope() -> Any:
+            before = torch.get_num_threads()
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
+            try:
+                yield
+            finally:
+                torch.set_num_threads(before)
+
+        return scope()
+
+    def round(self, seed: int) -> None:
+        order = sorted(self.calls)
+        random.Random(seed).shuffle(order)
+        with self._threads():
+            for key in order:
+                call, sync = self.calls[key]
+                n = self.inner[key]
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    call()
+                sync()
+                self.samples[key].append((time.perf_counter() - t0) / n * 1e3)
+
+    def stats(self, key: str) -> dict[str, float]:
+        return stats(self.samples[key], self.inner[key])
+
+
 def time_calls(call: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None] = lambda: None,
                threads: int | None = None) -> dict[str, float]:
-    """``call``'s time per call in ms: median and quartiles of ``repeats`` samples, each the mean over as many
-    calls as take at least 2 ms, after ``warmup`` calls. ``threads``: torch's intra-op threads meanwhile
-    (restored after; onnxruntime sessions carry their own)."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _time_calls(call, warmup, repeats, sync)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _time_calls(call: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None]) -> dict[str, float]:
-    for _ in range(max(warmup, 1)):
-        call()
-    sync()
-    t0 = time.perf_counter()
-    call()
-    sync()
-    once = max(time.perf_counter() - t0, 1e-6)
-    inner = max(1, math.ceil(MIN_SAMPLE_S / once))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            call()
-        sync()
-        samples.append((time.perf_counter() - t0) / inner * 1e3)
-    q = statistics.quantiles(samples, n=4)
-    return {"median_ms": statistics.median(samples), "p25_ms": q[0], "p75_ms": q[2], "calls_per_sample": inner}
+    """One ``call`` timed alone: median and quartiles (ms) of ``repeats`` samples (a ``Pool`` of one item)."""
+    pool = Pool({"x": (call, sync)}, warmup, threads)
+    for r in range(repeats):
+        pool.round(r)
+    return pool.stats("x")
 
 
 def make_call(module: nn.Module, example: torch.Tensor, runtime: str, threads: int,
@@ -184,7 +229,7 @@ def read_table(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"latency table {path} is not a readable JSON file ({exc}); make it again with "
                         "`xsearch latency table`") from None
-    if not isinstance(table, dict) or table.get("format") != FORMAT or "layers" not in table:
+    if not isinstance(table, dict) or table.get("format") != FORMAT or "samples" not in table:
         raise UserError(f"{path} is not an xsearch latency table (format {FORMAT}); make one with `xsearch latency table`")
     return table
 
@@ -202,50 +247,85 @@ def check_fits(table: dict[str, Any], space: Any, path: Path, settings: dict[str
 
 def build_table(space: Any, settings: dict[str, Any], out: Path, device: torch.device,
                 show_progress: bool = True) -> dict[str, Any]:
-    """Time every module of ``space`` (see the module doc) into ``out``, resuming a partial file there."""
+    """Time every module of ``space`` and the calibration and check networks (see the module doc) into ``out``,
+    resuming the rounds a killed build saved there."""
     head = header(space, settings, device)
-    table: dict[str, Any] = {**head, "machine": machine(), "versions": versions(), "layers": {}}
+    table: dict[str, Any] = {**head, "calibrate": int(settings["calibrate"]), "networks": int(settings["networks"]),
+                             "rounds_done": 0, "samples": {}}
     if out.exists():
         saved = read_table(out)
         check_fits(saved, space, out, settings, device)
-        table = {**saved, "machine": machine(), "versions": versions()}
-    batch, threads, runtime = head["batch"], head["threads"], head["runtime"]
-    warmup, repeats = head["warmup"], head["repeats"]
-
-    def timed(module: nn.Module, shape: torch.Size) -> dict[str, float]:
-        example = torch.randn(batch, *shape[1:], generator=torch.Generator().manual_seed(0))
-        call, sync = make_call(module, example, runtime, threads, device)
-        return time_calls(call, warmup, repeats, sync, threads=threads)
-
-    def save() -> None:
-        atomic_write(out, lambda f: json.dump(table, f, indent=1))
-
+        if (saved.get("calibrate"), saved.get("networks")) == (table["calibrate"], table["networks"]):
+            table = saved
+    table.update(machine=machine(), versions=versions())
     out.parent.mkdir(parents=True, exist_ok=True)
-    stem_in, inputs, head_in = layer_inputs(space)
-    todo = sum(len(c.options) for c in space.choices) + 3
-    bar = progress(None, todo, f"latency table {space.name} ({runtime})", show_progress)
-    for name, build, shape in (("call", lambda: nn.ReLU(), stem_in), ("stem", space.build_stem, stem_in),
-                               ("head", space.build_head, head_in)):
-        if name not in table:
-            table[name] = timed(build(), shape)
-            save()
-        bar.update(1)
-    for i, choice in enumerate(space.choices):
-        row = table["layers"].setdefault(choice.label, {})
-        for option in choice.options:
-            if option not in row:
-                module = space.build_candidate(i, option)
-                row[option] = ({"median_ms": 0.0, "p25_ms": 0.0, "p75_ms": 0.0, "calls_per_sample": 0}
-                               if isinstance(module, nn.Identity) else timed(module, inputs[i]))
+    calibration = [space.sample(seed=CALIBRATION_SEED + k) for k in range(table["calibrate"])]
+    check = [space.sample(seed=CHECK_SEED + k) for k in range(table["networks"])]
+    rounds = head["repeats"]
+    bar = progress(None, rounds, f"latency table {space.name} ({head['runtime']})", show_progress)
+    bar.update(table["rounds_done"])
+    if table["rounds_done"] < rounds:
+        pool = Pool(table_calls(space, head, device, calibration + check), head["warmup"], head["threads"],
+                    table["samples"])
+        while table["rounds_done"] < rounds:
+            pool.round(table["rounds_done"])
+            table["samples"], table["inner"] = pool.samples, pool.inner
+            table["rounds_done"] += 1
+            atomic_write(out, lambda f: json.dump(table, f))
             bar.update(1)
-        save()
     bar.close()
-    if len(table.get("calibration", {}).get("networks", [])) < int(settings["calibrate"]):
-        networks = measure_networks(space, table, int(settings["calibrate"]), CALIBRATION_SEED, device, show_progress,
-                                    "calibration")
-        table["calibration"] = fit(networks, table)
-        save()
+    summarise(space, table, calibration, check)
+    atomic_write(out, lambda f: json.dump(table, f))
     return table
+
+
+def table_calls(space: Any, head: dict[str, Any], device: torch.device, archs: list[dict[str, str]]
+                ) -> dict[str, tuple[Callable[[], Any], Callable[[], None]]]:
+    """What a table times, by key: ``call`` (the per-call cost), ``stem``, ``head``, ``LABEL/OPTION`` for every
+    candidate that is not a skip, and ``net/K`` for the whole networks ``archs``."""
+    stem_in, inputs, head_in = layer_inputs(space)
+
+    def call(module: nn.Module, shape: torch.Size) -> tuple[Callable[[], Any], Callable[[], None]]:
+        example = torch.randn(head["batch"], *shape[1:], generator=torch.Generator().manual_seed(0))
+        return make_call(module, example, head["runtime"], head["threads"], device)
+
+    calls = {"call": call(nn.ReLU(), stem_in), "stem": call(space.build_stem(), stem_in),
+             "head": call(space.build_head(), head_in)}
+    for i, choice in enumerate(space.choices):
+        for option in choice.options:
+            module = space.build_candidate(i, option)
+            if not isinstance(module, nn.Identity):
+                calls[f"{choice.label}/{option}"] = call(module, inputs[i])
+    for k, arch in enumerate(archs):
+        calls[f"net/{k}"] = call(space.build(arch), stem_in)
+    return calls
+
+
+SKIPPED = {"median_ms": 0.0, "p25_ms": 0.0, "p75_ms": 0.0, "calls_per_sample": 0}
+
+
+def summarise(space: Any, table: dict[str, Any], calibration: list[dict[str, str]],
+              check: list[dict[str, str]]) -> None:
+    """Fill ``table``'s per-module times, the calibration (fitted on ``calibration``) and the check rows
+    (``check``: networks the fit never saw, timed in the same rounds) from its samples."""
+    samples, inner = table["samples"], table["inner"]
+    for key in ("call", "stem", "head"):
+        table[key] = stats(samples[key], inner[key])
+    table["layers"] = {c.label: {o: (stats(samples[f"{c.label}/{o}"], inner[f"{c.label}/{o}"])
+                                     if f"{c.label}/{o}" in samples else dict(SKIPPED)) for o in c.options}
+                       for c in space.choices}
+
+    def rows(archs: list[dict[str, str]], first: int) -> list[dict[str, Any]]:
+        out = []
+        for k, arch in enumerate(archs):
+            t = stats(samples[f"net/{first + k}"], inner[f"net/{first + k}"])
+            out.append({"arch": arch, "flops": space.flops(arch), "raw_ms": raw_time(table, arch),
+                        "layers_run": layers_run(table, arch), "measured_ms": t["median_ms"],
+                        "p25_ms": t["p25_ms"], "p75_ms": t["p75_ms"]})
+        return out
+
+    table["calibration"] = fit(rows(calibration, 0), table)
+    table["check"] = error_rows(space, table, rows(check, len(calibration)))
 
 
 def raw_parts(table: dict[str, Any]) -> tuple[float, dict[str, dict[str, float]]]:
@@ -308,15 +388,26 @@ def _fastest(table: dict[str, Any]) -> float:
 
 def measure_networks(space: Any, table: dict[str, Any], count: int, seed: int, device: torch.device,
                      show_progress: bool = True, what: str = "check") -> list[dict[str, Any]]:
-    """``count`` random networks (seeds ``seed``, ``seed + 1``...) timed whole: arch, raw sum, measured time."""
-    rows = []
-    for k in progress(range(count), count, f"{what} networks ({table['runtime']})", show_progress):
-        arch = space.sample(seed=seed + k)
-        measured = measure_arch(space, table, arch, device)
-        rows.append({"arch": arch, "flops": space.flops(arch), "raw_ms": raw_time(table, arch),
-                     "layers_run": layers_run(table, arch),
-                     "measured_ms": measured["median_ms"], "p25_ms": measured["p25_ms"], "p75_ms": measured["p75_ms"]})
-    return rows
+    """``count`` random networks (seeds ``seed``, ``seed + 1``...) timed whole now, in one ``Pool`` on the table's
+    runtime and settings: arch, raw sum, measured time."""
+    archs = [space.sample(seed=seed + k) for k in range(count)]
+    times = measure_archs(space, table, archs, device, show_progress, what)
+    return [{"arch": arch, "flops": space.flops(arch), "raw_ms": raw_time(table, arch),
+             "layers_run": layers_run(table, arch), "measured_ms": t["median_ms"], "p25_ms": t["p25_ms"],
+             "p75_ms": t["p75_ms"]} for arch, t in zip(archs, times)]
+
+
+def measure_archs(space: Any, table: dict[str, Any], archs: list[dict[str, str]], device: torch.device,
+                  show_progress: bool = False, what: str = "networks") -> list[dict[str, float]]:
+    """Each of ``archs`` built and timed whole, together in one ``Pool`` (same rounds, same machine states)."""
+    stem_in, _, _ = layer_inputs(space)
+    example = torch.randn(table["batch"], *stem_in[1:], generator=torch.Generator().manual_seed(0))
+    calls = {f"net/{k}": make_call(space.build(a), example, table["runtime"], table["threads"], device)
+             for k, a in enumerate(archs)}
+    pool = Pool(calls, table["warmup"], table["threads"])
+    for r in progress(range(table["repeats"]), table["repeats"], f"{what} ({table['runtime']})", show_progress):
+        pool.round(r)
+    return [pool.stats(f"net/{k}") for k in range(len(archs))]
 
 
 def attach(space: Any, table: dict[str, Any], path: str | Path) -> None:
@@ -336,7 +427,7 @@ def table_for(space: Any, settings: dict[str, Any], runs_root: str | Path, devic
         check_fits(table, space, path)
         return table, path
     path = default_path(runs_root, space, settings, device)
-    done = path.exists() and "calibration" in read_table(path)
+    done = path.exists() and "check" in read_table(path)
     if not done:
         print(f"latency table: timing every candidate of {space.name} on {settings['runtime']} into {path} "
               "(minutes; resumable)", flush=True)
@@ -358,14 +449,6 @@ def use_table(cfg: dict[str, Any], space: Any) -> tuple[dict[str, Any], Path]:
     table, path = table_for(space, cfg["latency"], cfg["runs_root"], table_device(cfg), cfg["progress"])
     attach(space, table, path)
     return table, path
-
-
-def measure_arch(space: Any, table: dict[str, Any], arch: dict[str, str], device: torch.device) -> dict[str, float]:
-    """``arch`` built and timed whole on the table's runtime and settings (the median and quartiles, ms)."""
-    stem_in, _, _ = layer_inputs(space)
-    example = torch.randn(table["batch"], *stem_in[1:], generator=torch.Generator().manual_seed(0))
-    call, sync = make_call(space.build(arch), example, table["runtime"], table["threads"], device)
-    return time_calls(call, table["warmup"], table["repeats"], sync, threads=table["threads"])
 
 
 def error_rows(space: Any, table: dict[str, Any], networks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -457,6 +540,9 @@ def print_table(space: Any, table: dict[str, Any], path: Path) -> None:
     print(f"  predicted range {_fastest(table):.3g} to {slowest:.3g} ms")
     print("  ms per million MACs by block family: "
           + ", ".join(f"{f} {v:.3g}" for f, v in family_speed(space, table).items()))
+    s = summary(table["check"])
+    print(f"  check, {s['networks']} other random networks timed in the same rounds: mean absolute error "
+          f"{100 * s['mae']:.1f}% (plain sum {100 * s['raw_mae']:.1f}%), worst {100 * s['max_error']:.1f}%")
 
 
 def print_check(space: Any, table: dict[str, Any], path: Path, rows: list[dict[str, Any]]) -> None:
@@ -468,3 +554,6 @@ def print_check(space: Any, table: dict[str, Any], path: Path, rows: list[dict[s
     print(f"{space.name} on {table['runtime']} ({path}): {s['networks']} random networks of {s['min_ms']:.3g} to "
           f"{s['max_ms']:.3g} ms; mean absolute error {100 * s['mae']:.1f}% (sum of layer times alone "
           f"{100 * s['raw_mae']:.1f}%), worst {100 * s['max_error']:.1f}%")
+    own = summary(table["check"])
+    print(f"(timed now; the table's own check, {own['networks']} networks timed in the table's rounds: "
+          f"{100 * own['mae']:.1f}%; a larger error now is the machine's drift since then)")

@@ -5,10 +5,10 @@ what is there, so the benchmark can be split over several calls):
 
 1. Prediction (``part=prediction``), for each space of ``bench.latency_spaces`` (default mbv3,
    mbv3 with dynamic convolution, micronet, at the data's size): the latency table (the default one
-   under ``<runs_root>/latency/``, built when missing), then ``latency.networks`` (30) random networks
-   of other seeds than the calibration's, each timed whole: mean absolute and worst relative error of
-   the calibrated prediction and of the plain sum of layer times, and the table's milliseconds per
-   million MACs by block family (which families are fast per FLOP on this CPU).
+   under ``<runs_root>/latency/``, built when missing) and its check, ``latency.networks`` (30) random
+   networks the calibration never saw, timed whole in the table's own rounds: mean absolute and worst
+   relative error of the calibrated prediction and of the plain sum of layer times, and the table's
+   milliseconds per million MACs by block family (which families are fast per FLOP on this CPU).
 2. Accuracy at an equal latency (``part=search``), on the first space: a latency budget ``L``
    (``bench.latency_budget``, default ``auto``: the lower quartile of random networks' predicted
    latency, a budget that binds) and the FLOPs budget ``F`` that gives the same mean
@@ -16,7 +16,8 @@ what is there, so the benchmark can be split over several calls):
    0..bench.seeds-1 the configured search runs under ``constraints.latency=L`` and under
    ``constraints.flops=F`` (same seed, same settings); each found network is retrained (test accuracy)
    and timed whole on the runtime. The table gives both arms' accuracy and measured latency over the
-   seeds and the paired accuracy difference with its standard error.
+   seeds and the paired accuracy difference with its standard error. The found networks of every arm
+   and seed are timed whole together at the end, in the same rounds.
 
 Defaults: ``strategy=danas budget=smoke`` on Fashion-MNIST, onnxruntime, batch 1, 1 thread. Time
 it alone: another process on the CPU changes every latency.
@@ -63,10 +64,8 @@ def bench_latency(overrides: list[str]) -> list[dict[str, Any]]:
         cfg = configure([*DEFAULTS, *overrides, *BLOCK_SPACES[name]])
         space = build_space(cfg, data)
         table, path = latency.use_table(cfg, space)
-        nets = latency.measure_networks(space, table, int(cfg["latency"]["networks"]), latency.CHECK_SEED, device,
-                                        cfg["progress"])
-        errors = latency.error_rows(space, table, nets)
-        latency.print_check(space, table, path, errors)
+        errors = table["check"]  # networks the calibration never saw, timed in the table's own rounds
+        latency.print_table(space, table, path)
         rows.append({"part": "prediction", "space_variant": name, "table": str(path), **latency.summary(errors),
                      "calibration": {k: v for k, v in table["calibration"].items() if k != "networks"},
                      "calibration_networks": len(table["calibration"]["networks"]),
@@ -90,17 +89,21 @@ def bench_latency(overrides: list[str]) -> list[dict[str, Any]]:
             found.space.use_latency(space.fixed_latency, space.latency_table, space.latency_source)
             arch = found.result.arch
             metrics = build_evaluator(run_cfg).evaluate(found.space, arch, data, seed=seed)
-            measured = latency.measure_arch(found.space, table, arch, device)
             rows.append({"part": "search", "arm": arm, "seed": seed, "space_variant": names[0], "arch": arch,
                          "latency_budget_ms": budget_ms, "flops_budget": flops, "flops": found.result.flops,
-                         "predicted_ms": found.space.latency(arch), "measured_ms": measured["median_ms"],
+                         "predicted_ms": found.space.latency(arch),
                          "test_accuracy": metrics["test_accuracy"], "search_seconds": found.seconds,
                          "strategy": run_cfg["strategy"]["name"], "budget": run_cfg["budget"],
                          "train_epochs": metrics["train_epochs"], "overrides": overrides, "machine": machine()})
             write_rows(out, rows)
-            print(f"[bench] seed {seed} {arm}: {100 * metrics['test_accuracy']:.2f}%, measured "
-                  f"{measured['median_ms']:.3g} ms (predicted {found.space.latency(arch):.3g}), "
-                  f"{format_flops(found.result.flops)} MACs", flush=True)
+            print(f"[bench] seed {seed} {arm}: {100 * metrics['test_accuracy']:.2f}%, predicted "
+                  f"{found.space.latency(arch):.3g} ms, {format_flops(found.result.flops)} MACs", flush=True)
+    found_rows = [r for r in rows if r["part"] == "search"]
+    if any("measured_ms" not in r for r in found_rows):  # all found networks timed whole in the same rounds
+        times = latency.measure_archs(space, table, [r["arch"] for r in found_rows], device)
+        for r, t in zip(found_rows, times):
+            r.update(measured_ms=t["median_ms"], measured_p25_ms=t["p25_ms"], measured_p75_ms=t["p75_ms"])
+        write_rows(out, rows)
     print(latency_tables(rows))
     return rows
 
