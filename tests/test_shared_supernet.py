@@ -213,7 +213,7 @@ def test_accuracy_derivation_returns_the_best_architecture_under_the_budget(monk
     best = max(feasible, key=lambda a: Scorer().score(space, a, None)["score"])
     strategy = STRATEGIES.get("danas")(derive_trials=len(feasible), show_progress=False)
     net = SimpleNamespace(alive_options=lambda: alive)
-    ctx = SimpleNamespace(space=space, net=net, max_flops=budget, events=NoEvents(), w_idx=torch.arange(10),
+    ctx = SimpleNamespace(space=space, net=net, budget=Constraints(flops=budget), events=NoEvents(), w_idx=torch.arange(10),
                           task=CLASSIFICATION, model=net,
                           a_idx=torch.arange(10), val_idx=torch.arange(10), data=SimpleNamespace(train=SimpleNamespace(targets=torch.zeros(10).long())))
     by_probability = {c.label: c.options[0] for c in small.choices}

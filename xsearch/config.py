@@ -166,9 +166,9 @@ class LatencyConfig:
     batch: int = 1  # images per call
     threads: int = 1  # the runtime's intra-op threads
     warmup: int = 10  # calls before timing
-    repeats: int = 25  # timed samples per module (the median is the time; each sample at least 2 ms of calls)
+    repeats: int = 25  # rounds: each times every module and network once, shuffled (the median over rounds is the time)
     calibrate: int = 10  # random networks timed whole to fit the correction of the per-layer sum
-    networks: int = 30  # xsearch latency check: random networks (other seeds) timed whole against the prediction
+    networks: int = 30  # random networks (other seeds, never in the fit) timed whole to check the prediction
 
 
 @dataclasses.dataclass

@@ -17,7 +17,10 @@ what is there, so the benchmark can be split over several calls):
    ``constraints.flops=F`` (same seed, same settings); each found network is retrained (test accuracy)
    and timed whole on the runtime. The table gives both arms' accuracy and measured latency over the
    seeds and the paired accuracy difference with its standard error. The found networks of every arm
-   and seed are timed whole together at the end, in the same rounds.
+   and seed are timed whole together at the end, in the same rounds as the table's check networks
+   timed again: the median ratio of their times now to their times in the table is the machine's
+   drift since the table was made, and ``measured_table_ms`` (measured / drift) is each found
+   network's time in the table's conditions, the one its prediction and budget speak of.
 
 Defaults: ``strategy=danas budget=smoke`` on Fashion-MNIST, onnxruntime, batch 1, 1 thread. Time
 it alone: another process on the CPU changes every latency.
@@ -99,10 +102,14 @@ def bench_latency(overrides: list[str]) -> list[dict[str, Any]]:
             print(f"[bench] seed {seed} {arm}: {100 * metrics['test_accuracy']:.2f}%, predicted "
                   f"{found.space.latency(arch):.3g} ms, {format_flops(found.result.flops)} MACs", flush=True)
     found_rows = [r for r in rows if r["part"] == "search"]
-    if any("measured_ms" not in r for r in found_rows):  # all found networks timed whole in the same rounds
-        times = latency.measure_archs(space, table, [r["arch"] for r in found_rows], device)
+    if any("measured_ms" not in r for r in found_rows):  # all found networks timed whole in the same rounds,
+        # beside the table's check networks: their time now against their time in the table is the machine's drift
+        check = table["check"]
+        times = latency.measure_archs(space, table, [r["arch"] for r in found_rows] + [c["arch"] for c in check], device)
+        drift = statistics.median(t["median_ms"] / c["measured_ms"] for t, c in zip(times[len(found_rows):], check))
         for r, t in zip(found_rows, times):
-            r.update(measured_ms=t["median_ms"], measured_p25_ms=t["p25_ms"], measured_p75_ms=t["p75_ms"])
+            r.update(measured_ms=t["median_ms"], measured_p25_ms=t["p25_ms"], measured_p75_ms=t["p75_ms"],
+                     drift=drift, measured_table_ms=t["median_ms"] / drift)
         write_rows(out, rows)
     print(latency_tables(rows))
     return rows
@@ -145,13 +152,16 @@ def latency_tables(rows: list[dict[str, Any]]) -> str:
         body = []
         for arm, mine in arms.items():
             acc = [100 * r["test_accuracy"] for r in mine]
-            ms = [r["measured_ms"] for r in mine]
+            ms = [r["measured_table_ms"] for r in mine]
             budget = (f"{mine[0]['latency_budget_ms']:.3g} ms" if arm == "latency"
                       else f"{format_flops(mine[0]['flops_budget'])} MACs")
-            body.append([f"constraints.{arm}", budget, str(len(mine)), _mean_sd(acc, "%"), _mean_sd(ms, " ms"),
+            body.append([f"constraints.{arm}", budget, str(len(mine)), _mean_sd(acc, "%"),
+                         _mean_sd([r["predicted_ms"] for r in mine], " ms"), _mean_sd(ms, " ms"),
                          f"{statistics.fmean(r['flops'] for r in mine) / 1e6:.2f}M"])
-        out.append(markdown_table(["constraint", "budget", "seeds", "test accuracy", "measured latency", "mean MACs"],
-                                  "llrrrr", body))
+        out.append(markdown_table(["constraint", "budget", "seeds", "test accuracy", "predicted latency",
+                                   "measured latency (table's conditions)", "mean MACs"], "llrrrrr", body))
+        out.append(f"drift since the table: the check networks now take {found[0]['drift']:.3f}x their time in "
+                   "the table (measured latencies above are divided by it)")
         pairs = {r["seed"]: r for r in found if r["arm"] == "latency"}
         diffs = [100 * (pairs[r["seed"]]["test_accuracy"] - r["test_accuracy"])
                  for r in found if r["arm"] == "flops" and r["seed"] in pairs]
