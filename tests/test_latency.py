@@ -302,3 +302,8 @@ def test_bench_latency_writes_both_parts_and_resumes(tmp_path, capsys):
     assert "paired difference" in capsys.readouterr().out
     assert BENCHMARKS["latency"](args) == rows  # everything is in out=: nothing runs again
     assert main(["bench", "latency", "constraints.flops=5M"]) == 2
+
+
+def test_a_space_without_a_chain_is_refused(tmp_path, capsys):
+    assert main(["latency", "table", "space=dyhead", f"runs_root={tmp_path}", "repeats=3"]) == 2
+    assert "classification space" in capsys.readouterr().err

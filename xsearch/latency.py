@@ -166,6 +166,10 @@ def make_call(module: nn.Module, example: torch.Tensor, runtime: str, threads: i
 
 def layer_inputs(space: Any) -> tuple[torch.Size, list[torch.Size], torch.Size]:
     """Input shapes (batch 1) of the stem, of each searchable layer and of the head, read off a built network."""
+    if getattr(space, "task", "classification") != "classification":
+        raise UserError(f"latency tables time the chain of a classification space (mbv3, micronet, focalnet, "
+                        f"nasbench_macro); space {space.name!r} builds {space.task} heads over feature maps, which "
+                        "a latency table does not cover yet; use constraints.flops for it")
     net = space.build({c.label: next((o for o in c.options if o != "skip"), c.options[0]) for c in space.choices})
     shapes: dict[str, torch.Size] = {}
 
