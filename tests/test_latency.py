@@ -307,3 +307,19 @@ def test_bench_latency_writes_both_parts_and_resumes(tmp_path, capsys):
 def test_a_space_without_a_chain_is_refused(tmp_path, capsys):
     assert main(["latency", "table", "space=dyhead", f"runs_root={tmp_path}", "repeats=3"]) == 2
     assert "classification space" in capsys.readouterr().err
+
+
+def test_the_latency_commands_build_print_and_check(tmp_path, capsys):
+    common = ["space=mbv3", "data=digits", "space.num_layers=4", "space.width_mult=0.5", "repeats=3", "warmup=1",
+              "calibrate=3", "networks=2", f"runs_root={tmp_path}", "progress=false"]
+    assert main(["latency", "table", *common]) == 0
+    out = capsys.readouterr().out
+    assert "calibration over 3 networks" in out and "check, 2 other random networks" in out
+    (path,) = (tmp_path / "latency").glob("mbv3-onnxruntime-cpu-b1-t1-*.json")
+    assert main(["latency", "check", *common, f"out={tmp_path / 'check.json'}"]) == 0
+    out = capsys.readouterr().out
+    assert str(path) in out and "mean absolute error" in out and "the table's own check" in out
+    rows = json.loads((tmp_path / "check.json").read_text())
+    assert len(rows["networks"]) == 2 and rows["table"] == str(path)
+    assert main(["latency", "check", *common[:-2], f"table={tmp_path / 'none.json'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
