@@ -4,7 +4,9 @@ One model shape for every task: the network body's multi-scale features (``Pyram
 then the task's torchvision model:
 
 - ``evaluator=detection``: FCOS (anchor-free, one location per anchor, sigmoid focal loss, GIoU,
-  centre-ness), box AP;
+  centre-ness), or with ``train.detector=retinanet`` RetinaNet (9 anchors per location: 3 scales of
+  4x the level's stride by 3 aspect ratios, sigmoid focal loss, smooth-L1 boxes, torchvision's head of
+  4 convolutions per branch with GroupNorm), box AP;
 - ``evaluator=segmentation``: Mask R-CNN (RPN, RoIAlign box and mask heads), mask AP and box AP;
 - ``evaluator=keypoints``: Keypoint R-CNN (RoIAlign keypoint heatmaps), keypoint AP with the
   dataset's OKS sigmas, and box AP.
@@ -30,6 +32,7 @@ images and reports the AP on those.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -123,13 +126,17 @@ def level_strides(space: Any) -> tuple[list[int] | None, list[int], list[int]]:
     return space.feature_levels(), [i["num_chs"] for i in info], [i["reduction"] for i in info]
 
 
+DETECTORS = ("fcos", "retinanet")  # train.detector of evaluator=detection
+
+
 class DetectionTask(Task):
     """Detection, instance segmentation or keypoints on a ``DetectionData`` with a torchvision detector."""
 
     def __init__(self, kind: str = "detection", channels: int = 64, head_convs: int = 1, dyhead_blocks: int = 0,
-                 score_threshold: float = 0.05) -> None:
+                 score_threshold: float = 0.05, detector: str = "fcos") -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+        self.detector = detector
         self.name, self.kind = kind, kind
         self.metric = f"{PREFIX[IOU_TYPES[kind][0]]}_ap"
         self.channels, self.head_convs, self.dyhead_blocks = channels, head_convs, dyhead_blocks
@@ -137,12 +144,13 @@ class DetectionTask(Task):
 
     # --- the model ----------------------------------------------------------------------
     def model(self, space: Any, body: nn.Module, data: Any) -> nn.Module:
-        from torchvision.models.detection import FCOS, KeypointRCNN, MaskRCNN
+        from torchvision.models.detection import FCOS, KeypointRCNN, MaskRCNN, RetinaNet
         from torchvision.models.detection.anchor_utils import AnchorGenerator
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, RPNHead, TwoMLPHead
         from torchvision.models.detection.fcos import FCOSHead
         from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
         from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+        from torchvision.models.detection.retinanet import RetinaNetHead
         from torchvision.ops import MultiScaleRoIAlign
 
         levels, in_channels, strides = level_strides(space)
@@ -152,6 +160,13 @@ class DetectionTask(Task):
         size = data.image_size
         common = {"min_size": size, "max_size": size, "image_mean": list(data.mean), "image_std": list(data.std)}
         k = data.num_classes
+        if self.kind == "detection" and self.detector == "retinanet":
+            scales = tuple(tuple(4 * s * 2 ** (i / 3) for i in range(3)) for s in strides)
+            anchors = AnchorGenerator(scales, ((0.5, 1.0, 2.0),) * len(strides))
+            head = RetinaNetHead(channels, anchors.num_anchors_per_location()[0], k,
+                                 norm_layer=lambda c: nn.GroupNorm(math.gcd(32, c), c))
+            return RetinaNet(features, k, anchor_generator=anchors, head=head, score_thresh=self.score_threshold,
+                             detections_per_img=50, **common)
         if self.kind == "detection":
             head = body.head if dyhead_space else FCOSHead(channels, 1, k, num_convs=self.head_convs)
             anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
@@ -186,7 +201,7 @@ class DetectionTask(Task):
     def _to_model(self, targets: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
         if self.kind != "detection":
             return targets
-        # FCOS's sigmoid classifier has one output per category: labels 1..K -> 0..K-1
+        # FCOS's and RetinaNet's sigmoid classifiers have one output per category: labels 1..K -> 0..K-1
         return [{**t, "labels": t["labels"] - 1} for t in targets]
 
     def _from_model(self, outputs: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
@@ -290,23 +305,33 @@ class DetectionEvaluator(Evaluator):
     def __init__(self, epochs: int = 6, batch_size: int = 16, lr: float = 2e-3, weight_decay: float = 0.05,
                  channels: int = 64, head_convs: int = 1, dyhead_blocks: int = 0, train_images: int | None = 1500,
                  test_images: int | None = None, holdout_images: int = 300, score_threshold: float = 0.05,
-                 device: str = "auto", show_progress: bool = True) -> None:
+                 detector: str = "fcos", device: str = "auto", show_progress: bool = True) -> None:
         for key, value, least in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("channels", channels, 8),
                                   ("head_convs", head_convs, 0), ("dyhead_blocks", dyhead_blocks, 0),
                                   ("holdout_images", holdout_images, 1)):
             if value < least:
                 raise SettingError(f"train.{key} must be at least {least}, got {value}")
-        if head_convs > 0 and channels % 32:
+        if detector == "fcos" and head_convs > 0 and channels % 32:
             raise SettingError(f"train.channels={channels} must be a multiple of 32 when train.head_convs > 0 (the FCOS "
                              "tower's GroupNorm has 32 groups); use train.channels=32, 64, ... or train.head_convs=0")
+        if detector not in DETECTORS:
+            raise SettingError(f"train.detector={detector!r} is not a detector; valid: {', '.join(DETECTORS)}")
+        if detector != "fcos" and self.kind != "detection":
+            raise SettingError(f"train.detector={detector} is for evaluator=detection; evaluator={self.kind} uses "
+                               f"{'Mask' if self.kind == 'segmentation' else 'Keypoint'} R-CNN (leave train.detector unset)")
+        self.detector = detector
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.train_images, self.test_images, self.holdout_images = train_images, test_images, holdout_images
         self.device, self.show_progress = resolve_device(device), show_progress
-        self.task = DetectionTask(self.kind, channels, head_convs, dyhead_blocks, score_threshold)
+        self.task = DetectionTask(self.kind, channels, head_convs, dyhead_blocks, score_threshold, detector)
 
     # --- checks -------------------------------------------------------------------------
     def check(self, space: Any) -> None:
         task = getattr(space, "task", "classification")
+        if task == "detection" and self.detector != "fcos":
+            raise UserError(f"space {space.name!r} searches an FCOS head (its DyHead blocks end in FCOS's "
+                            f"classifier); train.detector={self.detector} needs a backbone space: use space=mbv3, "
+                            "micronet or focalnet, or train.detector=fcos")
         if task == "detection" and self.kind != "detection":
             raise UserError(f"space {space.name!r} is a detection head (FCOS); evaluator {self.name!r} needs a "
                             "backbone space: use space=mbv3, micronet or focalnet, or evaluator=detection")

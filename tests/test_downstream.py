@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from xsearch.cli import main
+from xsearch.core.errors import SettingError, UserError
 from xsearch.core.flops import fvcore_macs
 from xsearch.datasets import load_coco
 from xsearch.evaluators import EVALUATORS, DetectionTask
@@ -170,3 +171,35 @@ def test_other_strategies_search_on_detection(coco_root, tmp_path, space, strate
     trials = (run_dir / "trials.csv").read_text().splitlines()
     assert len(trials) >= 3  # header, the queries, the retrained network
     assert "box_ap" in json.loads((run_dir / "arch.json").read_text())["metrics"]
+
+
+def test_retinanet_beside_fcos(datasets, tmp_path):
+    from torchvision.models.detection import FCOS, RetinaNet
+
+    space = _space("mbv3")
+    arch = space.sample(seed=1)
+    evaluator = EVALUATORS.get("detection")(epochs=1, batch_size=8, train_images=16, channels=16, detector="retinanet",
+                                            **QUIET)
+    model = evaluator.task.model(space, space.build_features(arch), datasets["detection"])
+    assert isinstance(model, RetinaNet) and model.anchor_generator.num_anchors_per_location() == [9] * 3
+    metrics = evaluator.evaluate(space, arch, datasets["detection"], seed=0, workdir=tmp_path)
+    assert 0.0 <= metrics["box_ap"] <= 1.0 and metrics["score"] == metrics["box_ap"]
+    assert len(metrics["per_class_box_ap"]) == 10 and (tmp_path / "predictions.png").exists()
+    assert metrics["flops"] > space.feature_flops(arch)  # the dense part counts the RetinaNet head too
+    fcos = EVALUATORS.get("detection")(channels=16, head_convs=0, **QUIET).task.model(space, space.build_features(arch),
+                                                                         datasets["detection"])
+    assert isinstance(fcos, FCOS)  # the default stays FCOS
+
+
+@pytest.mark.parametrize("kind, settings, message", [
+    ("detection", {"detector": "yolo"}, "valid: fcos, retinanet"),
+    ("segmentation", {"detector": "retinanet"}, "is for evaluator=detection"),
+])
+def test_bad_detector_settings_are_refused(kind, settings, message):
+    with pytest.raises(SettingError, match=message):
+        EVALUATORS.get(kind)(**settings, **QUIET)
+
+
+def test_retinanet_refuses_the_dyhead_space():
+    with pytest.raises(UserError, match="FCOS head"):
+        EVALUATORS.get("detection")(detector="retinanet", **QUIET).check(_space("dyhead"))
