@@ -47,7 +47,8 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,18 @@ def stats(samples: list[float], inner: int) -> dict[str, float]:
     return {"median_ms": statistics.median(samples), "p25_ms": q[0], "p75_ms": q[2], "calls_per_sample": inner}
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` (None: unchanged) for the block, restored after."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class Pool:
     """Items timed together: every round times each item once, in a shuffled (seeded) order, so that every item
     sees the same mix of the machine's states (on a shared or virtual machine the speed shifts by tens of
@@ -86,7 +99,7 @@ class Pool:
         self.calls, self.threads = calls, threads
         self.samples = {k: list((samples or {}).get(k, [])) for k in calls}
         self.inner: dict[str, int] = {}
-        with self._threads():
+        with torch_threads(self.threads):
             for key, (call, sync) in calls.items():
                 for _ in range(max(warmup, 1)):
                     call()
@@ -96,25 +109,10 @@ class Pool:
                 sync()
                 self.inner[key] = max(1, math.ceil(MIN_SAMPLE_S / max(time.perf_counter() - t0, 1e-6)))
 
-    def _threads(self) -> Any:
-        from contextlib import contextmanager
-
-        @contextmanager
-        def scope() -> Any:
-            before = torch.get_num_threads()
-            if self.threads is not None:
-                torch.set_num_threads(self.threads)
-            try:
-                yield
-            finally:
-                torch.set_num_threads(before)
-
-        return scope()
-
     def round(self, seed: int) -> None:
         order = sorted(self.calls)
         random.Random(seed).shuffle(order)
-        with self._threads():
+        with torch_threads(self.threads):
             for key in order:
                 call, sync = self.calls[key]
                 n = self.inner[key]
@@ -126,15 +124,6 @@ class Pool:
 
     def stats(self, key: str) -> dict[str, float]:
         return stats(self.samples[key], self.inner[key])
-
-
-def time_calls(call: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None] = lambda: None,
-               threads: int | None = None) -> dict[str, float]:
-    """One ``call`` timed alone: median and quartiles (ms) of ``repeats`` samples (a ``Pool`` of one item)."""
-    pool = Pool({"x": (call, sync)}, warmup, threads)
-    for r in range(repeats):
-        pool.round(r)
-    return pool.stats("x")
 
 
 def make_call(module: nn.Module, example: torch.Tensor, runtime: str, threads: int,
