@@ -44,6 +44,10 @@ class BenchConfig:
     downstream_arch: str | None = None  # bench downstream: an arch.json danas found (null: search one)
     head_budget: str = "auto"  # bench downstream: the DyHead search's budget (auto: halfway none -> fixed)
     head_search: list[str] = dataclasses.field(default_factory=list)  # bench downstream: search.* for the DyHead
+    # bench downstream: `bench search` rows files (out= of bench search); each gives one budget's danas, spos, random
+    # and hand backbones (search seed 0), instead of bench.downstream_budget's search. [] : search one.
+    downstream_searches: list[str] = dataclasses.field(default_factory=list)
+    downstream_heads: bool = True  # bench downstream: also the DyHead part (a head search on space=dyhead)
     latency_spaces: list[str] = dataclasses.field(default_factory=lambda: ["mbv3", "mbv3-dynamic", "micronet"])
     latency_budget: str = "auto"  # bench latency: the search part's budget (3ms, 500us; auto: from the table)
     recipe_arch: str | None = None  # bench recipe: the arch.json to tune (null: the space's hand design)
