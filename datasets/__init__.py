@@ -2,7 +2,8 @@
 
 Every loader reads files the user already has (nothing is downloaded) and, when they are missing,
 raises a UserError that says where it looked and how to get them. Classification sets load as
-``xsearch.core.data.ImageData``; COCO-format sets (``data=coco``) as ``DetectionData``. Importing
+``xsearch.core.data.ImageData``; COCO-format sets (``data=coco``) as ``DetectionData``, semantic label maps
+(``data=voc_seg``, ``data=coco data.task=semantic``) as ``SegmentationData``. Importing
 this package registers every dataset, one module each.
 """
 
@@ -21,6 +22,8 @@ from .coco import (
 from .digits import load_digits_data
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .imagefolder import FolderSplit, load_imagefolder, write_image_folder
+from .segmentation import SegmentationData, SegmentationSplit
+from .voc_seg import load_voc_seg
 
 __all__ = [
     "DATASETS",
@@ -28,6 +31,8 @@ __all__ = [
     "CocoSplit",
     "DetectionData",
     "FolderSplit",
+    "SegmentationData",
+    "SegmentationSplit",
     "coco_evaluate",
     "draw_predictions",
     "held_in_memory",
@@ -40,6 +45,7 @@ __all__ = [
     "load_digits_data",
     "load_fashion_mnist",
     "load_imagefolder",
+    "load_voc_seg",
     "write_fashion_coco",
     "write_image_folder",
 ]

@@ -73,6 +73,10 @@ class Evaluator(ABC):
 
     def check_data(self, data: Any) -> None:
         """Raise UserError when this evaluator cannot train on ``data``. Default: image classification data."""
+        if data is not None and getattr(data, "task", None) == "semantic":
+            raise UserError(f"data={data.name} holds semantic label maps; evaluator {self.name!r} judges image "
+                            "classifiers. Use evaluator=semantic_segmentation, or a classification dataset "
+                            "(data=fashion_mnist, digits, cifar10, imagefolder)")
         if data is not None and hasattr(data, "category_ids"):
             raise UserError(f"data={data.name} holds detection annotations (COCO format); evaluator {self.name!r} "
                             "judges image classifiers. Use evaluator=detection, segmentation or keypoints, or a "

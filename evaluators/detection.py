@@ -71,15 +71,16 @@ class PyramidFeatures(nn.Module):
     ``body``: a ``ChainNetwork`` or a ``Supernet`` (its ``stem`` and ``layers`` are used, shared, not
     copied; the classifier head is not). ``levels``: the layer indices whose outputs are the
     levels, or None when the body already maps an image to a pyramid (the ``dyhead`` space).
+    ``fpn=False`` returns the body's own levels (``in_channels`` wide) with no FPN and no DyHead blocks.
     """
 
     def __init__(self, body: nn.Module, levels: list[int] | None, in_channels: list[int], channels: int,
-                 dyhead_blocks: int = 0) -> None:
+                 dyhead_blocks: int = 0, fpn: bool = True) -> None:
         super().__init__()
         from torchvision.ops import FeaturePyramidNetwork
 
         self.stem, self.layers, self.levels = body.stem, body.layers, levels
-        self.fpn = FeaturePyramidNetwork(in_channels, channels) if levels is not None else None
+        self.fpn = FeaturePyramidNetwork(in_channels, channels) if levels is not None and fpn else None
         self.blocks = nn.ModuleList(DyHeadBlock(channels, len(in_channels)) for _ in range(dyhead_blocks))
         self.out_channels = channels
 
@@ -95,7 +96,8 @@ class PyramidFeatures(nn.Module):
                 x = self.layers[i](x)
                 if i in self.levels:
                     features.append(x)
-            features = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
+            if self.fpn is not None:
+                features = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
         for block in self.blocks:
             features = block(features)
         return OrderedDict((str(i), f) for i, f in enumerate(features))
@@ -343,6 +345,10 @@ class DetectionEvaluator(Evaluator):
 
     def check_data(self, data: Any) -> None:
         """Refuse data this evaluator cannot train on (classification images, or annotations without masks/keypoints)."""
+        if getattr(data, "task", None) == "semantic":
+            raise UserError(f"evaluator={self.name} trains on COCO-format annotations, but data={data.name} holds "
+                            "semantic label maps; use evaluator=semantic_segmentation, or data=coco without "
+                            "data.task=semantic")
         if not hasattr(data, "category_ids"):
             raise UserError(f"evaluator={self.name} trains on COCO-format annotations, but data={data.name} is a "
                             "classification dataset; use data=coco data.root=DIR (make one with `xsearch data "
@@ -357,12 +363,7 @@ class DetectionEvaluator(Evaluator):
     # --- evaluation ---------------------------------------------------------------------
     def holdout(self, data: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(training indices, held-out indices) of the training split for ``score``: ``holdout_images`` (at most a fifth)."""
-        from xsearch.core.data import stratified_subset
-
-        n = len(data.train)
-        n_val = max(1, min(self.holdout_images, n // 5))
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(10_007 + seed))
-        return stratified_subset(data.train.targets, self.train_images, seed, indices=perm[n_val:]), perm[:n_val]
+        return holdout_split(data, self.holdout_images, self.train_images, seed)
 
     def evaluate(self, space: Any, arch: dict[str, str], data: Any, seed: int = 0,
                  workdir: Path | None = None) -> dict[str, Any]:
@@ -401,33 +402,56 @@ class DetectionEvaluator(Evaluator):
 
     def _fit(self, space: Any, arch: dict[str, str], data: Any, train_idx: torch.Tensor, seed: int,
              workdir: Path | None) -> tuple[nn.Module, list[dict[str, float]], float]:
-        seed_everything(seed)
-        body = space.build(arch)
-        model = self.task.model(space, body, data).to(self.device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        steps = data.num_batches(len(train_idx), self.batch_size)
-        scheduler = cosine_with_warmup(optimizer, steps * self.epochs,
-                                       warmup_steps=min(steps, steps * self.epochs // 10))
-        generator = torch.Generator().manual_seed(seed)
-        resumable = Resumable(model, {"weights": optimizer}, {"weights": scheduler}, generator)
-        hint = (f"Lower train.lr (now {self.lr:g}, the AdamW learning rate of evaluator={self.name}) and train "
-                "again.")
+        return fit_downstream(self, space, arch, data, train_idx, seed, workdir)
 
-        def step(batch: Any) -> tuple[dict[str, float], int]:
-            loss, parts = self.task.loss(model, batch)
-            optimizer_step(loss, optimizer, scheduler)
-            return {"train_loss": float(loss.detach()), **parts}, len(batch[0])
 
-        def run_epoch(epoch: int) -> tuple[str, dict[str, float]]:
-            batches = self.task.batches(data, train_idx, self.batch_size, shuffle=True, augment=True,
-                                        generator=generator, device=self.device)
-            desc = f"{self.name} epoch {epoch + 1}/{self.epochs}"
-            metrics = train_epoch(batches, step, steps, desc, self.show_progress, diverge_hint=hint)
-            return desc, {k: float(v) for k, v in metrics.items()}
+def holdout_split(data: Any, holdout_images: int, train_images: int | None, seed: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, held-out indices) of ``data``'s training split: ``holdout_images`` held out (at most a
+    fifth), ``train_images`` of the rest (stratified by ``data.train.targets``; None: all)."""
+    from xsearch.core.data import stratified_subset
 
-        history, elapsed = retrain_epochs(model, resumable, workdir, self.epochs, run_epoch, hint)
-        return model, history, elapsed
+    n = len(data.train)
+    n_val = max(1, min(holdout_images, n // 5))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(10_007 + seed))
+    return stratified_subset(data.train.targets, train_images, seed, indices=perm[n_val:]), perm[:n_val]
+
+
+def fit_downstream(evaluator: Any, space: Any, arch: dict[str, str], data: Any, train_idx: torch.Tensor, seed: int,
+                   workdir: Path | None) -> tuple[nn.Module, list[dict[str, float]], float]:
+    """Train ``evaluator.task``'s model around ``space.build(arch)`` on ``train_idx``: the downstream recipe.
+
+    AdamW (``evaluator.lr``, ``weight_decay``), one warm-up epoch (at most 10 %) then cosine decay,
+    ``evaluator.epochs`` epochs of shuffled, flipped batches of ``batch_size``; with ``workdir`` a
+    resumable checkpoint per epoch (``retrain_epochs``). Returns (model, per-epoch history, seconds).
+    """
+    seed_everything(seed)
+    body = space.build(arch)
+    model = evaluator.task.model(space, body, data).to(evaluator.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=evaluator.lr, weight_decay=evaluator.weight_decay)
+    steps = data.num_batches(len(train_idx), evaluator.batch_size)
+    scheduler = cosine_with_warmup(optimizer, steps * evaluator.epochs,
+                                   warmup_steps=min(steps, steps * evaluator.epochs // 10))
+    generator = torch.Generator().manual_seed(seed)
+    resumable = Resumable(model, {"weights": optimizer}, {"weights": scheduler}, generator)
+    hint = (f"Lower train.lr (now {evaluator.lr:g}, the AdamW learning rate of evaluator={evaluator.name}) and "
+            "train again.")
+
+    def step(batch: Any) -> tuple[dict[str, float], int]:
+        loss, parts = evaluator.task.loss(model, batch)
+        optimizer_step(loss, optimizer, scheduler)
+        return {"train_loss": float(loss.detach()), **parts}, len(batch[0])
+
+    def run_epoch(epoch: int) -> tuple[str, dict[str, float]]:
+        batches = evaluator.task.batches(data, train_idx, evaluator.batch_size, shuffle=True, augment=True,
+                                         generator=generator, device=evaluator.device)
+        desc = f"{evaluator.name} epoch {epoch + 1}/{evaluator.epochs}"
+        metrics = train_epoch(batches, step, steps, desc, evaluator.show_progress, diverge_hint=hint)
+        return desc, {k: float(v) for k, v in metrics.items()}
+
+    history, elapsed = retrain_epochs(model, resumable, workdir, evaluator.epochs, run_epoch, hint)
+    return model, history, elapsed
 
 
 @EVALUATORS.register("segmentation")

@@ -24,11 +24,13 @@ import torch
 from xsearch.core.errors import UserError
 
 from .._registry import DATASETS
+from ..segmentation import SegmentationData
+from .semantic import semantic_from_coco
 
 if TYPE_CHECKING:  # pragma: no cover
     from pycocotools.coco import COCO
 
-TASKS = ("detection", "segmentation", "keypoints")
+TASKS = ("detection", "segmentation", "keypoints", "semantic")  # semantic: label maps (``coco.semantic``)
 
 # COCO's per-keypoint OKS sigmas for its 17 person keypoints (nose, eyes, ears, shoulders, elbows, wrists, hips,
 # knees, ankles), as pycocotools' COCOeval uses them by default.
@@ -305,8 +307,8 @@ def _load_split(split: str, ann_path: Path, image_dir: Path, task: str, max_imag
 def load_coco(root: str | None = None, task: str | None = None, image_size: int = 128,
               train_annotations: str | None = None, val_annotations: str | None = None,
               train_images: str | None = None, val_images: str | None = None, max_images: int | None = None,
-              keypoint_sigmas: list[float] | None = None) -> DetectionData:
-    """COCO-format detection, instance segmentation or keypoints (data.task=...) from data.root=DIR.
+              keypoint_sigmas: list[float] | None = None) -> DetectionData | SegmentationData:
+    """COCO-format detection, instance segmentation, keypoints or semantic maps (data.task=...) from data.root=DIR.
 
     DIR holds annotations/instances_{train,val}.json (or person_keypoints_/keypoints_{train,val}.json for
     task=keypoints) and the images in DIR/train/ and DIR/val/; explicit paths override. Make one with
@@ -315,6 +317,9 @@ def load_coco(root: str | None = None, task: str | None = None, image_size: int 
     task = task or "detection"  # the configuration fills it from the evaluator (evaluator=segmentation -> masks)
     if task not in TASKS:
         raise UserError(f"data.task must be one of {', '.join(TASKS)}; got {task!r}")
+    if task == "semantic":  # the instance masks, painted into label maps
+        return semantic_from_coco(load_coco(root, "segmentation", image_size, train_annotations, val_annotations,
+                                            train_images, val_images, max_images))
     explicit = {"train": (train_annotations, train_images), "val": (val_annotations, val_images)}
     if not root and not all(all(v) for v in explicit.values()):
         raise UserError("data=coco needs data.root=DIR, a folder with annotations/instances_{train,val}.json and the "

@@ -1,7 +1,10 @@
 """fashion-coco, the built-in COCO-format dataset: Fashion-MNIST items pasted 1 to 4 per black canvas.
 
 ``xsearch data fashion-coco DIR`` writes it (PNG images, boxes, instance masks from the items'
-pixels, five keypoints per object); ``data=coco data.root=DIR`` reads it back.
+pixels, five keypoints per object); ``data=coco data.root=DIR`` reads it back. It also writes the
+semantic label maps in Pascal VOC's layout (``SegmentationClass/{train,val}/ID.png``, palette PNGs,
+0 = background, 1..10 the classes; ``ImageSets/Segmentation/{train,val}.txt`` with ids such as
+``train/000000``; ``class_names.txt``), so ``data=voc_seg data.root=DIR`` reads it as well.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from xsearch.core.errors import UserError
 from xsearch.core.io import check_writable
 
 from ..fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+from ..segmentation import voc_palette
 from .dataset import mask_to_rle
 
 # fashion-coco keypoints: the extreme pixels of an item's mask and its centroid.
@@ -98,7 +102,8 @@ def _fashion_keypoints(mask: np.ndarray) -> list[float]:
 def write_fashion_coco(out_dir: str | Path, train: int = 4000, val: int = 500, size: int = 128, seed: int = 0,
                        fashion_root: str | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Write fashion-coco: Fashion-MNIST items (train items for train, test items for val) pasted 1 to 4 per black
-    ``size`` x ``size`` canvas, as PNG images and COCO annotation files (boxes, masks, 5 keypoints per object)."""
+    ``size`` x ``size`` canvas, as PNG images and COCO annotation files (boxes, masks, 5 keypoints per object), and
+    the same objects as VOC-layout semantic label maps (see the module doc)."""
     from PIL import Image
     from tqdm import tqdm
 
@@ -110,6 +115,9 @@ def write_fashion_coco(out_dir: str | Path, train: int = 4000, val: int = 500, s
     fm = load_fashion_mnist(fashion_root)
     out = Path(out_dir)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
+    (out / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    (out / "class_names.txt").write_text("".join(f"{n}\n" for n in ("background", *FASHION_MNIST_CLASSES)))
+    palette = voc_palette()
     categories = [{"id": i + 1, "name": n, "supercategory": "fashion"} for i, n in enumerate(FASHION_MNIST_CLASSES)]
     kp_categories = [{**c, "keypoints": list(FASHION_KEYPOINTS), "skeleton": [list(s) for s in FASHION_SKELETON],
                       "oks_sigmas": list(FASHION_SIGMAS)} for c in categories]
@@ -120,6 +128,7 @@ def write_fashion_coco(out_dir: str | Path, train: int = 4000, val: int = 500, s
         items = source.images[:, 0].numpy()
         labels = source.targets.numpy()
         (out / split).mkdir(exist_ok=True)
+        (out / "SegmentationClass" / split).mkdir(parents=True, exist_ok=True)
         images, instances, keypoints = [], [], []
         total, total_sq = 0.0, 0.0
         for i in tqdm(range(n), desc=f"fashion-coco {split}", disable=not show_progress, leave=False):
@@ -130,6 +139,12 @@ def write_fashion_coco(out_dir: str | Path, train: int = 4000, val: int = 500, s
             images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
             pixels = canvas.astype(np.float64) / 255.0
             total, total_sq = total + pixels.mean(), total_sq + (pixels ** 2).mean()
+            label = np.zeros((size, size), dtype=np.uint8)
+            for c, mask in objects:
+                label[mask] = c + 1  # the visible masks are disjoint: one class per pixel
+            semantic = Image.fromarray(label, mode="P")
+            semantic.putpalette(palette)
+            semantic.save(out / "SegmentationClass" / split / file_name, compress_level=1)
             for c, mask in objects:
                 ys, xs = np.nonzero(mask)
                 x1, y1 = int(xs.min()), int(ys.min())
@@ -147,6 +162,7 @@ def write_fashion_coco(out_dir: str | Path, train: int = 4000, val: int = 500, s
         for stem, anns, cats in (("instances", instances, categories), ("keypoints", keypoints, kp_categories)):
             doc = {"info": info, "licenses": [], "images": images, "annotations": anns, "categories": cats}
             (out / "annotations" / f"{stem}_{split}.json").write_text(json.dumps(doc, separators=(",", ":")))
+        (out / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{split}/{i:06d}\n" for i in range(n)))
         counts[f"{split}_images"] = n
         counts[f"{split}_objects"] = len(instances)
     counts["seconds"] = round(time.perf_counter() - start, 2)
