@@ -155,10 +155,78 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     downstream.mkdir()
     save_arch(downstream / "arch.json", space, arch, evaluator="detection")
     torch.save({}, downstream / "model.pt")
-    _bad([str(downstream), "--format", "onnx"], capsys, "evaluator=detection", "does not support")
+    _bad([str(downstream), "--format", "onnx"], capsys, "evaluator=detection", "did not record", "train it again")
     head = get_space("dyhead")
     heads = tmp_path / "dyhead"
     heads.mkdir()
     save_arch(heads / "arch.json", head, head.sample(seed=0))
-    _bad([str(heads), "--format", "onnx", "weights=none"], capsys, "classification networks only")
+    _bad([str(heads), "--format", "onnx", "weights=none"], capsys, "not a downstream training", "evaluator=detection")
     assert not list(tmp_path.rglob("*.onnx"))
+
+
+# --- downstream models: the found backbone in its torchvision detector ---------------------------------------------
+
+def _downstream_run(tmp_path: Path, fashion_coco: Path, evaluator: str, *extra: str) -> Path:
+    """An ``xsearch train`` folder of a downstream model (1 epoch on 8 fashion-coco canvases)."""
+    space = get_space("mbv3", num_classes=10, in_chans=1, image_size=28, width_mult=0.5)
+    found = tmp_path / "found"
+    found.mkdir(exist_ok=True)
+    save_arch(found / "arch.json", space, space.sample(seed=0), data="fashion_mnist")
+    runs = tmp_path / f"runs-{evaluator}-{len(list(tmp_path.glob('runs-*')))}"
+    assert main(["train", str(found / "arch.json"), f"evaluator={evaluator}", "data=coco", f"data.root={fashion_coco}",
+                 "budget=smoke", "train.epochs=1", "train.train_images=8", "train.batch_size=4", "train.channels=32",
+                 "train.score_threshold=0.0", *extra, f"runs_root={runs}", "progress=false"]) == 0
+    (arch,) = runs.rglob("arch.json")
+    return arch.parent
+
+
+@pytest.mark.parametrize("evaluator,extra", [("detection", ()), ("detection", ("train.detector=retinanet",)),
+                                             ("segmentation", ()), ("keypoints", ())])
+def test_downstream_models_export_to_onnx_equal_to_their_predictions(tmp_path, fashion_coco, capsys, evaluator, extra):
+    import json
+
+    import onnx
+
+    from xsearch.datasets import load_coco
+    from xsearch.export import DETECTOR_OUTPUTS, downstream_evaluator, load_network
+
+    folder = _downstream_run(tmp_path, fashion_coco, evaluator, *extra)
+    capsys.readouterr()
+    assert main(["export", str(folder), "--format", "onnx"]) == 0
+    assert "checked: onnxruntime outputs equal" in capsys.readouterr().out
+    path = folder / "model.onnx"
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["xsearch_evaluator"] == evaluator and len(json.loads(meta["class_names"])) == 10
+    # the reference: the evaluator's own prediction path (its batching, its label mapping) on the reloaded weights
+    record = json.loads((folder / "arch.json").read_text())
+    model = load_network(folder)[0]
+    task = downstream_evaluator(record, folder / "arch.json").task
+    data = load_coco(str(fashion_coco), task=evaluator)
+    expected = task.predict(model, data, "val", torch.tensor([3, 7]))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = DETECTOR_OUTPUTS[task.kind]
+    detections = 0
+    for i in (3, 7):
+        got = dict(zip(names, session.run(list(names), {"image": data.val.images[i].float().div(255).numpy()})))
+        assert set(got) <= set(expected[i]) | {"keypoints_scores"}
+        for name in names:
+            want = expected[i][name]
+            assert got[name].shape == tuple(want.shape), name
+            np.testing.assert_allclose(got[name], want.numpy(), atol=1e-3, err_msg=name)
+        detections += len(got["boxes"])
+    assert detections > 0  # score_threshold 0: the check compared real detections, not two empty lists
+
+
+def test_downstream_export_refusals(tmp_path, fashion_coco, capsys):
+    import json
+    import shutil
+
+    folder = _downstream_run(tmp_path, fashion_coco, "detection")
+    _bad([str(folder), "--format", "torchscript"], capsys, "ONNX only", "--format onnx")
+    record = json.loads((folder / "arch.json").read_text())
+    moved = tmp_path / "moved-data"
+    shutil.copytree(fashion_coco, moved)
+    record["downstream"]["data_settings"]["root"] = str(tmp_path / "gone")
+    (folder / "arch.json").write_text(json.dumps(record))
+    _bad([str(folder), "--format", "onnx"], capsys, "validation images", "gone")
+    assert not list(folder.glob("*.onnx"))

@@ -113,6 +113,10 @@ def summary_lines(summary: Any) -> list[str]:
                           if k.endswith(("_ap", "_ap50")) and isinstance(v, float))
         lines.append(f"  {summary.evaluator:<14} {shown} (COCOeval, %; {met['train_epochs']} epochs, "
                      f"{met['test_images']} val images; predictions.png)")
+    elif "miou" in met:  # semantic segmentation: confusion-matrix metrics
+        lines.append(f"  {summary.evaluator:<14} mIoU {100 * met['miou']:.1f}, pixel accuracy "
+                     f"{100 * met['pixel_accuracy']:.1f} (%; {met['train_epochs']} epochs, {met['test_images']} val "
+                     "images; predictions.png)")
     else:
         lines.append(f"  score          {met['score']:.4g}  ({summary.evaluator} {met.get('proxy', '')})")
     budget = f" (budget {format_flops(summary.flops_budget)})" if summary.flops_budget else ""
@@ -157,6 +161,7 @@ def cmd_train(args: list[str]) -> int:
 
     from .config import build_data, build_evaluator, compose, validate
     from .core import distributed
+    from .export import downstream_record
     from .pipeline import check_arch_data, open_recorder
     from .records import check_run_location, load_arch, read_arch_record
 
@@ -192,12 +197,17 @@ def cmd_train(args: list[str]) -> int:
     print(f"retraining {format_flops(space.flops(arch))}-MAC network in {recorder.run_dir}", flush=True)
     metrics = evaluator.evaluate(space, arch, data, seed=cfg["seed"], workdir=recorder.run_dir)
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    extra = {"downstream": downstream_record(cfg, data)} if downstream else {}  # what export rebuilds the model from
     recorder.save_arch(arch, metrics=scalars if downstream else {"test_accuracy": metrics["test_accuracy"]},
-                       data=cfg["data"]["name"], evaluator=cfg["evaluator"]["name"], trained_from=str(path))
+                       data=cfg["data"]["name"], evaluator=cfg["evaluator"]["name"], trained_from=str(path), **extra)
     recorder.write_metrics(metrics)
     if downstream:
         shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in scalars.items() if k.endswith(("_ap", "_ap50")))
-        print(f"{shown} (COCOeval, %) after {metrics['train_epochs']} epochs; weights in {recorder.path('model.pt')}, "
+        if "miou" in scalars:  # semantic segmentation
+            shown = f"miou {100 * scalars['miou']:.1f}, pixel_accuracy {100 * scalars['pixel_accuracy']:.1f} (%)"
+        else:
+            shown += " (COCOeval, %)"
+        print(f"{shown} after {metrics['train_epochs']} epochs; weights in {recorder.path('model.pt')}, "
               f"predictions in {recorder.path('predictions.png')}")
         return 0
     print(f"test accuracy {100 * metrics['test_accuracy']:.2f}% after {metrics['train_epochs']} epochs; "
@@ -459,6 +469,12 @@ def cmd_export(args: list[str]) -> int:
 
     result = export(parse_args(args))
     weights = result["weights"] or "none: the UNTRAINED network (weights=none)"
+    if result.get("evaluator"):  # a downstream model
+        print(f"wrote {result['out']} (onnx, the {result['evaluator']} model around {result['space']}: "
+              f"{result['inputs']}; outputs {result['outputs']}; weights {weights})")
+        print(f"checked: onnxruntime outputs equal the PyTorch model's on {result['checked_on']} within "
+              f"{result['max_abs_diff']:.1e}")
+        return 0
     print(f"wrote {result['out']} ({result['format']}, {result['space']}, input (batch, "
           f"{', '.join(map(str, result['input_shape']))}) normalised images, output (batch, {result['num_classes']}) "
           f"logits; weights {weights})")

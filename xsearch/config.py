@@ -606,7 +606,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
 
 
 # --- building the configured components ----------------------------------------------------
-def _settings_of(cfg: dict[str, Any], group: str) -> tuple[str, dict[str, Any]]:
+def settings_of(cfg: dict[str, Any], group: str) -> tuple[str, dict[str, Any]]:
     """(name, settings) of the configured component of ``group``, refusing settings it does not take."""
     name = cfg[group]["name"]
     kind = KINDS[group]
@@ -631,7 +631,7 @@ def _construct(group: str, name: str, knobs: dict[str, Any]) -> Any:
 
 def build_data(cfg: dict[str, Any]) -> ImageData:
     """The configured dataset, checked against the configured sample counts before any search or training."""
-    name, knobs = _settings_of(cfg, "data")
+    name, knobs = settings_of(cfg, "data")
     wanted = KINDS["evaluator"].registry.get(cfg["evaluator"]["name"]).data_task
     if "task" in knobs and knobs["task"] is None and wanted is not None:
         knobs = {**knobs, "task": wanted}  # data=coco loads the annotations the evaluator needs
@@ -642,7 +642,7 @@ def build_data(cfg: dict[str, Any]) -> ImageData:
 
 def build_space(cfg: dict[str, Any], data: ImageData | None):
     """The configured space, sized for ``data`` (or at the space's own defaults when there is no data)."""
-    name, kwargs = _settings_of(cfg, "space")
+    name, kwargs = settings_of(cfg, "space")
     from xsearch.search_spaces import get_space
 
     kwargs = {k: v for k, v in kwargs.items() if not (k in SIZED_BY_DATA and v is None)}
@@ -669,7 +669,7 @@ def build_strategy(cfg: dict[str, Any], launcher: Any = None):
 
     ``launcher`` (``build_launcher``) goes to strategies that take one: where their queries run.
     """
-    name, knobs = _settings_of(cfg, "strategy")
+    name, knobs = settings_of(cfg, "strategy")
     if launcher is not None and "launcher" in parameters(KINDS["strategy"].registry.get(name)):
         knobs = {**knobs, "launcher": launcher}
     if "recipe_ranges" in parameters(KINDS["strategy"].registry.get(name)):  # search.tune_recipe draws from tune.*
@@ -691,7 +691,7 @@ def build_launcher(cfg: dict[str, Any], storage_path: str | Path | None = None):
 
 def build_evaluator(cfg: dict[str, Any]):
     """The configured evaluator (``train.*`` or ``evaluator.*`` settings; device and progress from the top level)."""
-    name, knobs = _settings_of(cfg, "evaluator")
+    name, knobs = settings_of(cfg, "evaluator")
     try:
         return _construct("evaluator", name, {**knobs, **_run_wide("evaluator", name, cfg)})
     except UserError as exc:

@@ -31,6 +31,7 @@ from .core.errors import UserError
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts"}
 OPSET = 17  # the TorchScript-based exporter of torch 2.14 writes opsets 7 to 20; 17 is read by every current runtime
 TOLERANCE = 1e-4  # largest |exported - PyTorch| logit difference accepted by the check
+DETECTOR_TOLERANCE = 1e-3  # largest difference of a detector's outputs (boxes in pixels, scores, mask probabilities)
 USAGE = ("usage: xsearch export ARCH_JSON --format onnx|torchscript [out=FILE] [weights=PATH|none]; "
          "ARCH_JSON is a run's arch.json or run folder (format=onnx works too)")
 
@@ -139,7 +140,8 @@ def load_network(arch_path: Path, weights: str | None = None) -> tuple[nn.Module
     """(the network in eval mode with its weights, its space, the arch.json record, the weights file or None).
 
     ``weights``: a ``model.pt`` path, ``"none"`` for the untrained network, or None to use the
-    weights beside the arch.json. Refuses downstream (detection, segmentation, keypoints) records.
+    weights beside the arch.json. A downstream record (``xsearch train ... evaluator=detection``, ...)
+    gives the whole task model (the found backbone in its detector or segmenter, see ``downstream_model``).
     """
     from xsearch.search_spaces import arch_from_record
 
@@ -147,17 +149,16 @@ def load_network(arch_path: Path, weights: str | None = None) -> tuple[nn.Module
 
     arch_file = arch_path / ARCH_FILE if arch_path.is_dir() else arch_path
     record = read_arch_record(arch_path)
+    space, arch = arch_from_record(record, repr(str(arch_file)))
     evaluator = record.get("evaluator")
     if evaluator and _downstream_kind(evaluator):
-        raise UserError(f"{arch_file} was trained with evaluator={evaluator}: its weights are a torchvision "
-                        f"{evaluator} model around the found backbone, which xsearch export does not support yet. "
-                        "Export the classification network instead (the arch.json of the search run, retrained "
-                        "with 'xsearch train ARCH_JSON')")
-    space, arch = arch_from_record(record, repr(str(arch_file)))
-    if getattr(space, "task", "classification") != "classification":
-        raise UserError(f"space {space.name!r} builds a {space.task} network (a head over a fixed backbone); "
-                        "xsearch export supports classification networks only")
-    model = space.build(arch)
+        model = downstream_model(space, arch, record, arch_file)
+    elif getattr(space, "task", "classification") != "classification":
+        raise UserError(f"space {space.name!r} builds a {space.task} network (a head over a fixed backbone), and "
+                        f"{arch_file} is not a downstream training of it; export the arch.json that 'xsearch train "
+                        f"{arch_file} evaluator=detection data=coco data.root=DIR' writes")
+    else:
+        model = space.build(arch)
     if weights is not None and weights.lower() == "none":
         path = None
     else:
@@ -181,6 +182,67 @@ def load_network(arch_path: Path, weights: str | None = None) -> tuple[nn.Module
             raise UserError(f"the weights in {path} do not fit the network of {arch_file} ({first}); pass the "
                             "model.pt its retraining wrote") from None
     return model.eval(), space, record, path
+
+
+# --- downstream models ----------------------------------------------------------------------
+
+# what a downstream model's shape depends on, kept from its data in the arch.json (so export needs no data)
+DATA_FACTS = ("image_size", "mean", "std", "class_names", "category_ids", "keypoint_names", "keypoint_sigmas")
+# the outputs of a detector's ONNX file, in order, per evaluator kind (torchvision's output dict, flattened)
+DETECTOR_OUTPUTS = {"detection": ("boxes", "scores", "labels"),
+                    "segmentation": ("boxes", "scores", "labels", "masks"),
+                    "keypoints": ("boxes", "scores", "labels", "keypoints", "keypoints_scores")}
+
+
+def downstream_record(cfg: dict[str, Any], data: Any) -> dict[str, Any]:
+    """The ``downstream`` entry of a downstream training's ``arch.json``: the evaluator's settings (``train.*``),
+    the data's settings and the facts of the data the model's shape depends on (``DATA_FACTS``, the number of
+    classes). ``downstream_model`` rebuilds the model from it without loading the data."""
+    from .config import settings_of
+
+    _, train = settings_of(cfg, "evaluator")
+    _, data_settings = settings_of(cfg, "data")
+    facts: dict[str, Any] = {"num_classes": int(data.num_classes)}
+    for key in DATA_FACTS:
+        value = getattr(data, key, None)
+        if value is not None:
+            facts[key] = list(value) if isinstance(value, (tuple, list)) else value
+    return {"train": train, "data_settings": data_settings, "data_facts": facts}
+
+
+def downstream_evaluator(record: dict[str, Any], arch_file: Path) -> Any:
+    """The evaluator a downstream record was trained with, rebuilt from its recorded ``train.*`` settings."""
+    from xsearch.evaluators import EVALUATORS
+
+    entry = record.get("downstream")
+    if not isinstance(entry, dict) or not isinstance(entry.get("data_facts"), dict):
+        raise UserError(f"{arch_file} was trained with evaluator={record['evaluator']} by an xsearch that did not "
+                        "record the model's settings; train it again with 'xsearch train ARCH_JSON "
+                        f"evaluator={record['evaluator']} ...' and export the arch.json that writes")
+    return EVALUATORS.get(record["evaluator"])(**{**entry.get("train", {}), "device": "cpu", "show_progress": False})
+
+
+def downstream_model(space: Any, arch: dict[str, str], record: dict[str, Any], arch_file: Path) -> nn.Module:
+    """The untrained task model of a downstream record: its evaluator's ``task.model`` around ``space.build(arch)``,
+    with the recorded settings and data facts."""
+    from types import SimpleNamespace
+
+    task = downstream_evaluator(record, arch_file).task
+    facts = {k: tuple(v) if isinstance(v, list) else v for k, v in record["downstream"]["data_facts"].items()}
+    return task.model(space, space.build(arch), SimpleNamespace(**facts))
+
+
+class DetectorOutputs(nn.Module):
+    """A torchvision detector as ONNX takes it: one image (3, H, W), RGB in [0, 1], in; its output dict out as a
+    tuple (``DETECTOR_OUTPUTS``), labels 1..K indexing the data's categories as in the metrics."""
+
+    def __init__(self, detector: nn.Module, task: Any) -> None:
+        super().__init__()
+        self.detector, self.task, self.names = detector, task, DETECTOR_OUTPUTS[task.kind]
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.task._from_model(self.detector([image]))[0]
+        return tuple(out[name] for name in self.names)
 
 
 # --- export and check ----------------------------------------------------------------------
@@ -235,6 +297,66 @@ def run_exported(path: Path, fmt: str, x: torch.Tensor) -> torch.Tensor:
         return loaded(x)
 
 
+def check_images(record: dict[str, Any], arch_file: Path, count: int = 4) -> list[torch.Tensor]:
+    """The first ``count`` validation images (3, H, W), RGB in [0, 1], of a downstream record's data: a detector is
+    traced on the first and checked on the others (real images, so the check sees real detections)."""
+    import inspect
+
+    from xsearch.datasets import DATASETS
+
+    entry = record["downstream"]
+    settings = dict(entry.get("data_settings") or {})
+    loader = DATASETS.get(record.get("data") or "coco")
+    if "max_images" in inspect.signature(loader).parameters:
+        settings["max_images"] = count
+    try:
+        data = loader(**settings)
+    except UserError as exc:
+        raise UserError(f"exporting {arch_file} traces and checks the model on its validation images, but its data "
+                        f"cannot be loaded: {exc}") from None
+    split = data.val
+    return [split.images[i].float().div(255.0) for i in range(min(count, len(split)))]
+
+
+def export_detector(model: nn.Module, task: Any, record: dict[str, Any], arch_file: Path, out: Path,
+                    metadata: dict[str, str]) -> tuple[float, int]:
+    """Write a downstream detector (``DetectorOutputs``) as ONNX, traced on a validation image, and check it in
+    onnxruntime against PyTorch on the other validation images; returns (the largest difference, images checked)."""
+    import onnx
+    import onnxruntime
+
+    wrapper = DetectorOutputs(model, task).eval()
+    images = check_images(record, arch_file)
+    names = list(wrapper.names)
+    with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated, and says so on every call
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (images[0],), str(out), dynamo=False, opset_version=OPSET, input_names=["image"],
+                          output_names=names, dynamic_axes={n: {0: "detections"} for n in names})
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(out))
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    worst, checked = 0.0, images[1:] or images
+    for i, image in enumerate(checked):
+        with torch.no_grad():
+            expected = wrapper(image)
+        got = session.run(names, {"image": image.numpy()})
+        for name, want, have in zip(names, expected, got):
+            have = torch.from_numpy(have)
+            if have.shape != want.shape:
+                raise RuntimeError(f"the exported file {out} disagrees with the PyTorch model on validation image "
+                                   f"{i + 1}: {name} has shape {tuple(have.shape)}, PyTorch {tuple(want.shape)}")
+            if want.numel():
+                worst = max(worst, float((have.double() - want.double()).abs().max()))
+    if not worst <= DETECTOR_TOLERANCE:
+        raise RuntimeError(f"the exported file {out} disagrees with the PyTorch model (largest difference "
+                           f"{worst:.3g} > {DETECTOR_TOLERANCE})")
+    return worst, len(checked)
+
+
 def export(request: ExportRequest) -> dict[str, Any]:
     """Export the network of ``request``; returns what was written and the check's largest difference."""
     model, space, record, weights = load_network(request.arch_path, request.weights)
@@ -244,6 +366,9 @@ def export(request: ExportRequest) -> dict[str, Any]:
         raise UserError(f"out={out} is a folder; give a file name (e.g. {out / FORMATS[request.format]})")
     if not out.parent.is_dir():
         raise UserError(f"out={out}: folder {out.parent} does not exist")
+    kind = _downstream_kind(record.get("evaluator") or "")
+    if kind:
+        return export_downstream(model, space, record, weights, arch_file, out, request.format)
     model = exportable(model)
     metadata = {"xsearch_space": space.name, "xsearch_space_kwargs": json.dumps(space.space_kwargs),
                 "xsearch_arch": json.dumps(record["arch"]), "input_shape": json.dumps(list(space.input_shape)),
@@ -263,3 +388,34 @@ def export(request: ExportRequest) -> dict[str, Any]:
                            f"(largest difference {diff:.3g}, shapes {tuple(got.shape)} and {tuple(expected.shape)})")
     return {"out": out, "format": request.format, "weights": weights, "space": space.name,
             "input_shape": tuple(space.input_shape), "num_classes": int(expected.shape[1]), "max_abs_diff": diff}
+
+
+def export_downstream(model: nn.Module, space: Any, record: dict[str, Any], weights: Path | None, arch_file: Path,
+                      out: Path, fmt: str) -> dict[str, Any]:
+    """Export a downstream training's model (``xsearch train ... evaluator=detection|segmentation|keypoints``)."""
+    evaluator = record["evaluator"]
+    if fmt != "onnx":
+        raise UserError(f"{arch_file} holds a {evaluator} model; xsearch export writes downstream models as ONNX "
+                        "only: use --format onnx")
+    facts = record["downstream"]["data_facts"]
+    model = exportable(model).eval()
+    metadata = {"xsearch_space": space.name, "xsearch_space_kwargs": json.dumps(space.space_kwargs),
+                "xsearch_arch": json.dumps(record["arch"]), "xsearch_evaluator": evaluator,
+                "xsearch_train": json.dumps(record["downstream"].get("train", {})),
+                "class_names": json.dumps(facts.get("class_names")), "data": str(record.get("data")),
+                "weights": str(weights) if weights else "none (untrained)"}
+    from xsearch.evaluators.detection import DetectionTask
+
+    task = downstream_evaluator(record, arch_file).task
+    if not isinstance(task, DetectionTask):
+        raise UserError(f"xsearch export cannot write a {evaluator} model yet")
+    size = facts["image_size"]
+    metadata["input"] = (f"one image 'image', float32 (3, {size}, {size}) (the training size; resize others first), "
+                         "RGB in [0, 1]; the graph normalises it as in training")
+    metadata["outputs"] = (", ".join(DETECTOR_OUTPUTS[task.kind]) + ": boxes (N, 4) as x1 y1 x2 y2 in the input's "
+                           "pixels, labels 1..K (class_names[label - 1])")
+    diff, checked = export_detector(model, task, record, arch_file, out, metadata)
+    return {"out": out, "format": fmt, "weights": weights, "space": space.name, "evaluator": evaluator,
+            "inputs": f"one image (3, {size}, {size}), RGB in [0, 1]", "outputs": ", ".join(DETECTOR_OUTPUTS[task.kind]),
+            "num_classes": facts["num_classes"], "max_abs_diff": diff,
+            "checked_on": f"{checked} validation image{'s' if checked != 1 else ''}"}
