@@ -127,11 +127,12 @@ def find_weights(arch_file: Path) -> Path | None:
 
 
 def _downstream_kind(evaluator: str) -> str | None:
-    """The dense task (``detection``, ...) evaluator ``evaluator`` trains for, or None for classification."""
+    """The dense task's data (``detection``, ``semantic``, ...) evaluator ``evaluator`` trains on, or None for
+    classification."""
     from xsearch.evaluators import EVALUATORS
 
     try:
-        return getattr(EVALUATORS.get(evaluator), "kind", None)
+        return getattr(EVALUATORS.get(evaluator), "data_task", None)
     except (KeyError, ValueError, UserError):
         return None
 
@@ -264,9 +265,19 @@ def to_onnx(model: nn.Module, example: torch.Tensor, out: Any, free_batch: bool 
 
 def export_onnx(model: nn.Module, space: Any, out: Path, metadata: dict[str, str]) -> None:
     """Write ``model`` as ONNX (opset ``OPSET``, input 'images' with a free batch axis, output 'logits')."""
+    export_onnx_traced(model, _example(space, 2, 0), out, metadata)
+
+
+def export_onnx_traced(model: nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, str]) -> None:
+    """``to_onnx`` traced on ``example``, checked by ``onnx.checker`` and with ``metadata`` in the file."""
+    to_onnx(model, example, out)
+    finish_onnx(out, metadata)
+
+
+def finish_onnx(out: Path, metadata: dict[str, str]) -> None:
+    """Check the ONNX file ``out`` with ``onnx.checker`` and write ``metadata`` into it."""
     import onnx
 
-    to_onnx(model, _example(space, 2, 0), out)
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
     for key, value in metadata.items():
@@ -322,7 +333,6 @@ def export_detector(model: nn.Module, task: Any, record: dict[str, Any], arch_fi
                     metadata: dict[str, str]) -> tuple[float, int]:
     """Write a downstream detector (``DetectorOutputs``) as ONNX, traced on a validation image, and check it in
     onnxruntime against PyTorch on the other validation images; returns (the largest difference, images checked)."""
-    import onnx
     import onnxruntime
 
     wrapper = DetectorOutputs(model, task).eval()
@@ -332,12 +342,7 @@ def export_detector(model: nn.Module, task: Any, record: dict[str, Any], arch_fi
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, (images[0],), str(out), dynamo=False, opset_version=OPSET, input_names=["image"],
                           output_names=names, dynamic_axes={n: {0: "detections"} for n in names})
-    proto = onnx.load(str(out))
-    onnx.checker.check_model(proto)
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(out))
+    finish_onnx(out, metadata)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     worst, checked = 0.0, images[1:] or images
     for i, image in enumerate(checked):
@@ -355,6 +360,23 @@ def export_detector(model: nn.Module, task: Any, record: dict[str, Any], arch_fi
         raise RuntimeError(f"the exported file {out} disagrees with the PyTorch model (largest difference "
                            f"{worst:.3g} > {DETECTOR_TOLERANCE})")
     return worst, len(checked)
+
+
+def export_segmenter(model: nn.Module, record: dict[str, Any], arch_file: Path, out: Path,
+                     metadata: dict[str, str]) -> tuple[float, int]:
+    """Write a semantic segmenter as ONNX with a free batch axis (traced on two validation images) and check it in
+    onnxruntime against PyTorch on a batch of three others; returns (the largest logit difference, images checked)."""
+    images = torch.stack(check_images(record, arch_file, count=5))
+    export_onnx_traced(model, images[:2], out, metadata)
+    check = images[2:] if len(images) > 2 else images
+    with torch.no_grad():
+        expected = model(check)
+    got = run_exported(out, "onnx", check)
+    diff = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
+    if not diff <= DETECTOR_TOLERANCE:
+        raise RuntimeError(f"the exported file {out} disagrees with the PyTorch model (largest difference {diff:.3g}, "
+                           f"shapes {tuple(got.shape)} and {tuple(expected.shape)})")
+    return diff, len(check)
 
 
 def export(request: ExportRequest) -> dict[str, Any]:
@@ -407,9 +429,16 @@ def export_downstream(model: nn.Module, space: Any, record: dict[str, Any], weig
     from xsearch.evaluators.detection import DetectionTask
 
     task = downstream_evaluator(record, arch_file).task
-    if not isinstance(task, DetectionTask):
-        raise UserError(f"xsearch export cannot write a {evaluator} model yet")
     size = facts["image_size"]
+    if not isinstance(task, DetectionTask):  # a semantic segmenter: a plain batch-in, logits-out network
+        metadata["input"] = (f"'images', float32 (batch, 3, {size}, {size}), RGB in [0, 1]; the graph normalises "
+                             "them as in training")
+        metadata["outputs"] = f"'logits' (batch, {facts['num_classes']}, {size}, {size}): class_names[argmax]"
+        diff, checked = export_segmenter(model, record, arch_file, out, metadata)
+        return {"out": out, "format": fmt, "weights": weights, "space": space.name, "evaluator": evaluator,
+                "inputs": f"images (batch, 3, {size}, {size}), RGB in [0, 1]",
+                "outputs": f"logits (batch, {facts['num_classes']}, {size}, {size})", "num_classes": facts["num_classes"],
+                "max_abs_diff": diff, "checked_on": f"a batch of {checked} validation images"}
     metadata["input"] = (f"one image 'image', float32 (3, {size}, {size}) (the training size; resize others first), "
                          "RGB in [0, 1]; the graph normalises it as in training")
     metadata["outputs"] = (", ".join(DETECTOR_OUTPUTS[task.kind]) + ": boxes (N, 4) as x1 y1 x2 y2 in the input's "
