@@ -5,12 +5,13 @@ from __future__ import annotations
 from xsearch.config import compose, group_options, load_budget, settings, validate
 
 # budget=smoke's keys that size the downstream path, and the components that own them
-DOWNSTREAM = {"space": ("dyhead",), "data": ("coco",), "evaluator": ("detection", "segmentation", "keypoints")}
+DOWNSTREAM = {"space": ("dyhead",), "data": ("coco", "voc_seg"),
+              "evaluator": ("detection", "segmentation", "keypoints", "semantic_segmentation")}
 SECTION = {"space": "space", "data": "data", "evaluator": "train"}
 
 
 def test_smoke_sizes_the_downstream_path_and_leaves_classification_alone():
-    """``budget=smoke``'s downstream sizes reach the dyhead space, COCO data and the downstream evaluators only.
+    """``budget=smoke``'s downstream sizes reach the dyhead space, COCO and VOC data and the downstream evaluators only.
 
     Every other component either lacks the key or has the preset's value as its default (imagefolder's
     ``image_size``), and a classification run composes the same space, data and training settings at

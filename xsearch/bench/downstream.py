@@ -49,7 +49,8 @@ SOURCES = ("danas", "spos", "random", "hand")
 # the strategy names of `bench search` rows each backbone comes from (bench.downstream_searches)
 SEARCH_ROWS = {"danas": "danas", "spos": "spos", "random": "random_distribution", "hand": "hand"}
 HEADS = ("none", "fixed", "danas")
-TASK_METRIC = {"detection": "box_ap", "segmentation": "mask_ap", "keypoints": "keypoint_ap"}
+TASK_METRIC = {"detection": "box_ap", "segmentation": "mask_ap", "keypoints": "keypoint_ap",
+               "semantic_segmentation": "miou"}
 # the DyHead search's recipe (detection batches are small and few); bench.head_search overrides it
 HEAD_SEARCH = ["search.batch_size=16", "search.train_samples=1000", "search.val_samples=200",
                "search.warmup_epochs=2", "search.epochs=3", "search.derive_trials=8"]
