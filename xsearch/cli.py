@@ -22,7 +22,7 @@ COMMAND_LINES = (
     ("list settings [options]", "every setting and its value for the chosen components (space=, strategy=, ...)"),
     ("dashboard [STORAGE] [port=N] [host=H]", "Optuna dashboard: runs' studies, notes, plots (default runs/xsearch.db)"),
     ("bench NAME [options] [out=FILE.json]", "a benchmark (below); its rows go to out="),
-    ("data fashion-coco DIR [options]", "write the built-in COCO detection data for data=coco data.root=DIR"),
+    ("data fashion-coco DIR [options]", "write the built-in COCO data and VOC label maps for data=coco|voc_seg data.root=DIR"),
     ("data folder DIR dataset=NAME [train=N]", "write a dataset (digits, fashion_mnist) as an ImageFolder for data=imagefolder"),
     ("data nas-bench-macro DIR [source=...]", "fetch NAS-Bench-Macro's table (SHA-256 checked) for evaluator=tabular"),
     ("export ARCH_JSON --format F [out=FILE]", "the retrained network as a file, F = onnx|torchscript (weights=none)"),
