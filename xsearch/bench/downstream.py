@@ -47,7 +47,7 @@ from ._harness import (
 
 SOURCES = ("danas", "spos", "random", "hand")
 # the strategy names of `bench search` rows each backbone comes from (bench.downstream_searches)
-SEARCH_ROWS = {"danas": "danas", "spos": "spos", "random": "random_distribution", "hand": "hand"}
+SEARCH_ROWS = {"danas": ("danas",), "spos": ("spos",), "random": ("random_distribution", "random"), "hand": ("hand",)}
 HEADS = ("none", "fixed", "danas")
 TASK_METRIC = {"detection": "box_ap", "segmentation": "mask_ap", "keypoints": "keypoint_ap",
                "semantic_segmentation": "miou"}
@@ -214,8 +214,9 @@ def _searched_backbones(path: Path, small: Any) -> tuple[str, dict[str, tuple[di
     """(budget label, {source: (arch, row facts)}) from the rows of a ``bench search`` call (``out=`` of it).
 
     ``danas`` and ``spos``: the network of search seed 0 (else the lowest seed); ``random``: the first
-    uniformly random network; ``hand``: the hand design. Each must be a network of ``small`` (mbv3 at
-    Fashion-MNIST's size) whose FLOPs match the row's, so a file from another space or size is refused.
+    uniformly random network; ``hand``: the hand design (``small.hand_designed`` under the budget when the
+    file has no hand row). Each must be a network of ``small`` (mbv3 at Fashion-MNIST's size) whose FLOPs
+    match the row's, so a file from another space or size is refused.
     """
     if not path.is_file():
         raise UserError(f"bench.downstream_searches: {path} does not exist; give the out= file of an "
@@ -227,13 +228,18 @@ def _searched_backbones(path: Path, small: Any) -> tuple[str, dict[str, tuple[di
                         f"(budgets found: {sorted(map(str, budgets))})")
     macs = int(budgets.pop())
     archs: dict[str, tuple[dict[str, str], dict[str, Any]]] = {}
-    for source, strategy in SEARCH_ROWS.items():
-        candidates = sorted((r for r in rows if r.get("strategy") == strategy),
-                            key=lambda r: r.get("search_seed") if r.get("search_seed") is not None else -1)
-        if not candidates:
-            print(f"[bench] {path}: no {strategy} row, so no {source} backbone at this budget", flush=True)
+    for source, strategies in SEARCH_ROWS.items():
+        candidates = [r for r in rows if r.get("strategy") in strategies]  # random: the first, in the file's order
+        if source != "random":
+            candidates.sort(key=lambda r: r.get("search_seed") if r.get("search_seed") is not None else -1)
+        if not candidates and source == "hand":
+            arch = small.hand_designed(macs)
+            archs[source] = (arch, {"arch_from": "hand_designed", "classification_flops": small.flops(arch)})
             continue
-        row = candidates[0] if strategy != "random_distribution" else next(r for r in rows if r["strategy"] == strategy)
+        if not candidates:
+            print(f"[bench] {path}: no {' or '.join(strategies)} row, so no {source} backbone at this budget", flush=True)
+            continue
+        row, strategy = candidates[0], candidates[0]["strategy"]
         try:
             arch = small.validate(row["arch"])
         except (UserError, ValueError, KeyError) as exc:
