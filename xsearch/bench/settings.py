@@ -40,7 +40,7 @@ class BenchConfig:
     supernet_warmup: int = 1  # bench supernet: untimed steps first
     downstream_budget: str = "5M"  # bench downstream: the backbones' FLOPs budget (Fashion-MNIST size)
     downstream_tasks: list[str] = dataclasses.field(default_factory=lambda: ["detection", "segmentation",
-                                                                             "keypoints"])
+                                                                             "keypoints", "semantic_segmentation"])
     downstream_arch: str | None = None  # bench downstream: an arch.json danas found (null: search one)
     head_budget: str = "auto"  # bench downstream: the DyHead search's budget (auto: halfway none -> fixed)
     head_search: list[str] = dataclasses.field(default_factory=list)  # bench downstream: search.* for the DyHead
