@@ -72,3 +72,14 @@ def test_bench_downstream_from_search_rows_and_resume(tmp_path, fashion_coco, ca
     assert "danas − spos" in text and "danas − hand" in text
     assert main(args) == 0  # nothing left to train: the rows stay
     assert json.loads(out.read_text()) == rows
+
+
+def test_table_lists_danas_first_and_the_paired_line():
+    from xsearch.bench.downstream import format_downstream_table
+
+    rows = [{"part": "backbone", "budget": "6M", "task": "detection", "source": s, "seed": i, "box_ap": v / 100,
+             "box_ap50": v / 50, "flops": 1e8, "backbone_flops": 2e7, "train_seconds": 100.0}
+            for s, values in (("spos", (30.0, 31.0)), ("danas", (32.0, 34.0))) for i, v in enumerate(values)]
+    text = format_downstream_table(rows)
+    assert text.index("| danas |") < text.index("| spos |")
+    assert "| 6M | detection | danas − spos | 2 | +2.50 ± 0.50 |" in text

@@ -267,7 +267,7 @@ def format_downstream_table(rows: list[dict[str, Any]]) -> str:
         mean = 100 * statistics.mean(values)
         return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 
-    order = {s: i for i, s in enumerate((*SOURCES, *HEADS))}
+    order = {s: i for i, s in enumerate(dict.fromkeys((*SOURCES, *HEADS)))}  # danas is in both: its first place
     table = []
     for (part, budget, source, task), rs in sorted(groups.items(),
                                                    key=lambda kv: (kv[0][0], kv[0][3], kv[0][1], order[kv[0][2]])):
