@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._splits import TrainValSplits
+
 IGNORE = 255  # the label-map value of pixels no loss or metric counts (VOC's object boundaries, COCO's crowds)
 
 
@@ -74,7 +76,7 @@ class SegmentationSplit:
 
 
 @dataclass
-class SegmentationData:
+class SegmentationData(TrainValSplits):
     """A semantic segmentation dataset: train and val splits of images and label maps, all ``image_size`` square."""
 
     name: str
@@ -90,24 +92,6 @@ class SegmentationData:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    @property
-    def test(self) -> SegmentationSplit:
-        return self.val
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (3, self.image_size, self.image_size)
-
-    def split(self, split: str) -> SegmentationSplit:
-        if split == "train":
-            return self.train
-        if split in ("val", "test"):
-            return self.val
-        raise ValueError(f"split must be 'train', 'val' or 'test', not {split!r}")
-
-    def num_batches(self, n: int, batch_size: int) -> int:
-        return (n + batch_size - 1) // batch_size
 
     def batches(self, split: str, indices: torch.Tensor | None = None, batch_size: int = 16, shuffle: bool = False,
                 augment: bool = False, generator: torch.Generator | None = None, device: torch.device | str | None = None,

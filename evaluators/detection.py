@@ -128,6 +128,17 @@ def level_strides(space: Any) -> tuple[list[int] | None, list[int], list[int]]:
     return space.feature_levels(), [i["num_chs"] for i in info], [i["reduction"] for i in info]
 
 
+def check_feature_space(space: Any, evaluator: str) -> None:
+    """Raise UserError unless ``space`` gives multi-scale features a dense evaluator can use: a backbone space
+    with ``feature_levels`` or the ``dyhead`` space (detection evaluators and semantic segmentation share this)."""
+    task = getattr(space, "task", "classification")
+    if task not in ("classification", "detection"):
+        raise UserError(f"space {space.name!r} builds {task} networks, which evaluator {evaluator!r} cannot use")
+    if task == "classification" and not hasattr(space, "feature_levels"):
+        raise UserError(f"space {space.name!r} gives no multi-scale features for evaluator {evaluator!r}; "
+                        "use space=mbv3, micronet, focalnet or dyhead")
+
+
 DETECTORS = ("fcos", "retinanet")  # train.detector of evaluator=detection
 
 
@@ -337,11 +348,7 @@ class DetectionEvaluator(Evaluator):
         if task == "detection" and self.kind != "detection":
             raise UserError(f"space {space.name!r} is a detection head (FCOS); evaluator {self.name!r} needs a "
                             "backbone space: use space=mbv3, micronet or focalnet, or evaluator=detection")
-        if task not in ("classification", "detection"):
-            raise UserError(f"space {space.name!r} builds {task} networks, which evaluator {self.name!r} cannot use")
-        if task == "classification" and not hasattr(space, "feature_levels"):
-            raise UserError(f"space {space.name!r} gives no multi-scale features for evaluator {self.name!r}; "
-                            "use space=mbv3, micronet, focalnet or dyhead")
+        check_feature_space(space, self.name)
 
     def check_data(self, data: Any) -> None:
         """Refuse data this evaluator cannot train on (classification images, or annotations without masks/keypoints)."""

@@ -41,7 +41,7 @@ from xsearch.core.io import atomic_write
 from xsearch.core.training import recalibrate_batchnorm, resolve_device
 
 from ._base import EVALUATORS, Evaluator
-from .detection import PyramidFeatures, fit_downstream, holdout_split, level_strides
+from .detection import PyramidFeatures, check_feature_space, fit_downstream, holdout_split, level_strides
 from .tasks import Task
 
 IGNORE = 255  # the label of pixels no loss or metric counts (``xsearch.datasets.segmentation.IGNORE``)
@@ -285,11 +285,7 @@ class SemanticSegmentationEvaluator(Evaluator):
         if task == "detection" and self.head != "fpn":
             raise UserError(f"space {space.name!r} is a pyramid of searched DyHead blocks, which only train.head=fpn "
                             f"uses (train.head={self.head} needs a backbone space: mbv3, micronet or focalnet)")
-        if task not in ("classification", "detection"):
-            raise UserError(f"space {space.name!r} builds {task} networks, which evaluator {self.name!r} cannot use")
-        if task == "classification" and not hasattr(space, "feature_levels"):
-            raise UserError(f"space {space.name!r} gives no multi-scale features for evaluator {self.name!r}; "
-                            "use space=mbv3, micronet, focalnet or dyhead")
+        check_feature_space(space, self.name)
 
     def check_data(self, data: Any) -> None:
         """Refuse data without label maps (classification images, or COCO data loaded for detection)."""

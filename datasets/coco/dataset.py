@@ -24,6 +24,7 @@ import torch
 from xsearch.core.errors import UserError
 
 from .._registry import DATASETS
+from .._splits import TrainValSplits
 from ..segmentation import SegmentationData
 from .semantic import semantic_from_coco
 
@@ -91,7 +92,7 @@ class CocoSplit:
 
 
 @dataclass
-class DetectionData:
+class DetectionData(TrainValSplits):
     """A detection / instance segmentation / keypoint dataset in COCO format."""
 
     name: str
@@ -112,30 +113,12 @@ class DetectionData:
         return len(self.class_names)
 
     @property
-    def test(self) -> CocoSplit:
-        return self.val
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (3, self.image_size, self.image_size)
-
-    @property
     def has_masks(self) -> bool:
         return all(bool(s.annotations) and "masks" in s.annotations[0] for s in (self.train, self.val))
 
     @property
     def has_keypoints(self) -> bool:
         return all(bool(s.annotations) and "keypoints" in s.annotations[0] for s in (self.train, self.val))
-
-    def split(self, split: str) -> CocoSplit:
-        if split == "train":
-            return self.train
-        if split in ("val", "test"):
-            return self.val
-        raise ValueError(f"split must be 'train', 'val' or 'test', not {split!r}")
-
-    def num_batches(self, n: int, batch_size: int) -> int:
-        return (n + batch_size - 1) // batch_size
 
     def batches(self, split: str, indices: torch.Tensor | None = None, batch_size: int = 16, shuffle: bool = False,
                 augment: bool = False, generator: torch.Generator | None = None, device: torch.device | str | None = None,
